@@ -1,0 +1,32 @@
+"""Layers and losses, each written by hand, forward and backward.
+
+One concept per file, in dependency order:
+
+========================  ====================================================
+``module.py``             ``Parameter``, ``Module``: the forward/backward contract
+``init.py``               He-uniform initialization
+``linear.py``             ``Linear``
+``activation.py``         ``ReLU``, ``Sigmoid``, ``Tanh``
+``conv.py``               ``Conv2d`` (im2col)
+``pool.py``               ``MaxPool2d``
+``dropout.py``            ``Dropout``
+``flatten.py``            ``Flatten``
+``container.py``          ``Sequential``
+``loss.py``               ``SoftmaxCrossEntropyLoss``, ``MSELoss``
+========================  ====================================================
+"""
+
+from .activation import ReLU, Sigmoid, Tanh
+from .container import Sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .flatten import Flatten
+from .linear import Linear
+from .loss import MSELoss, SoftmaxCrossEntropyLoss
+from .module import Module, Parameter
+from .pool import MaxPool2d
+
+__all__ = [
+    "Conv2d", "Dropout", "Flatten", "Linear", "MaxPool2d", "MSELoss", "Module", "Parameter",
+    "ReLU", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss", "Tanh",
+]

@@ -1,0 +1,116 @@
+"""2-D convolution (cross-correlation, as in every deep-learning library)."""
+
+from .. import backend as B
+from ._utils import output_size, pair
+from .init import default_rng, he_uniform
+from .module import Module, Parameter
+
+
+class Conv2d(Module):
+    """2-D convolution over NCHW images.
+
+    .. math::
+
+        y[n, k, i, j] = b[k] + \\sum_{c, u, v} W[k, c, u, v] \\;
+                        x_p[n, c, \\; i \\cdot s + u, \\; j \\cdot s + v]
+
+    where :math:`x_p` is the input zero-padded by ``padding`` on each side and
+    :math:`s` the stride. The output size is::
+
+        OH = (H + 2*padding - KH) // stride + 1
+        OW = (W + 2*padding - KW) // stride + 1
+
+    Implementation -- im2col: each output pixel's receptive field (a ``C*KH*KW``
+    patch) becomes one row of a matrix ``cols`` of shape ``(N*OH*OW, C*KH*KW)``,
+    so the whole convolution is one matrix product with the weights reshaped to
+    ``(K, C*KH*KW)``::
+
+        y    = cols @ W^T + b                     (N*OH*OW, K)
+        dW   = dy^T @ cols                        (K, C*KH*KW)
+        db   = sum of dy over N, OH, OW           (K,)
+        dcols = dy @ W                            (N*OH*OW, C*KH*KW)
+
+    and ``dx`` is ``dcols`` folded back onto the image (col2im): every patch
+    entry is added to the input pixel it came from. Patches overlap, so a pixel
+    receives a contribution from every window that covers it.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding : int or (int, int)
+    rng : numpy.random.Generator, optional -- source of He-uniform weights
+    dtype : float32 (default) or float64
+
+    Shape
+    -----
+    x : (N, C, H, W) -> y : (N, K, OH, OW), with C = in_channels, K = out_channels
+
+    Attributes
+    ----------
+    weight : Parameter (K, C, KH, KW), He-uniform with fan_in = C*KH*KW
+    bias : Parameter (K,), zeros
+
+    Cached by forward: ``cols`` and the input shape.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, rng=None, dtype=None):
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        self.dtype = B.resolve_dtype(dtype)
+        kh, kw = self.kernel_size
+        fan_in = in_channels * kh * kw
+        rng = default_rng(rng)
+        self.weight = Parameter(he_uniform((out_channels, in_channels, kh, kw), fan_in, rng, self.dtype))
+        self.bias = Parameter(B.xp.zeros(out_channels, dtype=self.dtype))
+
+    def _output_shape(self, x_shape):
+        n, c, h, w = x_shape
+        if c != self.in_channels:
+            raise ValueError(f"Conv2d expected {self.in_channels} input channels, got {c}")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return n, output_size(h, kh, sh, ph, "Conv2d height"), output_size(w, kw, sw, pw, "Conv2d width")
+
+    def forward(self, x):
+        xp = B.xp
+        x = xp.asarray(x, dtype=self.dtype)
+        n, oh, ow = self._output_shape(x.shape)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        padded = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        # All KHxKW windows as a view (no copy), then keep every stride-th one:
+        # patches[n, c, i, j] is the window whose top-left corner is (i*sh, j*sw).
+        patches = B.windows(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+        # im2col: one row per output pixel (n, i, j), columns ordered (c, u, v) like the weight.
+        cols = patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)
+        y = cols @ self.weight.data.reshape(self.out_channels, -1).T + self.bias.data
+        self._save(cols, x.shape)
+        return xp.ascontiguousarray(y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2))
+
+    def backward(self, dy):
+        xp = B.xp
+        cols, x_shape = self._saved_tensors()
+        n, c, h, w = x_shape
+        _, k, oh, ow = dy.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+
+        dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * oh * ow, k)  # one row per output pixel
+        self.weight.grad += (dy_rows.T @ cols).reshape(self.weight.data.shape)
+        self.bias.grad += dy_rows.sum(axis=0)
+        dcols = (dy_rows @ self.weight.data.reshape(k, -1)).reshape(n, oh, ow, c, kh, kw)
+
+        # col2im: kernel offset (u, v) of the window at output (i, j) came from padded
+        # pixel (i*sh + u, j*sw + v). Loop over the KH*KW offsets (not over pixels):
+        # each one is a strided slice of the padded image, added to in one go.
+        dpadded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+        for u in range(kh):
+            for v in range(kw):
+                dpadded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, :, :, :, u, v].transpose(0, 3, 1, 2)
+        return dpadded[:, :, ph : ph + h, pw : pw + w]
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )

@@ -1,0 +1,144 @@
+"""``Parameter`` and ``Module``: the contract every layer follows.
+
+A layer is a :class:`Module` with two methods:
+
+* ``forward(x) -> y`` computes the output and keeps exactly what ``backward``
+  needs (the input for Linear, the mask for ReLU, the argmax for max-pool ...);
+* ``backward(dy) -> dx`` takes the gradient of the loss with respect to the
+  output, ``dy = dL/dy`` (same shape as ``y``), adds the gradient with respect to
+  each parameter into that parameter's ``.grad`` and returns ``dx = dL/dx``
+  (same shape as ``x``). It never recomputes what forward kept, and never
+  changes a weight: only an optimizer (:mod:`npconv.optim`) does that.
+
+Gradients accumulate (``grad += ...``) as in PyTorch, so call the optimizer's
+``zero_grad()`` before each backward pass.
+
+Layout conventions, declared once for the whole package: images are NCHW --
+``(N, C, H, W)`` = (batch, channels, height, width); a Linear weight is
+``(out_features, in_features)``, a Conv2d weight is
+``(out_channels, in_channels, KH, KW)``, and every bias is ``(out,)``.
+"""
+
+from .. import backend as B
+
+
+class Parameter:
+    """A trainable array and the gradient of the loss with respect to it.
+
+    Attributes
+    ----------
+    data : array
+        The values; optimizers update it in place.
+    grad : array, same shape and dtype as ``data``
+        Accumulated ``dL/d(data)``; starts at zero.
+    """
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = B.xp.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of layers, losses' neighbours and containers.
+
+    Subclasses set their parameters and sub-modules as attributes in
+    ``__init__``; :meth:`named_parameters` finds them in definition order.
+    """
+
+    training = True
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    # --- what backward needs -------------------------------------------
+    def _save(self, *tensors):
+        """Keep what ``backward`` will need (called by ``forward``)."""
+        self._saved = tensors
+
+    def _saved_tensors(self):
+        """Return what ``forward`` kept; a clear error if it never ran."""
+        saved = getattr(self, "_saved", None)
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        return saved
+
+    # --- parameters and sub-modules ------------------------------------
+    def children(self):
+        """Direct sub-modules as ``(name, module)`` pairs, in definition order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_parameters(self, prefix=""):
+        """All parameters as ``(dotted_name, Parameter)``, in definition order.
+
+        The names are PyTorch's ``state_dict`` keys, e.g. ``"0.weight"``.
+        """
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        """All parameters in definition order (what an optimizer takes)."""
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self):
+        """``{name: array}`` of every parameter's values (the arrays themselves, not copies)."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy values into the parameters; names, shapes and dtypes must match exactly."""
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit the model: missing {missing}, unexpected {unexpected}")
+        for name, p in own.items():
+            value = state[name]
+            if value.shape != p.data.shape:
+                raise ValueError(f"{name}: shape {value.shape} does not fit the model's {p.data.shape}")
+            if value.dtype != p.data.dtype:
+                raise ValueError(f"{name}: dtype {value.dtype} does not fit the model's {p.data.dtype}")
+            p.data[...] = value
+
+    # --- modes -----------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout active); returns ``self``."""
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (dropout is the identity); returns ``self``."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Set every parameter's gradient to zero."""
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
