@@ -1,0 +1,36 @@
+"""Datasets for npconv: the IDX file format, the known datasets, and minibatching.
+
+- :mod:`npconv.data.idx` -- read and write IDX files (raw or gzip), strictly validated.
+- :mod:`npconv.data.datasets` -- MNIST and Fashion-MNIST: where they are found,
+  their checksums, :func:`load_dataset`.
+- :mod:`npconv.data.loader` -- uint8 images to float (N, 1, H, W), splits,
+  subsets, shuffled minibatches.
+
+Every problem with a data file raises :class:`npconv.errors.DataError` whose
+message starts with the path at fault.
+"""
+
+from .datasets import DATASETS, Dataset, load_dataset
+from .idx import read_idx, write_idx
+from .loader import (
+    DataLoader,
+    iterate_minibatches,
+    pixel_stats,
+    random_subset,
+    to_float,
+    train_val_split,
+)
+
+__all__ = [
+    "read_idx",
+    "write_idx",
+    "load_dataset",
+    "Dataset",
+    "DATASETS",
+    "to_float",
+    "pixel_stats",
+    "train_val_split",
+    "random_subset",
+    "iterate_minibatches",
+    "DataLoader",
+]
