@@ -18,16 +18,15 @@ def numerical_gradient(f, a, h=1e-6):
 
     ``a`` is perturbed in place, one element at a time, and restored.
     """
-    grad = np.zeros_like(a, dtype=np.float64)
-    flat, grad_flat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        original = flat[i]
-        flat[i] = original + h
+    grad = np.zeros(a.shape, dtype=np.float64)
+    for i in np.ndindex(a.shape):  # works for any memory layout, unlike a reshaped view
+        original = a[i]
+        a[i] = original + h
         f_plus = f()
-        flat[i] = original - h
+        a[i] = original - h
         f_minus = f()
-        flat[i] = original
-        grad_flat[i] = (f_plus - f_minus) / (2 * h)
+        a[i] = original
+        grad[i] = (f_plus - f_minus) / (2 * h)
     return grad
 
 

@@ -11,8 +11,8 @@
 Dropout, as in the study, is placed by rate ``dropout`` and location
 ``dropout_at``: ``"before-conv"`` (before each Conv2d, so the first one drops
 input pixels), ``"before-pool"`` (before each MaxPool2d) or ``"before-fc"``
-(before each Linear). The MLP has only Linear layers, so only ``before-fc``
-applies to it.
+(before each Linear). The MLP has no Conv2d or MaxPool2d, so only
+``before-fc`` applies to it.
 """
 
 from . import backend as B

@@ -12,10 +12,10 @@ class Conv2d(Module):
     .. math::
 
         y[n, k, i, j] = b[k] + \\sum_{c, u, v} W[k, c, u, v] \\;
-                        x_p[n, c, \\; i \\cdot s + u, \\; j \\cdot s + v]
+                        x_p[n, c, \\; i \\cdot s_h + u, \\; j \\cdot s_w + v]
 
     where :math:`x_p` is the input zero-padded by ``padding`` on each side and
-    :math:`s` the stride. The output size is::
+    :math:`(s_h, s_w)` the stride. The output size is::
 
         OH = (H + 2*padding - KH) // stride + 1
         OW = (W + 2*padding - KW) // stride + 1

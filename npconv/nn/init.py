@@ -5,8 +5,8 @@ initialization for ReLU networks (He et al., 2015):
 
 .. math::  W \\sim U(-b, b), \\qquad b = \\sqrt{6 / \\text{fan\\_in}}
 
-so that ``Var(W) = 2 / fan_in`` and the variance of the activations is kept
-from layer to layer through ReLUs. ``fan_in`` is ``in_features`` for Linear and
+so that ``Var(W) = 2 / fan_in``, which keeps the variance of the pre-activations
+the same from layer to layer through ReLUs (which zero half of their inputs). ``fan_in`` is ``in_features`` for Linear and
 ``in_channels * KH * KW`` for Conv2d. Biases start at zero.
 
 (PyTorch's own default is the same family with a smaller gain:

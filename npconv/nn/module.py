@@ -50,7 +50,7 @@ class Parameter:
 
 
 class Module:
-    """Base class of layers, losses' neighbours and containers.
+    """Base class of every layer, loss and container.
 
     Subclasses set their parameters and sub-modules as attributes in
     ``__init__``; :meth:`named_parameters` finds them in definition order.

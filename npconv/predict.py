@@ -1,0 +1,47 @@
+"""Classify image files (PNG, JPEG, ...) with a trained model.
+
+Each image is made to look like an MNIST digit: converted to grayscale,
+resized to 28x28, and inverted when its background is light (MNIST digits are
+white on black). Then it gets the same [0, 1] scaling and normalization the
+model was trained with.
+"""
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .data import to_float
+from .errors import NpconvError
+from .nn.loss import softmax
+
+MAX_PIXELS = 50_000_000  # refuse absurdly large images before decoding them
+
+
+def load_image(path, size=28):
+    """Read an image file as a (size, size) uint8 array, light-on-dark like MNIST."""
+    if not os.path.isfile(path):
+        raise NpconvError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise NpconvError(f"{path}: empty file, not an image")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise NpconvError(f"{path}: image of {img.width}x{img.height} pixels is too large")
+            gray = img.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+            pixels = np.asarray(gray, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise NpconvError(f"{path}: not a readable image ({e})") from None
+    # The border is background: if it is mostly light, the digit is dark on light.
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > 127:
+        pixels = 255 - pixels
+    return pixels
+
+
+def predict_images(model, config, paths):
+    """Class probabilities for each image: returns an array of shape (len(paths), K)."""
+    images = np.stack([load_image(p) for p in paths])
+    x = to_float(images, config.get("normalize_mean"), config.get("normalize_std"), np.dtype(config["dtype"]))
+    model.eval()
+    return softmax(model(x))
