@@ -13,10 +13,15 @@ Dropout, as in the study, is placed by rate ``dropout`` and location
 input pixels), ``"before-pool"`` (before each MaxPool2d) or ``"before-fc"``
 (before each Linear). The MLP has no Conv2d or MaxPool2d, so only
 ``before-fc`` applies to it.
+
+Initialization: He-uniform for every layer (:mod:`npconv.nn.init`), except the
+output layer, whose weights start at zero: all logits start at 0, every class
+is equally likely, and the initial loss is exactly ``ln 10``.
 """
 
 from . import backend as B
 from . import nn
+from .nn.init import zero_classifier
 
 MODELS = ("cnn", "mlp")
 DROPOUT_LOCATIONS = ("before-conv", "before-pool", "before-fc")
@@ -48,6 +53,7 @@ def cnn(dropout=0.0, dropout_at="before-fc", *, num_classes=10, rng=None, dtype=
         nn.Linear(16 * 7 * 7, 128, rng=rng, dtype=dtype), nn.ReLU(dtype=dtype),
         nn.Linear(128, num_classes, rng=rng, dtype=dtype),
     ]
+    zero_classifier(layers[-1])
     return nn.Sequential(*_with_dropout(layers, dropout, dropout_at, rng, dtype))
 
 
@@ -59,6 +65,7 @@ def mlp(dropout=0.0, dropout_at="before-fc", *, num_classes=10, rng=None, dtype=
         nn.Linear(28 * 28, 128, rng=rng, dtype=dtype), nn.ReLU(dtype=dtype),
         nn.Linear(128, num_classes, rng=rng, dtype=dtype),
     ]
+    zero_classifier(layers[-1])
     return nn.Sequential(*_with_dropout(layers, dropout, dropout_at, rng, dtype))
 
 

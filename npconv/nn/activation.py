@@ -22,7 +22,7 @@ class ReLU(Module):
     def forward(self, x):
         mask = x > 0
         self._save(mask)
-        return x * mask
+        return B.xp.maximum(x, 0)  # not x * mask: -inf * 0 would be NaN
 
     def backward(self, dy):
         (mask,) = self._saved_tensors()

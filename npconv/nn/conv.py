@@ -21,18 +21,23 @@ class Conv2d(Module):
         OW = (W + 2*padding - KW) // stride + 1
 
     Implementation -- im2col: each output pixel's receptive field (a ``C*KH*KW``
-    patch) becomes one row of a matrix ``cols`` of shape ``(N*OH*OW, C*KH*KW)``,
-    so the whole convolution is one matrix product with the weights reshaped to
-    ``(K, C*KH*KW)``::
+    patch) becomes one column of a matrix ``cols``, so the whole convolution is
+    one matrix product with the weights reshaped to ``Wm`` of shape ``(K, C*KH*KW)``::
 
-        y    = cols @ W^T + b                     (N*OH*OW, K)
-        dW   = dy^T @ cols                        (K, C*KH*KW)
-        db   = sum of dy over N, OH, OW           (K,)
-        dcols = dy @ W                            (N*OH*OW, C*KH*KW)
+        cols : (C*KH*KW, N*OH*OW)       cols[(c, u, v), (n, i, j)] = x_p[n, c, i*s_h + u, j*s_w + v]
+        y    = Wm @ cols + b             (K, N*OH*OW), then transposed to (N, K, OH, OW)
+        dW   = dy @ cols^T               (K, C*KH*KW)
+        db   = sum of dy over N, OH, OW  (K,)
+        dcols = Wm^T @ dy                (C*KH*KW, N*OH*OW)
 
     and ``dx`` is ``dcols`` folded back onto the image (col2im): every patch
     entry is added to the input pixel it came from. Patches overlap, so a pixel
     receives a contribution from every window that covers it.
+
+    Both directions loop over the ``KH*KW`` kernel offsets ``(u, v)``, never over
+    pixels: for one offset, the entries of every patch form a strided slice of
+    the padded image, ``x_p[:, :, u::s_h, v::s_w]``, copied (im2col) or added
+    (col2im) in one go.
 
     Parameters
     ----------
@@ -77,16 +82,20 @@ class Conv2d(Module):
         xp = B.xp
         x = xp.asarray(x, dtype=self.dtype)
         n, oh, ow = self._output_shape(x.shape)
+        c, k = self.in_channels, self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         padded = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        # All KHxKW windows as a view (no copy), then keep every stride-th one:
-        # patches[n, c, i, j] is the window whose top-left corner is (i*sh, j*sw).
-        patches = B.windows(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        # im2col: one row per output pixel (n, i, j), columns ordered (c, u, v) like the weight.
-        cols = patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)
-        y = cols @ self.weight.data.reshape(self.out_channels, -1).T + self.bias.data
+        # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (n, i, j).
+        cols = xp.empty((c, kh, kw, n, oh, ow), dtype=self.dtype)
+        for u in range(kh):
+            for v in range(kw):
+                window_entries = padded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw]  # (N, C, OH, OW)
+                cols[:, u, v] = window_entries.transpose(1, 0, 2, 3)
+        cols = cols.reshape(c * kh * kw, n * oh * ow)
+        y = self.weight.data.reshape(k, -1) @ cols  # (K, N*OH*OW)
+        y += self.bias.data[:, None]
         self._save(cols, x.shape)
-        return xp.ascontiguousarray(y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2))
+        return xp.ascontiguousarray(y.reshape(k, n, oh, ow).transpose(1, 0, 2, 3))
 
     def backward(self, dy):
         xp = B.xp
@@ -95,18 +104,17 @@ class Conv2d(Module):
         _, k, oh, ow = dy.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
 
-        dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * oh * ow, k)  # one row per output pixel
-        self.weight.grad += (dy_rows.T @ cols).reshape(self.weight.data.shape)
-        self.bias.grad += dy_rows.sum(axis=0)
-        dcols = (dy_rows @ self.weight.data.reshape(k, -1)).reshape(n, oh, ow, c, kh, kw)
+        dy_mat = dy.transpose(1, 0, 2, 3).reshape(k, n * oh * ow)  # same column order as cols
+        self.weight.grad += (dy_mat @ cols.T).reshape(self.weight.data.shape)
+        self.bias.grad += dy_mat.sum(axis=1)
+        dcols = (self.weight.data.reshape(k, -1).T @ dy_mat).reshape(c, kh, kw, n, oh, ow)
 
-        # col2im: kernel offset (u, v) of the window at output (i, j) came from padded
-        # pixel (i*sh + u, j*sw + v). Loop over the KH*KW offsets (not over pixels):
-        # each one is a strided slice of the padded image, added to in one go.
+        # col2im: entry (u, v) of the window at output (i, j) came from padded pixel
+        # (i*sh + u, j*sw + v), so for each offset add a whole strided slice at once.
         dpadded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
         for u in range(kh):
             for v in range(kw):
-                dpadded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, :, :, :, u, v].transpose(0, 3, 1, 2)
+                dpadded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, u, v].transpose(1, 0, 2, 3)
         return dpadded[:, :, ph : ph + h, pw : pw + w]
 
     def extra_repr(self):

@@ -11,6 +11,15 @@ the same from layer to layer through ReLUs (which zero half of their inputs). ``
 
 (PyTorch's own default is the same family with a smaller gain:
 ``b = 1 / sqrt(fan_in)``.)
+
+The study's models (:mod:`npconv.models`) start their **output layer** at
+zero (:func:`zero_classifier`). He's gain is meant for a layer whose outputs go
+through a ReLU; the classifier's go to the softmax, and He-sized logits make an
+untrained network confidently wrong (initial loss about 3 for the MLP and 4-5
+for the ConvNet). With zero weights and bias every logit is 0, the softmax is
+uniform and the initial loss is exactly :math:`\\ln K`. Training is not stuck:
+the classifier's own gradient :math:`dy^T h` is non-zero from the first step,
+and the layers below receive gradient from the second step on.
 """
 
 import numpy as np
@@ -22,6 +31,11 @@ def he_uniform(shape, fan_in, rng, dtype):
     """He-uniform weights of ``shape``, drawn from ``rng`` (a ``numpy.random.Generator``)."""
     bound = np.sqrt(6.0 / fan_in)
     return B.xp.asarray(rng.uniform(-bound, bound, size=shape), dtype=dtype)
+
+
+def zero_classifier(layer):
+    """Set the output layer's weights to zero (its bias already is): uniform initial predictions."""
+    layer.weight.data[...] = 0
 
 
 def default_rng(rng):

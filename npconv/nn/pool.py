@@ -32,6 +32,12 @@ class MaxPool2d(Module):
 
     Cached by forward: ``argmax`` (N, C, OH, OW), the row-major index
     ``u * KW + v`` of each window's first maximum, and the input shape.
+
+    Implementation: both directions loop over the ``KH*KW`` offsets ``(u, v)``
+    inside the window, never over pixels. For one offset, that entry of every
+    window is a strided slice of the input, ``x[:, :, u::s_h, v::s_w]``; forward
+    keeps a running maximum over the slices, replacing it only where a later
+    entry is *strictly* larger, which is what keeps the first maximum.
     """
 
     def __init__(self, kernel_size, stride=None, *, dtype=None):
@@ -39,34 +45,41 @@ class MaxPool2d(Module):
         self.stride = pair(kernel_size if stride is None else stride, "stride")
         self.dtype = B.resolve_dtype(dtype)
 
+    def _entry(self, x, u, v, oh, ow):
+        """Entry (u, v) of every window: a strided view of ``x``, shape (N, C, OH, OW)."""
+        sh, sw = self.stride
+        return x[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw]
+
     def forward(self, x):
         xp = B.xp
-        n, c, h, w = x.shape
+        _, _, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         oh = output_size(h, kh, sh, 0, "MaxPool2d height")
         ow = output_size(w, kw, sw, 0, "MaxPool2d width")
-        # windows[n, c, i, j] is the KHxKW window with top-left corner (i*sh, j*sw),
-        # flattened row-major so argmax's "first occurrence" is PyTorch's first maximum.
-        windows = B.windows(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        flat = windows.reshape(n, c, oh, ow, kh * kw)
-        argmax = flat.argmax(axis=-1)
-        y = xp.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
+        y = self._entry(x, 0, 0, oh, ow).copy()
+        argmax = xp.zeros(y.shape, dtype=xp.int16)
+        for u in range(kh):
+            for v in range(kw):
+                if u == v == 0:
+                    continue
+                entry = self._entry(x, u, v, oh, ow)
+                larger = entry > y  # strictly: on a tie the earlier entry stays the maximum
+                xp.copyto(y, entry, where=larger)
+                argmax[larger] = u * kw + v
         self._save(argmax, x.shape)
         return y
 
     def backward(self, dy):
         xp = B.xp
         argmax, x_shape = self._saved_tensors()
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        kh, kw = self.kernel_size
         _, _, oh, ow = dy.shape
         dx = xp.zeros(x_shape, dtype=dy.dtype)
-        # For each offset (u, v) inside the window, the windows whose maximum sits
-        # there send their dy to input pixel (i*sh + u, j*sw + v): a strided slice.
+        # The windows whose maximum sits at offset (u, v) send their dy to that entry.
         # "+=" because overlapping windows (stride < kernel) can pick the same pixel.
         for u in range(kh):
             for v in range(kw):
-                chosen = argmax == u * kw + v
-                dx[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += xp.where(chosen, dy, 0)
+                self._entry(dx, u, v, oh, ow)[...] += xp.where(argmax == u * kw + v, dy, 0)
         return dx
 
     def extra_repr(self):

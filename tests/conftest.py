@@ -1,0 +1,52 @@
+"""Shared fixtures: a seeded random Generator, torch-or-skip, one BLAS thread.
+
+The naive loop-based conv/pool reference lives next to this file in
+``reference.py`` (``import reference`` in a test module).
+"""
+
+import os
+
+# One BLAS thread for the whole test session, set before NumPy loads OpenBLAS.
+# Why: on a small, shared machine OpenBLAS's worker threads spin against each
+# other and a 20x784 @ 784x128 product went from 0.1 ms to 30 ms; one thread is
+# also what makes float sums bit-for-bit repeatable from run to run.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+try:  # NumPy may already have been imported (by a plugin) with more threads.
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - threadpoolctl is optional
+    threadpool_limits = None
+
+if threadpool_limits is not None:
+    _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
+
+SEED = 20240611
+
+
+@pytest.fixture
+def rng():
+    """A fresh ``numpy.random.Generator`` with a fixed seed: every test is deterministic."""
+    return np.random.default_rng(SEED)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The ``torch`` module (one CPU thread); skips the test cleanly when torch is not installed."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
+def randomize_output_layer(model, rng):
+    """Give the model's output layer random weights (the study's models start it at zero).
+
+    With a zero output layer no gradient reaches the layers below on the first
+    backward pass, which would make gradient checks of a whole model vacuous.
+    """
+    last = model[len(model) - 1]
+    last.weight.data[...] = 0.1 * rng.standard_normal(last.weight.data.shape)
+    return model

@@ -1,0 +1,186 @@
+"""Naive, loop-based reference implementations of convolution and max pooling.
+
+These are the readable versions of :mod:`npconv.nn.conv` and :mod:`npconv.nn.pool`:
+plain loops over output pixels, float64 throughout, no stride tricks, no im2col.
+They are slow and only meant for small test shapes; the fast layers are tested
+against them.
+
+Conventions (the same as npconv and PyTorch):
+
+* images are NCHW: ``x`` has shape ``(N, C, H, W)``;
+* a convolution weight is ``(K, C, KH, KW)`` and its bias ``(K,)``;
+* ``stride`` and ``padding`` are an int or a pair ``(along H, along W)``;
+* output size, for each spatial axis::
+
+      OH = (H + 2*padding - KH) // stride + 1
+      OW = (W + 2*padding - KW) // stride + 1
+
+  (max pooling has no padding: ``OH = (H - KH) // stride + 1``).
+"""
+
+import numpy as np
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _pad(x, ph, pw):
+    """Zero-pad the two spatial axes of an (N, C, H, W) array by ph / pw on each side."""
+    n, c, h, w = x.shape
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.float64)
+    padded[:, :, ph : ph + h, pw : pw + w] = x
+    return padded
+
+
+def conv2d_output_size(h, w, kernel, stride, padding):
+    """``(OH, OW)`` of a convolution (or, with padding 0, of a pooling)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """Cross-correlation, as every deep-learning library calls "convolution".
+
+    With ``x_p`` the input zero-padded by ``padding`` and ``s`` the stride::
+
+        y[n, k, i, j] = b[k] + sum_{c, u, v} w[k, c, u, v] * x_p[n, c, i*s_h + u, j*s_w + v]
+
+    Parameters
+    ----------
+    x : (N, C, H, W)
+    w : (K, C, KH, KW)
+    b : (K,)
+    stride, padding : int or (int, int)
+
+    Returns
+    -------
+    y : (N, K, OH, OW), float64
+    """
+    x, w, b = (np.asarray(a, dtype=np.float64) for a in (x, w, b))
+    n, c, h, width = x.shape
+    k, c_w, kh, kw = w.shape
+    assert c == c_w, f"input has {c} channels, weight expects {c_w}"
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    oh, ow = conv2d_output_size(h, width, (kh, kw), (sh, sw), (ph, pw))
+    xp = _pad(x, ph, pw)
+
+    y = np.zeros((n, k, oh, ow), dtype=np.float64)
+    for ni in range(n):
+        for ki in range(k):
+            for i in range(oh):
+                for j in range(ow):
+                    window = xp[ni, :, i * sh : i * sh + kh, j * sw : j * sw + kw]  # (C, KH, KW)
+                    y[ni, ki, i, j] = np.sum(window * w[ki]) + b[ki]
+    return y
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0):
+    """Gradients of a convolution, given ``dy = dL/dy`` of shape (N, K, OH, OW).
+
+    Each output pixel ``y[n, k, i, j]`` depends on one window of the padded input
+    and on the whole filter ``w[k]``, so, summing over every output pixel::
+
+        dx_p[n, :, i*s_h : i*s_h+KH, j*s_w : j*s_w+KW] += dy[n, k, i, j] * w[k]
+        dw[k]                                         += dy[n, k, i, j] * window
+        db[k]                                         += dy[n, k, i, j]
+
+    and ``dx`` is ``dx_p`` with the padding cut off (padding is a constant, so
+    the gradient that lands on it is simply dropped).
+
+    Returns
+    -------
+    dx : (N, C, H, W), dw : (K, C, KH, KW), db : (K,), all float64
+    """
+    dy, x, w = (np.asarray(a, dtype=np.float64) for a in (dy, x, w))
+    n, c, h, width = x.shape
+    k, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    oh, ow = conv2d_output_size(h, width, (kh, kw), (sh, sw), (ph, pw))
+    assert dy.shape == (n, k, oh, ow), f"dy has shape {dy.shape}, expected {(n, k, oh, ow)}"
+    xp = _pad(x, ph, pw)
+
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    db = np.zeros(k, dtype=np.float64)
+    for ni in range(n):
+        for ki in range(k):
+            for i in range(oh):
+                for j in range(ow):
+                    rows = slice(i * sh, i * sh + kh)
+                    cols = slice(j * sw, j * sw + kw)
+                    g = dy[ni, ki, i, j]
+                    dxp[ni, :, rows, cols] += g * w[ki]
+                    dw[ki] += g * xp[ni, :, rows, cols]
+                    db[ki] += g
+    dx = dxp[:, :, ph : ph + h, pw : pw + width]
+    return dx, dw, db
+
+
+def maxpool_forward(x, kernel_size, stride=None):
+    """Max pooling without padding; ``stride`` defaults to ``kernel_size``.
+
+    ::
+
+        y[n, c, i, j] = max_{u < KH, v < KW} x[n, c, i*s_h + u, j*s_w + v]
+
+    The window is scanned in row-major order (u, then v) and only a *strictly*
+    larger value replaces the current best, so on ties the **first** maximum wins,
+    as in PyTorch.
+
+    Returns
+    -------
+    y : (N, C, OH, OW), float64
+    argmax : (N, C, OH, OW, 2) int
+        ``argmax[n, c, i, j] = (row, col)``: the input coordinates of the first
+        maximum of that window, which is where its gradient goes.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    oh, ow = conv2d_output_size(h, w, (kh, kw), (sh, sw), 0)
+
+    y = np.zeros((n, c, oh, ow), dtype=np.float64)
+    argmax = np.zeros((n, c, oh, ow, 2), dtype=np.int64)
+    for ni in range(n):
+        for ci in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, best_at = -np.inf, None
+                    for u in range(kh):
+                        for v in range(kw):
+                            row, col = i * sh + u, j * sw + v
+                            value = x[ni, ci, row, col]
+                            if best_at is None or value > best:
+                                best, best_at = value, (row, col)
+                    y[ni, ci, i, j] = best
+                    argmax[ni, ci, i, j] = best_at
+    return y, argmax
+
+
+def maxpool_backward(dy, argmax, x_shape):
+    """Route each window's gradient to its first maximum (PyTorch's rule).
+
+    ::
+
+        dx[n, c, argmax[n, c, i, j]] += dy[n, c, i, j]
+
+    Exactly one input element per window receives that window's gradient, so
+    ``dx.sum() == dy.sum()``. "+=" because overlapping windows (stride < kernel)
+    may pick the same element.
+
+    Returns
+    -------
+    dx : x_shape, float64
+    """
+    dy = np.asarray(dy, dtype=np.float64)
+    n, c, oh, ow = dy.shape
+    dx = np.zeros(x_shape, dtype=np.float64)
+    for ni in range(n):
+        for ci in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    row, col = argmax[ni, ci, i, j]
+                    dx[ni, ci, row, col] += dy[ni, ci, i, j]
+    return dx
