@@ -31,7 +31,6 @@ from . import __version__, data, nn, optim
 from .errors import NpconvError
 from .fileio import atomic_write, write_json
 from .models import DROPOUT_LOCATIONS, MODELS, build_model
-from .plotting import plot_curves
 from .serialization import save_model
 from .training import fit
 
@@ -110,6 +109,15 @@ class TrainConfig:
             raise NpconvError(f"--data-dir {self.data_dir}: no such directory")
 
 
+def seed_streams(seed):
+    """Three independent generators from one seed: ``(init_rng, data_rng, dropout_rng)``.
+
+    ``init`` draws the initial weights; ``data`` the training subset, the
+    validation split and each epoch's shuffle; ``dropout`` the dropout masks.
+    """
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+
+
 def default_out_dir(config, root="runs"):
     """A new folder name under ``root``: ``runs/cnn-mnist-20261127-101500`` (suffixed if taken)."""
     stem = os.path.join(root, f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -174,8 +182,7 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
     out_dir = default_out_dir(config) if out_dir is None else str(out_dir)
     prepare_out_dir(out_dir)
 
-    init_seed, data_seed, dropout_seed = np.random.SeedSequence(config.seed).spawn(3)
-    data_rng = np.random.default_rng(data_seed)
+    init_rng, data_rng, dropout_rng = seed_streams(config.seed)
     dtype = np.dtype(config.dtype)
 
     mean, std = data.pixel_stats(dataset.train_images) if config.normalize else (None, None)
@@ -195,10 +202,9 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
     num_classes = len(dataset.classes)
     model = build_model(
         config.model, config.dropout, config.dropout_at, num_classes=num_classes,
-        rng=np.random.default_rng(init_seed), dtype=dtype,
+        rng=init_rng, dtype=dtype,
     )
     # One generator for every dropout layer, separate from the data's.
-    dropout_rng = np.random.default_rng(dropout_seed)
     for layer in model:
         if isinstance(layer, nn.Dropout):
             layer.rng = dropout_rng
@@ -241,6 +247,8 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
     if last.val_loss is not None:
         summary.update(val_loss=last.val_loss, val_acc=last.val_acc)
     write_json(os.path.join(out_dir, "summary.json"), summary)
+    from .plotting import plot_curves  # matplotlib takes a second to import: only when a plot is made
+
     plot_curves(history, os.path.join(out_dir, "curves.png"), title=f"{config.model} on {config.dataset}")
     return summary
 

@@ -89,7 +89,8 @@ def test_predict_classifies_light_and_dark_images(trained_run, mnist, tmp_path, 
 
 
 def test_same_seed_same_history_and_weights(tmp_path):
-    config = TrainConfig(train_subset=200, epochs=2, batch_size=40, dropout=0.2, dropout_at="before-pool", seed=7)
+    # Two epochs (so two shuffles) with dropout: every random stream is exercised.
+    config = TrainConfig(model="mlp", train_subset=200, epochs=2, batch_size=40, dropout=0.2, seed=7)
     run_training(config, tmp_path / "a", progress=False, log=lambda *_: None)
     run_training(config, tmp_path / "b", progress=False, log=lambda *_: None)
     a, b = read_history(tmp_path / "a" / "history.csv"), read_history(tmp_path / "b" / "history.csv")
@@ -104,7 +105,7 @@ def test_same_seed_same_history_and_weights(tmp_path):
 def test_different_seeds_differ(tmp_path):
     histories = []
     for seed in (1, 2):
-        run_training(TrainConfig(train_subset=200, epochs=1, batch_size=40, seed=seed), tmp_path / str(seed),
+        run_training(TrainConfig(model="mlp", train_subset=200, epochs=1, batch_size=40, seed=seed), tmp_path / str(seed),
                      progress=False, log=lambda *_: None)
         histories.append(read_history(tmp_path / str(seed) / "history.csv")[0]["train_loss"])
     assert histories[0] != histories[1]

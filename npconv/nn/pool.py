@@ -65,7 +65,7 @@ class MaxPool2d(Module):
                 entry = self._entry(x, u, v, oh, ow)
                 larger = entry > y  # strictly: on a tie the earlier entry stays the maximum
                 xp.copyto(y, entry, where=larger)
-                argmax[larger] = u * kw + v
+                xp.copyto(argmax, u * kw + v, where=larger)
         self._save(argmax, x.shape)
         return y
 

@@ -1,0 +1,106 @@
+"""Accuracy of ``npconv train``'s defaults on MNIST, beside PyTorch trained identically.
+
+For each model, npconv trains through :func:`npconv.run.run_training` -- exactly
+what ``npconv train --model M`` does -- and PyTorch (CPU) trains the same
+architecture from the *same initial weights*, on the *same mini-batches in the
+same order*, with ``torch.optim.SGD`` and the same cosine schedule. Same start,
+same data, same update rule: the two test accuracies should agree closely, and
+the ratio of epoch times shows what the from-scratch code costs.
+
+    python benchmarks/accuracy.py                  # cnn and mlp, 10 epochs each (~10 min on 2 cores)
+    python benchmarks/accuracy.py --models mlp --epochs 2 --train-subset 5000   # a quick look
+
+PyTorch is optional (``pip install -e ".[bench]"``); without it only npconv runs.
+"""
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from npconv import data, models
+from npconv.run import TrainConfig, run_training, seed_streams
+
+
+def torch_reference(config, dataset):
+    """Train a PyTorch twin of ``config``; returns (final test accuracy, seconds per epoch)."""
+    import torch
+    import torch.nn as tnn
+
+    init_rng, data_rng, _ = seed_streams(config.seed)
+    ours = models.build_model(config.model, rng=init_rng)  # the very weights npconv starts from
+    if config.model == "cnn":
+        twin = tnn.Sequential(
+            tnn.Conv2d(1, 8, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Conv2d(8, 16, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10),
+        )
+    else:
+        twin = tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10))
+    twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.state_dict().items()})
+
+    mean, std = data.pixel_stats(dataset.train_images)
+    images, labels = dataset.train_images, dataset.train_labels
+    if config.train_subset is not None:
+        images, labels = data.random_subset(images, labels, config.train_subset, data_rng)
+    x_train = data.to_float(images, mean, std)
+    x_test = torch.from_numpy(data.to_float(dataset.test_images, mean, std))
+    y_test = torch.from_numpy(dataset.test_labels.astype(np.int64))
+    batches = data.DataLoader(x_train, labels, config.batch_size, shuffle=True, rng=data_rng)
+    opt = torch.optim.SGD(twin.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    seconds = 0.0
+    for _ in range(config.epochs):
+        twin.train()
+        started = time.perf_counter()
+        for xb, yb in batches:
+            opt.zero_grad()
+            loss = tnn.functional.cross_entropy(twin(torch.from_numpy(xb)), torch.from_numpy(yb.astype(np.int64)))
+            loss.backward()
+            opt.step()
+        seconds += time.perf_counter() - started
+        sched.step()
+    twin.eval()
+    with torch.no_grad():
+        accuracy = (twin(x_test).argmax(1) == y_test).float().mean().item()
+    return accuracy, seconds / config.epochs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="cnn,mlp")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--train-subset", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    args = parser.parse_args(argv)
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    use_torch = torch is not None and not args.no_torch
+    dataset = data.load_dataset("mnist")
+    rows = []
+    for name in args.models.split(","):
+        config = TrainConfig(model=name, epochs=args.epochs, train_subset=args.train_subset, seed=args.seed)
+        with tempfile.TemporaryDirectory() as out:
+            summary = run_training(config, out, progress=False, log=lambda line: print("  " + line, file=sys.stderr))
+        torch_acc, torch_s = torch_reference(config, dataset) if use_torch else (math.nan, math.nan)
+        rows.append((name, summary["test_acc"], summary["train_loss"], summary["seconds_per_epoch"], torch_acc, torch_s))
+
+    print(f"\nMNIST, {args.epochs} epochs, npconv train defaults (seed {args.seed}); PyTorch {getattr(torch, '__version__', 'absent')}")
+    print("| model | npconv test acc | PyTorch test acc | npconv final train loss | npconv s/epoch | PyTorch s/epoch | time ratio npconv/PyTorch |")
+    print("|---|---|---|---|---|---|---|")
+    for name, acc, loss, sec, t_acc, t_sec in rows:
+        print(f"| {name} | {100 * acc:.2f} % | {100 * t_acc:.2f} % | {loss:.4f} | {sec:.2f} | {t_sec:.2f} | {sec / t_sec:.2f} |")
+    print("summary: " + "; ".join(
+        f"{name} {100 * acc:.2f} % (PyTorch {100 * t_acc:.2f} %), {sec:.1f} s/epoch = {sec / t_sec:.2f}x PyTorch"
+        for name, acc, _, sec, t_acc, t_sec in rows))
+
+
+if __name__ == "__main__":
+    main()
