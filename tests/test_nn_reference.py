@@ -550,3 +550,20 @@ def test_mse_known_values_and_one_hot_labels():
     assert abs(explicit - 1.25 / 6) < 1e-15, f"explicit one-hot target: {explicit} / {1.25 / 6}"
     with pytest.raises(ValueError, match="shape"):
         loss_fn(output, np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("builder", [models.cnn, models.mlp], ids=lambda b: b.__name__)
+def test_backward_without_input_grad_fills_the_same_parameter_grads(rng, builder):
+    """``model.backward(dy, input_grad=False)`` skips dx of the first layer, nothing else."""
+    model = randomize_output_layer(builder(rng=rng, dtype=F64), rng)
+    x = rng.standard_normal((3, 1, 28, 28))
+    dy = rng.standard_normal((3, 10))
+    grads = []
+    for input_grad in (True, False):
+        model.zero_grad()
+        model(x)
+        dx = model.backward(dy, input_grad=input_grad)
+        assert (dx is None) == (not input_grad), f"input_grad={input_grad}: dx is {type(dx)}"
+        grads.append({name: p.grad.copy() for name, p in model.named_parameters()})
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)

@@ -25,10 +25,24 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
-        return dy
+    def backward(self, dy, input_grad=True):
+        """Backpropagate ``dy`` through every layer; return ``dx`` of the first.
+
+        ``input_grad=False`` says the network's input needs no gradient (it is
+        data): backpropagation stops at the first layer with parameters, which
+        skips computing its own ``dx`` (for a Conv2d, a matrix product and the
+        col2im), and None is returned.
+        """
+        if input_grad:
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
+            return dy
+        first = next((i for i, layer in enumerate(self.layers) if layer.parameters()), None)
+        if first is not None:
+            for layer in reversed(self.layers[first + 1 :]):
+                dy = layer.backward(dy)
+            self.layers[first].backward(dy, input_grad=False)
+        return None
 
     def __getitem__(self, i):
         return self.layers[i]

@@ -95,18 +95,28 @@ class Conv2d(Module):
         y = self.weight.data.reshape(k, -1) @ cols  # (K, N*OH*OW)
         y += self.bias.data[:, None]
         self._save(cols, x.shape)
-        return xp.ascontiguousarray(y.reshape(k, n, oh, ow).transpose(1, 0, 2, 3))
+        # The product is channel-major, (K, N, OH, OW) in memory. Return it as an
+        # (N, K, OH, OW) view rather than copying: element-wise layers keep the
+        # layout, and backward gets dy back in it, so no copy is needed either way.
+        return y.reshape(k, n, oh, ow).transpose(1, 0, 2, 3)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """Fill ``weight.grad`` and ``bias.grad``; return ``dx`` (N, C, H, W).
+
+        With ``input_grad=False`` (the first layer of a network, whose input is
+        data that needs no gradient) ``dx`` is not computed and None is returned.
+        """
         xp = B.xp
         cols, x_shape = self._saved_tensors()
         n, c, h, w = x_shape
         _, k, oh, ow = dy.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
 
-        dy_mat = dy.transpose(1, 0, 2, 3).reshape(k, n * oh * ow)  # same column order as cols
+        dy_mat = dy.transpose(1, 0, 2, 3).reshape(k, n * oh * ow)  # columns (n, i, j), like cols; free if dy is channel-major
         self.weight.grad += (dy_mat @ cols.T).reshape(self.weight.data.shape)
         self.bias.grad += dy_mat.sum(axis=1)
+        if not input_grad:
+            return None
         dcols = (self.weight.data.reshape(k, -1).T @ dy_mat).reshape(c, kh, kw, n, oh, ow)
 
         # col2im: entry (u, v) of the window at output (i, j) came from padded pixel

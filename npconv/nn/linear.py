@@ -50,11 +50,12 @@ class Linear(Module):
         self._save(x)
         return x @ self.weight.data.T + self.bias.data
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """Fill ``weight.grad`` and ``bias.grad``; return ``dx`` (or None if not ``input_grad``)."""
         (x,) = self._saved_tensors()
         self.weight.grad += dy.T @ x
         self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data
+        return dy @ self.weight.data if input_grad else None
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}"

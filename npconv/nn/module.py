@@ -11,7 +11,9 @@ A layer is a :class:`Module` with two methods:
   changes a weight: only an optimizer (:mod:`npconv.optim`) does that.
 
 Gradients accumulate (``grad += ...``) as in PyTorch, so call the optimizer's
-``zero_grad()`` before each backward pass.
+``zero_grad()`` before each backward pass. Layers with parameters also accept
+``backward(dy, input_grad=False)``: fill the parameters' gradients but skip
+``dx``, for the first layer of a network, whose input is data.
 
 Layout conventions, declared once for the whole package: images are NCHW --
 ``(N, C, H, W)`` = (batch, channels, height, width); a Linear weight is

@@ -30,14 +30,19 @@ class MaxPool2d(Module):
     -----
     x : (N, C, H, W) -> y : (N, C, OH, OW)
 
-    Cached by forward: ``argmax`` (N, C, OH, OW), the row-major index
-    ``u * KW + v`` of each window's first maximum, and the input shape.
+    Cached by forward: for each window offset ``k = u * KW + v`` after the
+    first, a boolean array ``took_over[k]`` (N, C, OH, OW) telling where entry
+    ``k`` was *strictly* larger than every earlier entry of its window; and
+    the input (only for its shape and memory layout).
 
     Implementation: both directions loop over the ``KH*KW`` offsets ``(u, v)``
     inside the window, never over pixels. For one offset, that entry of every
-    window is a strided slice of the input, ``x[:, :, u::s_h, v::s_w]``; forward
-    keeps a running maximum over the slices, replacing it only where a later
-    entry is *strictly* larger, which is what keeps the first maximum.
+    window is a strided slice of the input, ``x[:, :, u::s_h, v::s_w]``.
+    Forward keeps a running maximum over the slices. A window's first maximum
+    is the *last* entry that took over (a later equal value does not take
+    over), or entry 0 if none did; backward walks the offsets from the last to
+    the first to find it, so the routing costs a few boolean operations per
+    offset instead of an argmax over each window.
     """
 
     def __init__(self, kernel_size, stride=None, *, dtype=None):
@@ -50,36 +55,50 @@ class MaxPool2d(Module):
         sh, sw = self.stride
         return x[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw]
 
+    def _offsets(self):
+        kh, kw = self.kernel_size
+        return [(u, v) for u in range(kh) for v in range(kw)]  # row-major: the order ties are broken in
+
     def forward(self, x):
         xp = B.xp
         _, _, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         oh = output_size(h, kh, sh, 0, "MaxPool2d height")
         ow = output_size(w, kw, sw, 0, "MaxPool2d width")
-        y = self._entry(x, 0, 0, oh, ow).copy()
-        argmax = xp.zeros(y.shape, dtype=xp.int16)
-        for u in range(kh):
-            for v in range(kw):
-                if u == v == 0:
-                    continue
-                entry = self._entry(x, u, v, oh, ow)
-                larger = entry > y  # strictly: on a tie the earlier entry stays the maximum
-                xp.copyto(y, entry, where=larger)
-                xp.copyto(argmax, u * kw + v, where=larger)
-        self._save(argmax, x.shape)
+        first, *rest = self._offsets()
+        y = self._entry(x, *first, oh, ow).copy()
+        took_over = []
+        for u, v in rest:
+            entry = self._entry(x, u, v, oh, ow)
+            took_over.append(entry > y)  # strictly: on a tie the earlier entry stays the maximum
+            xp.maximum(y, entry, out=y)
+        self._save(took_over, x)
         return y
 
     def backward(self, dy):
         xp = B.xp
-        argmax, x_shape = self._saved_tensors()
-        kh, kw = self.kernel_size
+        took_over, x = self._saved_tensors()
         _, _, oh, ow = dy.shape
-        dx = xp.zeros(x_shape, dtype=dy.dtype)
-        # The windows whose maximum sits at offset (u, v) send their dy to that entry.
-        # "+=" because overlapping windows (stride < kernel) can pick the same pixel.
-        for u in range(kh):
-            for v in range(kw):
-                self._entry(dx, u, v, oh, ow)[...] += xp.where(argmax == u * kw + v, dy, 0)
+        first, *rest = self._offsets()
+        # zeros_like keeps x's memory layout, so a Conv2d below can reshape dx without copying.
+        dx = xp.zeros_like(x, dtype=dy.dtype)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        overlapping = sh < kh or sw < kw
+
+        def route(u, v, chosen):
+            """Send dy to entry (u, v) of the windows where ``chosen`` is True."""
+            target = self._entry(dx, u, v, oh, ow)
+            if overlapping:  # several windows may pick the same pixel: accumulate
+                target += dy * chosen
+            else:  # each pixel belongs to one window: write in place, no temporary
+                xp.multiply(dy, chosen, out=target)
+
+        # Walk the offsets backwards: a window's maximum is at the last entry that took over.
+        claimed = xp.zeros(dy.shape, dtype=bool)  # windows whose maximum is at a later offset
+        for (u, v), larger in zip(reversed(rest), reversed(took_over)):
+            route(u, v, larger & ~claimed)
+            claimed |= larger
+        route(*first, ~claimed)
         return dx
 
     def extra_repr(self):
