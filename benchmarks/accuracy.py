@@ -84,13 +84,17 @@ def main(argv=None):
         torch = None
     use_torch = torch is not None and not args.no_torch
     dataset = data.load_dataset("mnist")
-    rows = []
-    for name in args.models.split(","):
-        config = TrainConfig(model=name, epochs=args.epochs, train_subset=args.train_subset, seed=args.seed)
+    configs = [TrainConfig(model=name, epochs=args.epochs, train_subset=args.train_subset, seed=args.seed)
+               for name in args.models.split(",")]
+    summaries = []
+    for config in configs:
         with tempfile.TemporaryDirectory() as out:
-            summary = run_training(config, out, progress=False, log=lambda line: print("  " + line, file=sys.stderr))
-        torch_acc, torch_s = torch_reference(config, dataset) if use_torch else (math.nan, math.nan)
-        rows.append((name, summary["test_acc"], summary["train_loss"], summary["seconds_per_epoch"], torch_acc, torch_s))
+            summaries.append(run_training(config, out, progress=False,
+                                          log=lambda line: print("  " + line, file=sys.stderr)))
+    # PyTorch after all of npconv: its OpenMP threads keep spinning after it runs and would slow NumPy.
+    references = [torch_reference(c, dataset) if use_torch else (math.nan, math.nan) for c in configs]
+    rows = [(c.model, s["test_acc"], s["train_loss"], s["seconds_per_epoch"], *ref)
+            for c, s, ref in zip(configs, summaries, references)]
 
     print(f"\nMNIST, {args.epochs} epochs, npconv train defaults (seed {args.seed}); PyTorch {getattr(torch, '__version__', 'absent')}")
     print("| model | npconv test acc | PyTorch test acc | npconv final train loss | npconv s/epoch | PyTorch s/epoch | time ratio npconv/PyTorch |")

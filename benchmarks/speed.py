@@ -1,0 +1,198 @@
+"""Speed of npconv against PyTorch on the CPU, side by side in one run.
+
+Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-4):
+
+* ``cnn`` and ``mlp`` training: seconds per epoch -- 600 steps over the shuffled
+  training set, batching included -- written as a user writes it: an
+  ``nn.Sequential`` from :mod:`npconv.models` and ``optim.SGD`` for npconv, the
+  same ``torch.nn.Sequential`` and ``torch.optim.SGD`` for PyTorch;
+* ``cnn`` inference on the 10,000 test images, batch 1000;
+* peak memory (RSS) of ``npconv train`` on MNIST (one epoch, in a child process);
+* the physical floor: the multiply-adds of one ``cnn`` epoch (forward and
+  backward) divided by the float32 matrix-product rate NumPy reaches here.
+
+PyTorch runs with its default threads, warmed up. Each timing is the best of
+``--repeats`` runs. Usage::
+
+    python benchmarks/speed.py              # about 3 minutes on 2 cores
+    python benchmarks/speed.py --steps 100  # a quicker look (epoch times extrapolated from 100 steps)
+"""
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from npconv import data, models, nn, optim, parallel
+
+BATCH = 100
+
+
+def npconv_epoch(model_name, x, y, steps, rng):
+    """Seconds for ``steps`` training steps of npconv, batching included."""
+    model = models.build_model(model_name, rng=np.random.default_rng(0))
+    loss_fn = nn.SoftmaxCrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loader = data.DataLoader(x, y, BATCH, shuffle=True, rng=rng)
+
+    def run(n):
+        for i, (xb, yb) in enumerate(loader):
+            if i == n:
+                break
+            opt.zero_grad()
+            loss_fn(model(xb), yb)
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+
+    run(10)  # warm-up
+    started = time.perf_counter()
+    run(steps)
+    return time.perf_counter() - started
+
+
+def torch_twin(model_name):
+    import torch.nn as tnn
+
+    if model_name == "cnn":
+        return tnn.Sequential(
+            tnn.Conv2d(1, 8, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Conv2d(8, 16, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10),
+        )
+    return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10))
+
+
+def torch_epoch(model_name, x, y, steps, rng):
+    """Seconds for ``steps`` training steps of PyTorch, batching included (same batches as npconv)."""
+    import torch
+
+    model = torch_twin(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loader = data.DataLoader(x, y.astype(np.int64), BATCH, shuffle=True, rng=rng)
+
+    def run(n):
+        for i, (xb, yb) in enumerate(loader):
+            if i == n:
+                break
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)), torch.from_numpy(yb))
+            loss.backward()
+            opt.step()
+
+    run(10)
+    started = time.perf_counter()
+    run(steps)
+    return time.perf_counter() - started
+
+
+def npconv_inference(x):
+    model = models.cnn(rng=np.random.default_rng(0)).eval()
+    model(x[:1000])
+    started = time.perf_counter()
+    for i in range(0, len(x), 1000):
+        model(x[i : i + 1000]).argmax(axis=1)
+    return time.perf_counter() - started
+
+
+def torch_inference(x):
+    import torch
+
+    model = torch_twin("cnn").eval()
+    with torch.no_grad():
+        model(torch.from_numpy(x[:1000]))
+        started = time.perf_counter()
+        for i in range(0, len(x), 1000):
+            model(torch.from_numpy(x[i : i + 1000])).argmax(1)
+    return time.perf_counter() - started
+
+
+def peak_rss_of_train():
+    """Peak RSS in MB of ``npconv train`` (1 epoch) in a child process."""
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, "-m", "npconv", "train", "--epochs", "1", "--quiet", "--out", out],
+                       check=True, stdout=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def cnn_epoch_macs():
+    """Multiply-adds of one cnn training epoch (600 steps of 100): forward, dW and dx products."""
+    per_image = (
+        28 * 28 * 8 * 9          # conv1: 8 outputs per pixel, 3x3x1 each
+        + 14 * 14 * 16 * 72      # conv2: 16 outputs per pixel, 3x3x8 each
+        + 784 * 128 + 128 * 10   # the two Linear layers
+    )
+    conv1 = 28 * 28 * 8 * 9
+    # forward + weight gradient (same size) + input gradient (all but conv1, which needs none)
+    return 600 * BATCH * (3 * per_image - conv1)
+
+
+def matmul_rate():
+    """float32 multiply-adds per second NumPy reaches on this training's largest products."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((16, 72)).astype(np.float32)
+    b = rng.standard_normal((72, 19600)).astype(np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 20)
+    return 16 * 72 * 19600 / best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="npconv vs PyTorch speed on MNIST")
+    parser.add_argument("--steps", type=int, default=600, help="training steps timed per epoch (default 600)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
+    args = parser.parse_args(argv)
+
+    try:
+        import torch
+    except ImportError:
+        sys.exit("speed.py compares with PyTorch: pip install -e '.[bench]'")
+
+    mnist = data.load_dataset("mnist")
+    mean, std = data.pixel_stats(mnist.train_images)
+    x, y = data.to_float(mnist.train_images, mean, std), mnist.train_labels
+    x_test = data.to_float(mnist.test_images, mean, std)
+    scale = 600 / args.steps
+
+    def best(fn, *a):
+        return min(fn(*a) for _ in range(args.repeats))
+
+    def epoch(fn, name):
+        return best(lambda: fn(name, x, y, args.steps, np.random.default_rng(0)) * scale)
+
+    # All of npconv first, then all of PyTorch: once PyTorch has run, its OpenMP
+    # threads keep spinning for a while and would slow whatever NumPy does next.
+    rss = None if args.no_memory else peak_rss_of_train()
+    rate = matmul_rate()
+    ours = [epoch(npconv_epoch, "cnn"), epoch(npconv_epoch, "mlp"), best(lambda: npconv_inference(x_test))]
+    theirs = [epoch(torch_epoch, "cnn"), epoch(torch_epoch, "mlp"), best(lambda: torch_inference(x_test))]
+    labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s"]
+    rows = list(zip(labels, ours, theirs))
+
+    floor = cnn_epoch_macs() / rate
+    print(f"\nmachine: {os.cpu_count()} cores; npconv threads {parallel.get_num_threads()}; "
+          f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads; numpy {np.__version__}")
+    print("| workload | npconv | PyTorch | ratio npconv/PyTorch |")
+    print("|---|---|---|---|")
+    for label, ours, theirs in rows:
+        print(f"| {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
+    if not args.no_memory:
+        print(f"| peak RSS of `npconv train`, MB | {rss:.0f} | | |")
+    cnn_ours = rows[0][1]
+    print(f"\nfloor: one cnn epoch is {cnn_epoch_macs() / 1e9:.2f} G multiply-adds; at NumPy's "
+          f"{rate / 1e9:.1f} G multiply-adds/s that is {floor:.2f} s; npconv takes {cnn_ours / floor:.1f}x the floor")
+    print("summary: " + "; ".join(f"{label} {ours / theirs:.2f}x PyTorch" for label, ours, theirs in rows))
+
+
+if __name__ == "__main__":
+    main()

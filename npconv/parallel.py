@@ -1,0 +1,135 @@
+"""Data parallelism over the batch: a :class:`~npconv.nn.Sequential` uses every core.
+
+A training step on a batch of N images is, for all the maths, N independent
+computations whose parameter gradients are summed at the end. So a
+``Sequential`` with a large enough batch splits it into one chunk per thread:
+
+* every thread runs the whole network on its chunk -- the first chunk on the
+  model itself, the others on *replicas* that share the model's weight arrays
+  (the same ``Parameter.data``) but keep their own caches and gradients;
+* the outputs are concatenated; backward splits ``dy`` the same way, runs each
+  chunk's backward in its thread, and adds every replica's gradients into the
+  model's, always in chunk order (so runs are repeatable).
+
+NumPy and BLAS release Python's global lock while they compute, so the threads
+really run at the same time; BLAS is held to one thread inside each of them so
+that two threads do not fight over two cores.
+
+It is only an execution strategy: the results equal the one-thread results up
+to floating-point rounding (gradients are summed in a different order). With
+one thread (``set_num_threads(1)``), a batch smaller than ``2 * MIN_CHUNK``, or
+a Dropout layer in training mode (its masks must come from one generator in
+one order), the network runs in the calling thread as before.
+"""
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+#: Smallest chunk worth a thread of its own.
+MIN_CHUNK = 32
+
+_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_executor = None
+_blas = None
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for large batches (1 = everything in the calling thread)."""
+    global _num_threads, _executor
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be an integer >= 1, got {n!r}")
+    _num_threads = n
+    if _executor is not None:
+        _executor.shutdown()
+        _executor = None
+
+
+def get_num_threads():
+    """The number of threads a large batch is split over (default: the cores this process may use)."""
+    return _num_threads
+
+
+def _pool():
+    global _executor, _blas
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="npconv")
+        _blas = ThreadpoolController()
+    return _executor
+
+
+def _run_chunks(tasks):
+    """Run ``tasks`` (callables), the first in this thread, the rest on the pool; return their results."""
+    pool = _pool()
+    with _blas.limit(limits=1, user_api="blas"):
+        futures = [pool.submit(task) for task in tasks[1:]]
+        results = [tasks[0]()]
+        results += [f.result() for f in futures]
+    return results
+
+
+def replicate(layer):
+    """A copy of ``layer`` that shares its weight arrays but has its own gradients and caches."""
+    from .nn.container import Sequential
+    from .nn.module import Parameter
+
+    if isinstance(layer, Sequential):
+        return Sequential(*[replicate(child) for child in layer.layers])
+    twin = copy.copy(layer)
+    for name, value in vars(layer).items():
+        if isinstance(value, Parameter):
+            setattr(twin, name, Parameter(value.data))  # same data array, fresh gradient
+    twin._saved = None
+    return twin
+
+
+class BatchSplitter:
+    """Runs a Sequential's forward and backward over batch chunks, one per thread."""
+
+    def __init__(self, model):
+        self.model = model
+        self.replicas = []
+        self.sizes = None  # chunk sizes of the last forward that was split
+
+    def wants(self, x):
+        """Whether to split this forward: several threads, a large batch, no active dropout."""
+        from .nn.dropout import Dropout
+
+        if _num_threads < 2 or len(x) < 2 * MIN_CHUNK:
+            return False
+        return not any(isinstance(layer, Dropout) and layer.training and layer.p > 0 for layer in self.model.layers)
+
+    def _replicas(self, count):
+        """``count`` replicas, rebuilt if the model's weight arrays were replaced."""
+        params = self.model.parameters()
+        fresh = len(self.replicas) == count and all(
+            mine.data is theirs.data for r in self.replicas for mine, theirs in zip(r.parameters(), params)
+        )
+        if not fresh:
+            self.replicas = [replicate(self.model) for _ in range(count)]
+        for r in self.replicas:
+            r.train(self.model.training)
+        return self.replicas
+
+    def forward(self, x):
+        threads = min(_num_threads, len(x) // MIN_CHUNK)
+        chunks = np.array_split(x, threads)
+        self.sizes = [len(c) for c in chunks]
+        workers = [self.model.forward_serial] + [r.forward_serial for r in self._replicas(threads - 1)]
+        outputs = _run_chunks([lambda f=f, c=c: f(c) for f, c in zip(workers, chunks)])
+        return np.concatenate(outputs)
+
+    def backward(self, dy, input_grad):
+        dys = np.split(dy, np.cumsum(self.sizes)[:-1])
+        replicas = self.replicas[: len(self.sizes) - 1]
+        for r in replicas:
+            r.zero_grad()
+        workers = [self.model.backward_serial] + [r.backward_serial for r in replicas]
+        dxs = _run_chunks([lambda f=f, d=d: f(d, input_grad) for f, d in zip(workers, dys)])
+        for r in replicas:  # chunk order: the same sums on every run
+            for mine, theirs in zip(self.model.parameters(), r.parameters()):
+                mine.grad += theirs.grad
+        return np.concatenate(dxs) if input_grad else None
