@@ -596,3 +596,15 @@ def test_sequential_pool_before_relu_is_exact(rng, dtype):
     np.testing.assert_array_equal(dx_seq, d, err_msg="dx: Sequential / written order")
     for name, p in model.named_parameters():
         np.testing.assert_array_equal(grads_seq[name], p.grad, err_msg=f"{name}: Sequential / written order")
+
+
+def test_no_grad_keeps_nothing_and_changes_no_value(rng):
+    model = models.cnn(rng=rng).eval()
+    x = rng.standard_normal((3, 1, 28, 28)).astype(F32)
+    expected = model(x)
+    with nn.no_grad():
+        assert not nn.grad_enabled()
+        np.testing.assert_array_equal(model(x), expected, err_msg="no_grad / normal forward")
+    assert nn.grad_enabled(), "no_grad must restore the setting"
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model.backward(np.ones((3, 10), F32))

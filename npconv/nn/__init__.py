@@ -23,10 +23,10 @@ from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Linear
 from .loss import MSELoss, SoftmaxCrossEntropyLoss
-from .module import Module, Parameter
+from .module import Module, Parameter, grad_enabled, no_grad
 from .pool import MaxPool2d
 
 __all__ = [
     "Conv2d", "Dropout", "Flatten", "Linear", "MaxPool2d", "MSELoss", "Module", "Parameter",
-    "ReLU", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss", "Tanh",
+    "ReLU", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss", "Tanh", "grad_enabled", "no_grad",
 ]

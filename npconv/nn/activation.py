@@ -4,7 +4,7 @@ Each maps any shape to the same shape and keeps one array for backward.
 """
 
 from .. import backend as B
-from .module import Module
+from .module import Module, grad_enabled
 
 
 class ReLU(Module):
@@ -20,8 +20,8 @@ class ReLU(Module):
         self.dtype = B.resolve_dtype(dtype)
 
     def forward(self, x):
-        mask = x > 0
-        self._save(mask)
+        if grad_enabled():
+            self._save(x > 0)
         return B.xp.maximum(x, 0)  # not x * mask: -inf * 0 would be NaN
 
     def backward(self, dy):

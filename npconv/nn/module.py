@@ -21,7 +21,32 @@ Layout conventions, declared once for the whole package: images are NCHW --
 ``(out_channels, in_channels, KH, KW)``, and every bias is ``(out,)``.
 """
 
+import contextlib
+
 from .. import backend as B
+
+_grad_enabled = True
+_NOTHING_KEPT = object()  # what a forward under no_grad() leaves for backward
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block forward passes keep nothing for backward, like ``torch.no_grad()``.
+
+    For inference: layers skip computing their caches (ReLU's mask, max-pool's
+    routing), which makes evaluation faster; ``backward`` is then an error.
+    """
+    global _grad_enabled
+    before, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = before
+
+
+def grad_enabled():
+    """False inside :func:`no_grad`: a forward pass need not keep anything for backward."""
+    return _grad_enabled
 
 
 class Parameter:
@@ -71,14 +96,16 @@ class Module:
 
     # --- what backward needs -------------------------------------------
     def _save(self, *tensors):
-        """Keep what ``backward`` will need (called by ``forward``)."""
-        self._saved = tensors
+        """Keep what ``backward`` will need (called by ``forward``; nothing under :func:`no_grad`)."""
+        self._saved = tensors if _grad_enabled else _NOTHING_KEPT
 
     def _saved_tensors(self):
         """Return what ``forward`` kept; a clear error if it never ran."""
         saved = getattr(self, "_saved", None)
         if saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        if saved is _NOTHING_KEPT:
+            raise RuntimeError(f"{type(self).__name__}.backward() after a forward under no_grad(), which keeps nothing")
         return saved
 
     # --- parameters and sub-modules ------------------------------------

@@ -2,7 +2,7 @@
 
 from .. import backend as B
 from ._utils import output_size, pair
-from .module import Module
+from .module import Module, grad_enabled
 
 
 class MaxPool2d(Module):
@@ -70,7 +70,8 @@ class MaxPool2d(Module):
         took_over = []
         for u, v in rest:
             entry = self._entry(x, u, v, oh, ow)
-            took_over.append(entry > y)  # strictly: on a tie the earlier entry stays the maximum
+            if grad_enabled():
+                took_over.append(entry > y)  # strictly: on a tie the earlier entry stays the maximum
             xp.maximum(y, entry, out=y)
         self._save(took_over, x)
         return y
