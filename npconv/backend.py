@@ -9,18 +9,12 @@ Today the backend is NumPy, float32 by default.
 """
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 #: The array module used by every layer (``numpy`` today).
 xp = np
 
 #: The default floating-point type of parameters and activations.
 DEFAULT_DTYPE = np.float32
-
-
-def windows(x, window_shape, axis):
-    """A read-only view of all ``window_shape`` windows of ``x`` along ``axis`` (no copy)."""
-    return sliding_window_view(x, window_shape, axis=axis)
 
 
 def to_numpy(a):

@@ -608,3 +608,12 @@ def test_no_grad_keeps_nothing_and_changes_no_value(rng):
     assert nn.grad_enabled(), "no_grad must restore the setting"
     with pytest.raises(RuntimeError, match="no_grad"):
         model.backward(np.ones((3, 10), F32))
+
+
+def test_relu_backward_after_no_grad_forward_is_an_error(rng):
+    relu = nn.ReLU()
+    relu(rng.standard_normal(5))  # a forward with gradients: a mask is kept ...
+    with nn.no_grad():
+        relu(rng.standard_normal(5))  # ... and must not be reused after this one
+    with pytest.raises(RuntimeError, match="no_grad"):
+        relu.backward(np.ones(5))

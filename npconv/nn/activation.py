@@ -20,8 +20,7 @@ class ReLU(Module):
         self.dtype = B.resolve_dtype(dtype)
 
     def forward(self, x):
-        if grad_enabled():
-            self._save(x > 0)
+        self._save(x > 0 if grad_enabled() else None)  # no mask needed under no_grad()
         return B.xp.maximum(x, 0)  # not x * mask: -inf * 0 would be NaN
 
     def backward(self, dy):

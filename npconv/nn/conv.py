@@ -36,7 +36,7 @@ class Conv2d(Module):
 
     Both directions loop over the ``KH*KW`` kernel offsets ``(u, v)``, never over
     pixels: for one offset, the entries of every patch form a strided slice of
-    the padded image, ``x_p[:, :, u::s_h, v::s_w]``, copied (im2col) or added
+    the padded image, ``x_p[:, :, u : u + s_h*OH : s_h, v : v + s_w*OW : s_w]``, copied (im2col) or added
     (col2im) in one go.
 
     Parameters

@@ -3,7 +3,7 @@
 A layer is a :class:`Module` with two methods:
 
 * ``forward(x) -> y`` computes the output and keeps exactly what ``backward``
-  needs (the input for Linear, the mask for ReLU, the argmax for max-pool ...);
+  needs (the input for Linear, the mask for ReLU, the routing masks for max-pool ...);
 * ``backward(dy) -> dx`` takes the gradient of the loss with respect to the
   output, ``dy = dL/dy`` (same shape as ``y``), adds the gradient with respect to
   each parameter into that parameter's ``.grad`` and returns ``dx = dL/dx``

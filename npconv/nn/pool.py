@@ -30,14 +30,15 @@ class MaxPool2d(Module):
     -----
     x : (N, C, H, W) -> y : (N, C, OH, OW)
 
-    Cached by forward: for each window offset ``k = u * KW + v`` after the
-    first, a boolean array ``took_over[k]`` (N, C, OH, OW) telling where entry
-    ``k`` was *strictly* larger than every earlier entry of its window; and
+    Cached by forward: a list ``took_over`` with, for each window offset
+    ``k = u * KW + v`` after the first (at index ``k - 1``), a boolean array
+    (N, C, OH, OW) telling where entry ``k`` was *strictly* larger than every
+    earlier entry of its window; and
     the input (only for its shape and memory layout).
 
     Implementation: both directions loop over the ``KH*KW`` offsets ``(u, v)``
     inside the window, never over pixels. For one offset, that entry of every
-    window is a strided slice of the input, ``x[:, :, u::s_h, v::s_w]``.
+    window is a strided slice of the input, ``x[:, :, u : u + s_h*OH : s_h, v : v + s_w*OW : s_w]``.
     Forward keeps a running maximum over the slices. A window's first maximum
     is the *last* entry that took over (a later equal value does not take
     over), or entry 0 if none did; backward walks the offsets from the last to
