@@ -18,3 +18,7 @@ class DataError(NpconvError):
 
 class ModelFileError(NpconvError):
     """A model file cannot be loaded: not an npz, damaged, or does not fit its architecture."""
+
+
+class CheckpointError(NpconvError):
+    """A checkpoint or run folder cannot be resumed: missing, damaged, or not of this run."""

@@ -1,14 +1,36 @@
-"""Atomic file writes: a reader sees the old complete file or the new one, never a torn one.
+"""Safe files: atomic writes, and an exclusive lock on a run folder.
 
-The content goes to a temporary file in the same folder, is flushed and
-fsync'ed, and is then renamed over the target; a rename within one file system
-is atomic. A crash mid-write leaves at worst a stray ``.tmp`` file beside it.
+**Atomic writes.** The content goes to a temporary file in the same folder, is
+flushed and fsync'ed, and is then renamed over the target; a rename within one
+file system is atomic. A crash, or ``kill -9``, at any moment leaves either the
+old complete file or the new complete file, never a torn one -- at worst a
+stray ``.NAME.*.tmp`` file beside it. Every file npconv writes goes through
+:func:`atomic_write`.
+
+**Folder locks.** :func:`lock_dir` holds an exclusive, non-blocking
+``flock`` on ``FOLDER/.lock`` while a process writes into that folder, so two
+npconv processes can never train into the same run folder at once; the second
+gets a clear :class:`~npconv.errors.NpconvError` naming the first one's pid.
+The kernel drops the lock when its holder exits, however it exits, so a
+crashed run never leaves a folder locked. Many runs at once (a sweep) each
+write their own run folder under this lock; they never share a file.
 """
 
 import contextlib
 import json
 import os
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX (Windows): folders are not locked
+    fcntl = None
+
+from .errors import NpconvError
+
+#: The lock file :func:`lock_dir` creates in a folder (left in place: removing
+#: it while another process waits on it would let two processes hold "the" lock).
+LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
@@ -42,3 +64,42 @@ def write_json(path, obj):
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def lock_dir(folder):
+    """Hold an exclusive lock on ``folder`` (which must exist) for the ``with`` block.
+
+    The lock is an ``flock(LOCK_EX | LOCK_NB)`` on ``folder/.lock``, which
+    then holds the holder's pid. It never waits: if another process holds the
+    lock, :class:`~npconv.errors.NpconvError` is raised at once with
+    ``"FOLDER is in use by another npconv process (pid N)"``. The lock is
+    released when the block ends or the process dies.
+    """
+    folder = os.fspath(folder)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise NpconvError(f"{folder}: cannot create its lock file ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NpconvError(
+                f"{folder} is in use by another npconv process (pid {_lock_holder(fd)}); "
+                "wait for it to finish or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _lock_holder(fd):
+    """The pid written in a lock file, or ``"unknown"`` (the holder may not have written it yet)."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"

@@ -7,6 +7,7 @@ model was trained with.
 """
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -20,18 +21,29 @@ MAX_PIXELS = 50_000_000  # refuse absurdly large images before decoding them
 
 def load_image(path, size=28):
     """Read an image file as a (size, size) uint8 array, light-on-dark like MNIST."""
+    if os.path.isdir(path):
+        raise NpconvError(f"{path}: is a directory, not an image")
     if not os.path.isfile(path):
         raise NpconvError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise NpconvError(f"{path}: empty file, not an image")
+    too_large = f"{path}: image too large (more than {MAX_PIXELS} pixels); refused before decoding it"
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise NpconvError(f"{path}: image of {img.width}x{img.height} pixels is too large")
-            gray = img.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-            pixels = np.asarray(gray, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise NpconvError(f"{path}: not a readable image ({e})") from None
+        # Image.open reads only the header. PIL warns (DecompressionBombWarning)
+        # or raises (DecompressionBombError) for huge sizes; either is our error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise NpconvError(f"{path}: image of {img.width}x{img.height} pixels is too large "
+                                      f"(at most {MAX_PIXELS} pixels); refused before decoding it")
+                gray = img.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                pixels = np.asarray(gray, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise NpconvError(too_large) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        # PIL raises OSError for truncated data, SyntaxError from some format parsers.
+        raise NpconvError(f"{path}: not a readable image ({' '.join(str(e).split())})") from None
     # The border is background: if it is mostly light, the digit is dark on light.
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > 127:

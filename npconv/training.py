@@ -20,7 +20,16 @@ from .errors import NpconvError
 
 
 class TrainingDiverged(NpconvError):
-    """The loss became NaN or infinite; training cannot continue."""
+    """The loss became NaN or infinite; training cannot continue.
+
+    ``epoch`` and ``step`` (from 1) say where; ``step`` is None when the test
+    or validation loss of a finished epoch was the first non-finite figure.
+    """
+
+    def __init__(self, message, *, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
 
 
 @dataclass
@@ -61,16 +70,21 @@ def evaluate(model, loss_fn, images, labels, batch_size=1000):
     return total_loss / len(images), float(np.mean(predictions == labels)), predictions
 
 
-def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True, desc="train"):
+def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True, desc="train", monitor=None):
     """One pass over ``batches`` (an iterable of ``(x, y)`` with a ``len``).
 
     Returns ``(mean_loss, accuracy)`` averaged over the epoch's samples as
     training went (so with dropout active), the figures the progress bar shows.
     Raises :class:`TrainingDiverged` as soon as the loss is NaN or infinite.
+
+    ``monitor``, if given (a :class:`npconv.health.HealthMonitor`), has its
+    ``before_update()`` and ``after_update()`` called around the optimizer
+    step of the epoch's last step only, so it costs nothing on the others.
     """
     model.train()
     seen = correct = 0
     total_loss = 0.0
+    last_step = len(batches)
     bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     with bar:
         for step, (xb, yb) in enumerate(batches, start=1):
@@ -81,10 +95,16 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
                 where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
                 raise TrainingDiverged(
                     f"loss became {loss} at {where}: training diverged "
-                    "(the learning rate or weight decay is probably too high)"
+                    "(the learning rate or weight decay is probably too high)",
+                    epoch=epoch, step=step,
                 )
             model.backward(loss_fn.backward())
-            optimizer.step()
+            if monitor is not None and step == last_step:
+                monitor.before_update()
+                optimizer.step()
+                monitor.after_update()
+            else:
+                optimizer.step()
             seen += len(yb)
             total_loss += loss * len(yb)
             correct += int((B.to_numpy(logits.argmax(axis=1)) == yb).sum())
@@ -95,14 +115,18 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
 
 
 def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *, val=None, lr_schedule=None,
-        start_epoch=1, progress=True, on_epoch_end=None):
-    """Train for ``epochs`` epochs, evaluating on the test set (and ``val``) after each.
+        start_epoch=1, progress=True, on_epoch_end=None, monitor=None):
+    """Train epochs ``start_epoch .. epochs``, evaluating on the test set (and ``val``) after each.
 
     ``val`` is an optional ``(images, labels)`` validation set held out of training.
     ``lr_schedule(epoch) -> lr``, if given, sets ``optimizer.lr`` before each epoch.
+    ``start_epoch > 1`` continues a run restored from a checkpoint.
+    ``monitor`` is passed to :func:`train_epoch`.
 
     ``on_epoch_end(stats)`` is called with each :class:`EpochStats`, e.g. to
-    print it or write the history. Returns the list of all epochs' stats.
+    print it or write the history. Returns the list of the epochs' stats.
+    Raises :class:`TrainingDiverged` if a training, test or validation loss is
+    not finite, before ``on_epoch_end`` sees that epoch.
     """
     history = []
     for epoch in range(start_epoch, epochs + 1):
@@ -110,13 +134,23 @@ def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *,
             optimizer.lr = lr_schedule(epoch)
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(
-            model, loss_fn, optimizer, batches, epoch=epoch, progress=progress, desc=f"epoch {epoch}/{epochs}"
+            model, loss_fn, optimizer, batches, epoch=epoch, progress=progress, desc=f"epoch {epoch}/{epochs}",
+            monitor=monitor,
         )
         seconds = time.perf_counter() - started  # training only; evaluation is not counted
         test_loss, test_acc, _ = evaluate(model, loss_fn, test_images, test_labels)
         stats = EpochStats(epoch, train_loss, train_acc, test_loss, test_acc, seconds)
         if val is not None:
             stats.val_loss, stats.val_acc, _ = evaluate(model, loss_fn, *val)
+        for name in ("test_loss", "val_loss"):
+            value = getattr(stats, name)
+            if value is not None and not math.isfinite(value):
+                # The epoch's last update made the weights non-finite.
+                raise TrainingDiverged(
+                    f"{name.replace('_', ' ')} became {value} after epoch {epoch}: training diverged "
+                    "(the learning rate or weight decay is probably too high)",
+                    epoch=epoch,
+                )
         history.append(stats)
         if on_epoch_end is not None:
             on_epoch_end(stats)

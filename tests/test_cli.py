@@ -137,6 +137,15 @@ def test_mlp_with_adam_and_validation_split(tmp_path):
         (["--model", "mlp", "--dropout", "0.2", "--dropout-at", "before-conv"], "before-fc for the mlp model"),
         (["--data-dir", "/nonexistent/folder"], "no such directory"),
         (["--train-subset", "70000"], "--train-subset must be at most the 60000"),
+        (["--train-subset", "0"], "--train-subset must be an integer >= 1"),
+        (["--lr", "inf"], "--lr must be a finite number > 0"),
+        (["--seed", "-1"], "--seed must be an integer >= 0"),
+        (["--epochs", "1.5"], "invalid int value"),
+        (["--optimizer", "rmsprop"], "invalid choice"),
+        (["--val-split", "1"], "--val-split must be in [0, 1)"),
+        (["--train-subset", "100", "--val-split", "0.001"], "gives 0 validation images"),
+        (["--train-subset", "2", "--val-split", "0.9"], "gives 2 validation images"),
+        (["--data-dir", __file__], "no such directory"),
     ],
 )
 def test_bad_options_give_one_line_and_status_2(tmp_path, args, message):
@@ -179,3 +188,33 @@ def test_predict_rejects_non_images(trained_run, tmp_path):
 def test_console_script_and_module_agree():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("npconv ")
+
+
+def _png_header(width, height):
+    """A PNG that claims ``width`` x ``height`` pixels (and holds almost nothing)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height", [(100_000, 100_000), (10_000, 10_000), (8_000, 8_000), (1, 10**9)])
+def test_predict_refuses_absurd_image_sizes_before_decoding(trained_run, tmp_path, capsys, width, height):
+    # 10^10 pixels: PIL's DecompressionBombError; 10^8: its DecompressionBombWarning; 6.4e7: npconv's own cap.
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header(width, height))
+    assert main(["predict", str(trained_run / "model.npz"), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "too large" in err and str(path) in err, err
+
+
+def test_predict_rejects_a_truncated_image(trained_run, tmp_path, capsys):
+    path = tmp_path / "cut.png"
+    path.write_bytes(_png_header(300, 300))  # claims 90000 pixels, holds 16 bytes
+    assert main(["predict", str(trained_run / "model.npz"), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable image" in err, err
