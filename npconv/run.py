@@ -147,7 +147,8 @@ class TrainConfig:
         if not isinstance(self.normalize, bool):
             bad("normalize", "true or false", self.normalize)
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
-            raise NpconvError(f"--data-dir {self.data_dir}: no such directory")
+            problem = "not a directory" if os.path.exists(self.data_dir) else "no such directory"
+            raise NpconvError(f"--data-dir {self.data_dir}: {problem}")
 
     @classmethod
     def from_dict(cls, settings, where):

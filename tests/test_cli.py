@@ -145,7 +145,7 @@ def test_mlp_with_adam_and_validation_split(tmp_path):
         (["--val-split", "1"], "--val-split must be in [0, 1)"),
         (["--train-subset", "100", "--val-split", "0.001"], "gives 0 validation images"),
         (["--train-subset", "2", "--val-split", "0.9"], "gives 2 validation images"),
-        (["--data-dir", __file__], "no such directory"),
+        (["--data-dir", __file__], "not a directory"),
     ],
 )
 def test_bad_options_give_one_line_and_status_2(tmp_path, args, message):
