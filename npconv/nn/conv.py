@@ -84,7 +84,10 @@ class Conv2d(Module):
         n, oh, ow = self._output_shape(x.shape)
         c, k = self.in_channels, self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        padded = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        # Zero padding, in x's own memory layout (channel-major after another conv), so the
+        # per-offset copies below read whole contiguous rows.
+        padded = xp.zeros_like(x, shape=(n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
+        padded[:, :, ph : ph + x.shape[2], pw : pw + x.shape[3]] = x
         # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (n, i, j).
         cols = xp.empty((c, kh, kw, n, oh, ow), dtype=self.dtype)
         for u in range(kh):

@@ -67,7 +67,7 @@ class MaxPool2d(Module):
         oh = output_size(h, kh, sh, 0, "MaxPool2d height")
         ow = output_size(w, kw, sw, 0, "MaxPool2d width")
         first, *rest = self._offsets()
-        y = self._entry(x, *first, oh, ow).copy()
+        y = self._entry(x, *first, oh, ow).copy(order="K")  # "K": keep x's memory layout
         took_over = []
         for u, v in rest:
             entry = self._entry(x, u, v, oh, ow)
