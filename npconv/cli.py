@@ -1,4 +1,4 @@
-"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``.
+"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``, ``sweep``, ``study``, ``compare``.
 
 Exit statuses: 0 success; 2 a user error (bad option, missing or malformed
 file, busy run folder) -- one line on stderr, no traceback; 3 training diverged
@@ -14,7 +14,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from . import __version__, data, optim
+from . import __version__, cli_study, data, optim
 from .checkpoint import CHECKPOINT_FILE
 from .errors import NpconvError
 from .interrupt import Interrupted, stop_on_signals
@@ -91,6 +91,7 @@ def build_parser():
     p = sub.add_parser("predict", help="classify image files")
     p.add_argument("model_file", metavar="MODEL.npz")
     p.add_argument("images", nargs="+", metavar="IMAGE")
+    cli_study.add_commands(sub)
     return parser
 
 
@@ -149,7 +150,7 @@ def cmd_predict(args):
         print(f"{path}: {k} ({classes[k]}) p={p[k]:.4f}  probabilities: " + " ".join(f"{v:.4f}" for v in p))
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, **cli_study.COMMANDS}
 
 
 def main(argv=None):
@@ -159,7 +160,7 @@ def main(argv=None):
         # SIGINT and SIGTERM stop a run at once but never between the files of
         # an epoch's end (npconv.interrupt), so the checkpoint is always whole.
         with stop_on_signals():
-            COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
     except TrainingDiverged as e:
         print(f"npconv: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -169,7 +170,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         print(f"npconv: {_interrupted_message(e)}", file=sys.stderr)
         return e.exit_status if isinstance(e, Interrupted) else EXIT_INTERRUPTED
-    return 0
+    return status or 0
 
 
 def _interrupted_message(e):
