@@ -17,9 +17,11 @@ that two threads do not fight over two cores.
 
 It is only an execution strategy: the results equal the one-thread results up
 to floating-point rounding (gradients are summed in a different order). With
-one thread (``set_num_threads(1)``), a batch smaller than ``2 * MIN_CHUNK``, or
-a Dropout layer in training mode (its masks must come from one generator in
-one order), the network runs in the calling thread as before.
+one thread (``set_num_threads(1)``), a batch smaller than ``2 * MIN_CHUNK``, a
+network without Conv2d or MaxPool2d layers (its matrix products already use
+every core through BLAS), or a Dropout layer in training mode (its masks must
+come from one generator in one order), the network runs in the calling thread
+as before.
 """
 
 import copy
@@ -95,12 +97,18 @@ class BatchSplitter:
         self.sizes = None  # chunk sizes of the last forward that was split
 
     def wants(self, x):
-        """Whether to split this forward: several threads, a large batch, no active dropout."""
-        from .nn.dropout import Dropout
+        """Whether to split this forward: several threads, a large batch, image layers, no active dropout."""
+        from .nn import Conv2d, Dropout, MaxPool2d
 
+        layers = self.model.layers
         if _num_threads < 2 or len(x) < 2 * MIN_CHUNK:
             return False
-        return not any(isinstance(layer, Dropout) and layer.training and layer.p > 0 for layer in self.model.layers)
+        # Only convolution and pooling make the element-wise work that BLAS cannot spread over
+        # the cores; a network of Linear layers is a few matrix products, which BLAS's own
+        # threads already share out, and splitting it would only add overhead.
+        if not any(isinstance(layer, (Conv2d, MaxPool2d)) for layer in layers):
+            return False
+        return not any(isinstance(layer, Dropout) and layer.training and layer.p > 0 for layer in layers)
 
     def _replicas(self, count):
         """``count`` replicas, rebuilt if the model's weight arrays were replaced."""

@@ -124,11 +124,13 @@ class Conv2d(Module):
 
         # col2im: entry (u, v) of the window at output (i, j) came from padded pixel
         # (i*sh + u, j*sw + v), so for each offset add a whole strided slice at once.
-        dpadded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+        # dpadded is channel-major, (C, N, H, W) like dcols, so every add is row to row;
+        # dx is returned as an (N, C, H, W) view of it.
+        dpadded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
         for u in range(kh):
             for v in range(kw):
-                dpadded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, u, v].transpose(1, 0, 2, 3)
-        return dpadded[:, :, ph : ph + h, pw : pw + w]
+                dpadded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, u, v]
+        return dpadded[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
 
     def extra_repr(self):
         return (
