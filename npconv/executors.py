@@ -62,6 +62,7 @@ def train_in_temp(config_dict, progress=False, log_epochs=False):
     """
     from threadpoolctl import threadpool_limits
 
+    from . import parallel
     from .run import TrainConfig, run_training
     from .training import TrainingDiverged
 
@@ -73,6 +74,9 @@ def train_in_temp(config_dict, progress=False, log_epochs=False):
               "host": socket.gethostname()}
     # A diverging run overflows before its loss turns non-finite; that is
     # reported as status "diverged", so NumPy's overflow warnings are only noise.
+    # One thread per run: the workers already use the cores, each on its own run.
+    threads_before = parallel.get_num_threads()
+    parallel.set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory(prefix="npconv-run-") as tmp, \
             np.errstate(over="ignore", invalid="ignore"):
         try:
@@ -88,6 +92,7 @@ def train_in_temp(config_dict, progress=False, log_epochs=False):
             if not name.startswith(".") and os.path.isfile(path):  # skip the lock and temporary files
                 with open(path, "rb") as f:
                     result["files"][name] = f.read()
+    parallel.set_num_threads(threads_before)
     return result
 
 
