@@ -4,7 +4,7 @@ One training step is the whole of backpropagation::
 
     optimizer.zero_grad()
     loss = loss_fn(model(x), y)        # forward: each layer keeps what backward needs
-    model.backward(loss_fn.backward()) # backward: fills every parameter's .grad
+    model.backward(loss_fn.backward(), input_grad=False)  # backward: fills every .grad (not dL/dx)
     optimizer.step()                   # the only place weights change
 """
 
