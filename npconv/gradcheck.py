@@ -13,20 +13,25 @@ has error :math:`O(h^2)`. To check a layer we pick a random upstream gradient
 import numpy as np
 
 
-def numerical_gradient(f, a, h=1e-6):
+def numerical_gradient(f, a, h=1e-6, indices=None):
     """Centered-difference gradient of the scalar ``f()`` with respect to array ``a``.
 
-    ``a`` is perturbed in place, one element at a time, and restored.
+    ``a`` is perturbed in place, one element at a time, and restored. With
+    ``indices`` (flat indices into ``a``) only those entries are estimated and
+    returned as a 1-D array, for spot checks of large arrays.
     """
-    grad = np.zeros(a.shape, dtype=np.float64)
-    for i in np.ndindex(a.shape):  # works for any memory layout, unlike a reshaped view
+    if indices is None:
+        points, grad = list(np.ndindex(a.shape)), np.zeros(a.shape, dtype=np.float64)
+    else:
+        points, grad = [np.unravel_index(i, a.shape) for i in indices], np.zeros(len(indices), dtype=np.float64)
+    for k, i in enumerate(points):  # works for any memory layout, unlike a reshaped view
         original = a[i]
         a[i] = original + h
         f_plus = f()
         a[i] = original - h
         f_minus = f()
         a[i] = original
-        grad[i] = (f_plus - f_minus) / (2 * h)
+        grad[i if indices is None else k] = (f_plus - f_minus) / (2 * h)
     return grad
 
 
