@@ -19,6 +19,7 @@ PyTorch runs with its default threads, warmed up. Each timing is the best of
 """
 
 import argparse
+import importlib.util
 import os
 import resource
 import subprocess
@@ -154,9 +155,7 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
     args = parser.parse_args(argv)
 
-    try:
-        import torch
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         sys.exit("speed.py compares with PyTorch: pip install -e '.[bench]'")
 
     mnist = data.load_dataset("mnist")
@@ -171,14 +170,18 @@ def main(argv=None):
     def epoch(fn, name):
         return best(lambda: fn(name, x, y, args.steps, np.random.default_rng(0)) * scale)
 
-    # All of npconv first, then all of PyTorch: once PyTorch has run, its OpenMP
-    # threads keep spinning for a while and would slow whatever NumPy does next.
+    # All of npconv first, then all of PyTorch, which is imported only then: once
+    # PyTorch has run, its OpenMP threads keep spinning for a while and would slow
+    # whatever NumPy does next, and merely loading it (its OpenMP runtime) made
+    # npconv's thread-split steps about 40 % slower here. `npconv train` never loads it.
     rss = None if args.no_memory else peak_rss_of_train()
     rate = matmul_rate()
     ours = [epoch(npconv_epoch, "cnn"), epoch(npconv_epoch, "mlp"), best(lambda: npconv_inference(x_test))]
     theirs = [epoch(torch_epoch, "cnn"), epoch(torch_epoch, "mlp"), best(lambda: torch_inference(x_test))]
     labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s"]
     rows = list(zip(labels, ours, theirs))
+
+    import torch
 
     floor = cnn_epoch_macs() / rate
     print(f"\nmachine: {os.cpu_count()} cores; npconv threads {parallel.get_num_threads()}; "

@@ -50,3 +50,25 @@ def randomize_output_layer(model, rng):
     last = model[len(model) - 1]
     last.weight.data[...] = 0.1 * rng.standard_normal(last.weight.data.shape)
     return model
+
+
+LAYOUTS = ("nchw", "batch-last", "strided")
+
+
+def in_layout(a, layout):
+    """The same values as ``a`` (N, ...) stored another way in memory.
+
+    ``"nchw"``: C-contiguous; ``"batch-last"``: the batch axis is the fastest-moving
+    one, as Conv2d outputs are stored; ``"strided"``: a view into a larger array,
+    contiguous nowhere.
+    """
+    if layout == "nchw":
+        return np.ascontiguousarray(a)
+    if layout == "batch-last":
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
+    if layout == "strided":
+        big = np.zeros(tuple(2 * s + 1 for s in a.shape), dtype=a.dtype)
+        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+    raise ValueError(layout)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import randomize_output_layer
+from conftest import LAYOUTS, in_layout, randomize_output_layer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,18 +28,19 @@ def assert_close(mine, ref, what, rtol=1e-12, atol=1e-12):
 
 # --- Conv2d against the reference ----------------------------------------------------
 
-def check_conv_against_reference(rng, n, c, k, hw, kernel_size, stride, padding):
+def check_conv_against_reference(rng, n, c, k, hw, kernel_size, stride, padding, layout="nchw"):
+    """Forward and backward against the loop reference; ``x`` and ``dy`` arrive stored as ``layout`` says."""
     conv = nn.Conv2d(c, k, kernel_size, stride=stride, padding=padding, rng=rng, dtype=F64)
     conv.bias.data[...] = rng.standard_normal(k)
     x = rng.standard_normal((n, c, *hw))
 
-    y = conv(x)
+    y = conv(in_layout(x, layout))
     y_ref = reference.conv2d_forward(x, conv.weight.data, conv.bias.data, stride, padding)
     assert y.shape == y_ref.shape, f"output shape: npconv {y.shape} / reference {y_ref.shape}"
     assert_close(y, y_ref, "Conv2d forward")
 
     dy = rng.standard_normal(y.shape)
-    dx = conv.backward(dy)
+    dx = conv.backward(in_layout(dy, layout))
     dx_ref, dw_ref, db_ref = reference.conv2d_backward(dy, x, conv.weight.data, stride, padding)
     assert dx.shape == x.shape, f"dx shape {dx.shape} != x shape {x.shape}"
     assert_close(dx, dx_ref, "Conv2d dx")
@@ -52,6 +53,13 @@ def check_conv_against_reference(rng, n, c, k, hw, kernel_size, stride, padding)
 @pytest.mark.parametrize("padding", [0, 1, 2, (0, 1)], ids=lambda p: f"p{p}")
 def test_conv2d_matches_reference_grid(rng, kernel_size, stride, padding):
     check_conv_against_reference(rng, 2, 3, 4, (7, 6), kernel_size, stride, padding)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0), ((1, 2), (2, 1))], ids=str)
+def test_conv2d_results_do_not_depend_on_the_memory_layout_of_x_and_dy(rng, layout, stride, padding):
+    """Conv2d stores images batch-last inside; any layout of its input and of dy gives the same numbers."""
+    check_conv_against_reference(rng, 3, 2, 4, (6, 7), 3, stride, padding, layout=layout)
 
 
 @st.composite
@@ -102,15 +110,15 @@ def test_conv2d_rejects_bad_shapes(rng):
 
 # --- MaxPool2d against the reference --------------------------------------------------
 
-def check_pool_against_reference(rng, x, kernel_size, stride):
+def check_pool_against_reference(rng, x, kernel_size, stride, layout="nchw", dy_layout="nchw"):
     pool = nn.MaxPool2d(kernel_size, stride=stride)
-    y = pool(x)
+    y = pool(in_layout(x, layout))
     y_ref, argmax = reference.maxpool_forward(x, kernel_size, stride)
     assert y.shape == y_ref.shape, f"output shape: npconv {y.shape} / reference {y_ref.shape}"
     assert_close(y, y_ref, "MaxPool2d forward", rtol=0, atol=0)
 
     dy = rng.standard_normal(y.shape)
-    dx = pool.backward(dy)
+    dx = pool.backward(in_layout(dy, dy_layout))
     dx_ref = reference.maxpool_backward(dy, argmax, x.shape)
     # Overlapping windows add several dy into one element, in another order than the reference.
     assert_close(dx, dx_ref, "MaxPool2d dx", rtol=1e-14, atol=1e-14)
@@ -132,6 +140,14 @@ def test_maxpool2d_matches_reference_with_ties(rng, kernel_size, stride, levels)
     # A few repeated integer values: most windows hold several equal maxima.
     x = rng.integers(0, levels, size=(2, 3, 7, 5)).astype(F64)
     check_pool_against_reference(rng, x, kernel_size, stride)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dy_layout", LAYOUTS)
+@pytest.mark.parametrize("kernel_size, stride", [(2, None), (3, 2)], ids=str)
+def test_maxpool2d_results_do_not_depend_on_the_memory_layout_of_x_and_dy(rng, layout, dy_layout, kernel_size, stride):
+    x = rng.integers(0, 3, size=(3, 2, 7, 6)).astype(F64)  # with ties
+    check_pool_against_reference(rng, x, kernel_size, stride, layout, dy_layout)
 
 
 @pytest.mark.parametrize("kernel_size, stride", POOL_CONFIGS, ids=str)
@@ -617,3 +633,19 @@ def test_relu_backward_after_no_grad_forward_is_an_error(rng):
         relu(rng.standard_normal(5))  # ... and must not be reused after this one
     with pytest.raises(RuntimeError, match="no_grad"):
         relu.backward(np.ones(5))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flatten_and_linear_results_do_not_depend_on_the_memory_layout(rng, layout):
+    """A batch-last (N, C, H, W) input flattens to a batch-last view; values and gradients are unchanged."""
+    flatten, linear = nn.Flatten(dtype=F64), nn.Linear(2 * 3 * 4, 5, rng=rng, dtype=F64)
+    x = rng.standard_normal((6, 2, 3, 4))
+    flat = flatten(in_layout(x, layout))
+    np.testing.assert_array_equal(flat, x.reshape(6, -1), err_msg=f"Flatten of a {layout} input")
+    y = linear(flat)
+    assert_close(y, x.reshape(6, -1) @ linear.weight.data.T, "Linear forward")
+    dy = rng.standard_normal(y.shape)
+    dx = flatten.backward(linear.backward(dy))
+    assert dx.shape == x.shape, f"dx shape {dx.shape} != x shape {x.shape}"
+    assert_close(dx, (dy @ linear.weight.data).reshape(x.shape), "Linear + Flatten dx")
+    assert_close(linear.weight.grad, dy.T @ x.reshape(6, -1), "Linear dW")

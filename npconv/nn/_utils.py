@@ -1,7 +1,8 @@
 """Small helpers shared by the convolution and pooling layers."""
 
-
 import numbers
+
+from .. import backend as B
 
 
 def _is_int(v):
@@ -26,3 +27,29 @@ def output_size(size, kernel, stride, padding, what):
     if padded < kernel:
         raise ValueError(f"{what}: input size {size} (padded {padded}) is smaller than the kernel size {kernel}")
     return (padded - kernel) // stride + 1
+
+
+def batch_last(x):
+    """``x`` (N, d1, ..., dk) as a C-contiguous (d1, ..., dk, N) array: the batch axis moved to the end.
+
+    No copy when ``x`` already is such an array seen through :func:`batch_first`
+    (the output of a Conv2d, and whatever element-wise layers made of it).
+    """
+    return B.xp.ascontiguousarray(x.transpose(*range(1, x.ndim), 0))
+
+
+def batch_first(a):
+    """The (N, d1, ..., dk) view of a batch-last array ``a`` (d1, ..., dk, N); no copy."""
+    return a.transpose(a.ndim - 1, *range(a.ndim - 1))
+
+
+def is_batch_last(x):
+    """Whether ``x`` (N, ...) is stored batch-last: a :func:`batch_first` view of a C-contiguous array."""
+    return x.ndim >= 2 and x.transpose(*range(1, x.ndim), 0).flags.c_contiguous
+
+
+def reshape_batch(x, shape):
+    """``x.reshape(N, *shape)``, without a copy when ``x`` is batch-last (the result is batch-last too)."""
+    if is_batch_last(x):
+        return batch_first(batch_last(x).reshape(*shape, x.shape[0]))
+    return x.reshape(x.shape[0], *shape)

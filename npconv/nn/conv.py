@@ -1,7 +1,7 @@
 """2-D convolution (cross-correlation, as in every deep-learning library)."""
 
 from .. import backend as B
-from ._utils import output_size, pair
+from ._utils import batch_first, batch_last, output_size, pair
 from .init import default_rng, he_uniform
 from .module import Module, Parameter
 
@@ -24,11 +24,11 @@ class Conv2d(Module):
     patch) becomes one column of a matrix ``cols``, so the whole convolution is
     one matrix product with the weights reshaped to ``Wm`` of shape ``(K, C*KH*KW)``::
 
-        cols : (C*KH*KW, N*OH*OW)       cols[(c, u, v), (n, i, j)] = x_p[n, c, i*s_h + u, j*s_w + v]
-        y    = Wm @ cols + b             (K, N*OH*OW), then transposed to (N, K, OH, OW)
+        cols : (C*KH*KW, OH*OW*N)       cols[(c, u, v), (i, j, n)] = x_p[n, c, i*s_h + u, j*s_w + v]
+        y    = Wm @ cols + b             (K, OH*OW*N), seen as (N, K, OH, OW)
         dW   = dy @ cols^T               (K, C*KH*KW)
         db   = sum of dy over N, OH, OW  (K,)
-        dcols = Wm^T @ dy                (C*KH*KW, N*OH*OW)
+        dcols = Wm^T @ dy                (C*KH*KW, OH*OW*N)
 
     and ``dx`` is ``dcols`` folded back onto the image (col2im): every patch
     entry is added to the input pixel it came from. Patches overlap, so a pixel
@@ -38,6 +38,19 @@ class Conv2d(Module):
     pixels: for one offset, the entries of every patch form a strided slice of
     the padded image, ``x_p[:, :, u : u + s_h*OH : s_h, v : v + s_w*OW : s_w]``, copied (im2col) or added
     (col2im) in one go.
+
+    The speed trick -- **batch-last memory**. Inside the layer, images are
+    stored as ``(C, H, W, N)``: the batch is the fastest-moving axis. Then, for
+    stride 1, one image row of every image is one contiguous run of ``W*N``
+    numbers, so each im2col copy and col2im add moves long runs instead of a
+    few pixels at a time; a pooling window's entries are runs of ``N``. The
+    columns of ``cols`` are ordered ``(i, j, n)`` to match, so the product
+    ``Wm @ cols`` comes out batch-last too, and it is returned without a copy as
+    an ``(N, K, OH, OW)`` view (:func:`~npconv.nn._utils.batch_first`).
+    Element-wise layers and MaxPool2d keep that layout, backward gets ``dy``
+    back in it, and the next Conv2d takes it as it is. An ordinary
+    ``(N, C, H, W)`` array (the data) is rearranged once, at the first layer.
+    Only memory order changes: the value at ``y[n, k, i, j]`` is the formula above.
 
     Parameters
     ----------
@@ -82,26 +95,22 @@ class Conv2d(Module):
         xp = B.xp
         x = xp.asarray(x, dtype=self.dtype)
         n, oh, ow = self._output_shape(x.shape)
-        c, k = self.in_channels, self.out_channels
+        _, c, h, w = x.shape
+        k = self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        # Zero padding, in x's own memory layout (channel-major after another conv), so the
-        # per-offset copies below read whole contiguous rows.
-        padded = xp.zeros_like(x, shape=(n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
-        padded[:, :, ph : ph + x.shape[2], pw : pw + x.shape[3]] = x
-        # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (n, i, j).
-        cols = xp.empty((c, kh, kw, n, oh, ow), dtype=self.dtype)
+        # Zero padding, batch-last: (C, H + 2ph, W + 2pw, N).
+        padded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=self.dtype)
+        padded[:, ph : ph + h, pw : pw + w] = batch_last(x)
+        # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (i, j, n).
+        cols = xp.empty((c, kh, kw, oh, ow, n), dtype=self.dtype)
         for u in range(kh):
             for v in range(kw):
-                window_entries = padded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw]  # (N, C, OH, OW)
-                cols[:, u, v] = window_entries.transpose(1, 0, 2, 3)
-        cols = cols.reshape(c * kh * kw, n * oh * ow)
-        y = self.weight.data.reshape(k, -1) @ cols  # (K, N*OH*OW)
+                cols[:, u, v] = padded[:, u : u + sh * oh : sh, v : v + sw * ow : sw]  # (C, OH, OW, N)
+        cols = cols.reshape(c * kh * kw, oh * ow * n)
+        y = self.weight.data.reshape(k, -1) @ cols  # (K, OH*OW*N)
         y += self.bias.data[:, None]
         self._save(cols, x.shape)
-        # The product is channel-major, (K, N, OH, OW) in memory. Return it as an
-        # (N, K, OH, OW) view rather than copying: element-wise layers keep the
-        # layout, and backward gets dy back in it, so no copy is needed either way.
-        return y.reshape(k, n, oh, ow).transpose(1, 0, 2, 3)
+        return batch_first(y.reshape(k, oh, ow, n))  # (N, K, OH, OW), a view
 
     def backward(self, dy, input_grad=True):
         """Fill ``weight.grad`` and ``bias.grad``; return ``dx`` (N, C, H, W).
@@ -115,22 +124,20 @@ class Conv2d(Module):
         _, k, oh, ow = dy.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
 
-        dy_mat = dy.transpose(1, 0, 2, 3).reshape(k, n * oh * ow)  # columns (n, i, j), like cols; free if dy is channel-major
+        dy_mat = batch_last(dy).reshape(k, oh * ow * n)  # columns (i, j, n), like cols; free if dy is batch-last
         self.weight.grad += (dy_mat @ cols.T).reshape(self.weight.data.shape)
         self.bias.grad += dy_mat.sum(axis=1)
         if not input_grad:
             return None
-        dcols = (self.weight.data.reshape(k, -1).T @ dy_mat).reshape(c, kh, kw, n, oh, ow)
+        dcols = (self.weight.data.reshape(k, -1).T @ dy_mat).reshape(c, kh, kw, oh, ow, n)
 
         # col2im: entry (u, v) of the window at output (i, j) came from padded pixel
         # (i*sh + u, j*sw + v), so for each offset add a whole strided slice at once.
-        # dpadded is channel-major, (C, N, H, W) like dcols, so every add is row to row;
-        # dx is returned as an (N, C, H, W) view of it.
-        dpadded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+        dpadded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dy.dtype)
         for u in range(kh):
             for v in range(kw):
-                dpadded[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, u, v]
-        return dpadded[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+                dpadded[:, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, u, v]
+        return batch_first(dpadded[:, ph : ph + h, pw : pw + w])  # (N, C, H, W), a view
 
     def extra_repr(self):
         return (

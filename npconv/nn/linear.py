@@ -1,6 +1,7 @@
 """Fully connected layer."""
 
 from .. import backend as B
+from ._utils import is_batch_last
 from .init import default_rng, he_uniform
 from .module import Module, Parameter
 
@@ -55,7 +56,11 @@ class Linear(Module):
         (x,) = self._saved_tensors()
         self.weight.grad += dy.T @ x
         self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data if input_grad else None
+        if not input_grad:
+            return None
+        if is_batch_last(x):  # give dx the layout x came in (see Flatten), computed as (W^T dy^T)^T
+            return (self.weight.data.T @ dy.T).T
+        return dy @ self.weight.data
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -96,7 +96,8 @@ class MaxPool2d(Module):
                 xp.multiply(dy, chosen, out=target)
 
         # Walk the offsets backwards: a window's maximum is at the last entry that took over.
-        claimed = xp.zeros(dy.shape, dtype=bool)  # windows whose maximum is at a later offset
+        # Windows whose maximum is at a later offset; zeros_like of a window entry keeps x's memory layout.
+        claimed = xp.zeros_like(self._entry(x, *first, oh, ow), dtype=bool)
         for (u, v), larger in zip(reversed(rest), reversed(took_over)):
             route(u, v, larger & ~claimed)
             claimed |= larger
