@@ -27,10 +27,11 @@ def step_grads(model, x, labels):
 
 def test_split_batch_equals_one_thread(rng, threads):
     model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng)
-    x = rng.standard_normal((70, 1, 28, 28))
-    labels = rng.integers(0, 10, size=70)
+    n = 2 * parallel.MIN_CHUNK + 6
+    x = rng.standard_normal((n, 1, 28, 28))
+    labels = rng.integers(0, 10, size=n)
     split = step_grads(model, x, labels)
-    assert model._split, "a batch of 70 with 2 threads should be split"
+    assert model._split, f"a batch of {n} with 2 threads should be split"
     parallel.set_num_threads(1)
     serial = step_grads(model, x, labels)
     assert not model._split
@@ -44,8 +45,9 @@ def test_split_batch_equals_one_thread(rng, threads):
 
 def test_split_training_is_repeatable(rng, threads):
     """Two identical short trainings with split batches give identical weights, bit for bit."""
-    x = rng.standard_normal((128, 1, 28, 28)).astype(np.float32)
-    labels = rng.integers(0, 10, size=128)
+    n = 2 * parallel.MIN_CHUNK
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, size=n)
     weights = []
     for _ in range(2):
         model = models.cnn(rng=np.random.default_rng(5))
@@ -63,7 +65,7 @@ def test_split_training_is_repeatable(rng, threads):
 
 def test_small_batches_and_active_dropout_run_in_one_thread(rng, threads):
     model = models.cnn(dropout=0.2, rng=rng)
-    x = rng.standard_normal((100, 1, 28, 28)).astype(np.float32)
+    x = rng.standard_normal((2 * parallel.MIN_CHUNK, 1, 28, 28)).astype(np.float32)
     model(x)
     assert not model._split, "dropout masks come from one generator in one order: no split while training"
     model.eval()
@@ -75,13 +77,13 @@ def test_small_batches_and_active_dropout_run_in_one_thread(rng, threads):
 
 def test_a_network_of_linear_layers_is_not_split(rng, threads):
     model = models.mlp(rng=rng)
-    model(rng.standard_normal((100, 1, 28, 28)).astype(np.float32))
+    model(rng.standard_normal((2 * parallel.MIN_CHUNK, 1, 28, 28)).astype(np.float32))
     assert not model._split, "BLAS already spreads an MLP's matrix products over the cores"
 
 
 def test_replacing_weight_arrays_rebuilds_the_replicas(rng, threads):
     model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng)
-    x = rng.standard_normal((80, 1, 28, 28))
+    x = rng.standard_normal((2 * parallel.MIN_CHUNK, 1, 28, 28))
     model(x)
     model[7].weight.data = model[7].weight.data * 2  # a new array, not an in-place change
     split = model(x)

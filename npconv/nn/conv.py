@@ -30,6 +30,10 @@ class Conv2d(Module):
         db   = sum of dy over N, OH, OW  (K,)
         dcols = Wm^T @ dy                (C*KH*KW, OH*OW*N)
 
+    The bias rides along in the products: ``cols`` gets one more row, all ones,
+    and the weights one more column, ``b``, so ``y = [Wm | b] @ [cols; 1]`` and
+    ``[dW | db] = dy @ [cols; 1]^T`` -- no separate pass to add ``b`` or to sum ``dy``.
+
     and ``dx`` is ``dcols`` folded back onto the image (col2im): every patch
     entry is added to the input pixel it came from. Patches overlap, so a pixel
     receives a contribution from every window that covers it.
@@ -101,14 +105,16 @@ class Conv2d(Module):
         # Zero padding, batch-last: (C, H + 2ph, W + 2pw, N).
         padded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=self.dtype)
         padded[:, ph : ph + h, pw : pw + w] = batch_last(x)
-        # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (i, j, n).
-        cols = xp.empty((c, kh, kw, oh, ow, n), dtype=self.dtype)
+        # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (i, j, n);
+        # then the row of ones that multiplies the bias.
+        cols = xp.empty((c * kh * kw + 1, oh * ow * n), dtype=self.dtype)
+        patches = cols[:-1].reshape(c, kh, kw, oh, ow, n)
         for u in range(kh):
             for v in range(kw):
-                cols[:, u, v] = padded[:, u : u + sh * oh : sh, v : v + sw * ow : sw]  # (C, OH, OW, N)
-        cols = cols.reshape(c * kh * kw, oh * ow * n)
-        y = self.weight.data.reshape(k, -1) @ cols  # (K, OH*OW*N)
-        y += self.bias.data[:, None]
+                patches[:, u, v] = padded[:, u : u + sh * oh : sh, v : v + sw * ow : sw]  # (C, OH, OW, N)
+        cols[-1] = 1
+        weight_and_bias = xp.concatenate((self.weight.data.reshape(k, -1), self.bias.data[:, None]), axis=1)
+        y = weight_and_bias @ cols  # (K, OH*OW*N)
         self._save(cols, x.shape)
         return batch_first(y.reshape(k, oh, ow, n))  # (N, K, OH, OW), a view
 
@@ -125,8 +131,9 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
 
         dy_mat = batch_last(dy).reshape(k, oh * ow * n)  # columns (i, j, n), like cols; free if dy is batch-last
-        self.weight.grad += (dy_mat @ cols.T).reshape(self.weight.data.shape)
-        self.bias.grad += dy_mat.sum(axis=1)
+        grad_and_bias_grad = dy_mat @ cols.T  # (K, C*KH*KW + 1): [dW | db]
+        self.weight.grad += grad_and_bias_grad[:, :-1].reshape(self.weight.data.shape)
+        self.bias.grad += grad_and_bias_grad[:, -1]
         if not input_grad:
             return None
         dcols = (self.weight.data.reshape(k, -1).T @ dy_mat).reshape(c, kh, kw, oh, ow, n)
