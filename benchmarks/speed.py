@@ -11,8 +11,9 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
 * the physical floor: the multiply-adds of one ``cnn`` epoch (forward and
   backward) divided by the float32 matrix-product rate NumPy reaches here.
 
-PyTorch runs with its default threads, warmed up. Each timing is the best of
-``--repeats`` runs. Usage::
+PyTorch runs with its default threads, warmed up. The two libraries take turns,
+workload by workload, for ``--repeats`` rounds; each timing is the best round,
+and the ratio of every round is printed too. Usage::
 
     python benchmarks/speed.py              # about 3 minutes on 2 cores
     python benchmarks/speed.py --steps 100  # a quicker look (epoch times extrapolated from 100 steps)
@@ -151,7 +152,7 @@ def matmul_rate():
 def main(argv=None):
     parser = argparse.ArgumentParser(description="npconv vs PyTorch speed on MNIST")
     parser.add_argument("--steps", type=int, default=600, help="training steps timed per epoch (default 600)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round (default 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
     args = parser.parse_args(argv)
 
@@ -164,27 +165,34 @@ def main(argv=None):
     x_test = data.to_float(mnist.test_images, mean, std)
     scale = 600 / args.steps
 
-    def best(fn, *a):
-        return min(fn(*a) for _ in range(args.repeats))
+    labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s"]
+    ours_fns = [lambda: npconv_epoch("cnn", x, y, args.steps, np.random.default_rng(0)) * scale,
+                lambda: npconv_epoch("mlp", x, y, args.steps, np.random.default_rng(0)) * scale,
+                lambda: npconv_inference(x_test)]
+    theirs_fns = [lambda: torch_epoch("cnn", x, y, args.steps, np.random.default_rng(0)) * scale,
+                  lambda: torch_epoch("mlp", x, y, args.steps, np.random.default_rng(0)) * scale,
+                  lambda: torch_inference(x_test)]
 
-    def epoch(fn, name):
-        return best(lambda: fn(name, x, y, args.steps, np.random.default_rng(0)) * scale)
-
-    # All of npconv first, then all of PyTorch, which is imported only then: once
-    # PyTorch has run, its OpenMP threads keep spinning for a while and would slow
-    # whatever NumPy does next, and merely loading it (its OpenMP runtime) made
-    # npconv's thread-split steps about 40 % slower here. `npconv train` never loads it.
+    # Rounds, each timing every workload with npconv and then with PyTorch: timings on a
+    # shared machine drift over minutes, and interleaving puts both sides under the same
+    # drift. After a PyTorch run, a pause lets its OpenMP threads stop spinning before
+    # NumPy runs again. PyTorch is imported only at its first run: `npconv train` never
+    # loads it, and npconv's first round runs without it.
     rss = None if args.no_memory else peak_rss_of_train()
     rate = matmul_rate()
-    ours = [epoch(npconv_epoch, "cnn"), epoch(npconv_epoch, "mlp"), best(lambda: npconv_inference(x_test))]
-    theirs = [epoch(torch_epoch, "cnn"), epoch(torch_epoch, "mlp"), best(lambda: torch_inference(x_test))]
-    labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s"]
-    rows = list(zip(labels, ours, theirs))
+    times = {(side, i): [] for side in ("ours", "theirs") for i in range(len(labels))}
+    for _ in range(args.repeats):
+        for i in range(len(labels)):
+            times["ours", i].append(ours_fns[i]())
+            times["theirs", i].append(theirs_fns[i]())
+            time.sleep(1)
+    rows = [(label, min(times["ours", i]), min(times["theirs", i])) for i, label in enumerate(labels)]
 
     import torch
 
     floor = cnn_epoch_macs() / rate
-    print(f"\nmachine: {os.cpu_count()} cores; npconv threads {parallel.get_num_threads()}; "
+    print(f"\nmachine: {os.cpu_count()} cores; npconv splits batches of {2 * parallel.MIN_CHUNK}+ over "
+          f"{parallel.get_num_threads()} threads; "
           f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads; numpy {np.__version__}")
     print("| workload | npconv | PyTorch | ratio npconv/PyTorch |")
     print("|---|---|---|---|")
@@ -192,6 +200,9 @@ def main(argv=None):
         print(f"| {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
     if not args.no_memory:
         print(f"| peak RSS of `npconv train`, MB | {rss:.0f} | | |")
+    for i, label in enumerate(labels):
+        per_round = " ".join(f"{a / b:.2f}" for a, b in zip(times["ours", i], times["theirs", i]))
+        print(f"{label}: ratio in each round {per_round}")
     cnn_ours = rows[0][1]
     print(f"\nfloor: one cnn epoch is {cnn_epoch_macs() / 1e9:.2f} G multiply-adds; at NumPy's "
           f"{rate / 1e9:.1f} G multiply-adds/s that is {floor:.2f} s; npconv takes {cnn_ours / floor:.1f}x the floor")
