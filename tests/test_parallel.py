@@ -96,3 +96,17 @@ def test_replacing_weight_arrays_rebuilds_the_replicas(rng, threads):
 def test_set_num_threads_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="integer >= 1"):
         parallel.set_num_threads(bad)
+
+
+def test_split_inference_in_pieces_equals_one_thread(rng, threads):
+    """Under no_grad each thread runs its chunk in pieces of MIN_CHUNK; the outputs are unchanged."""
+    model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng).eval()
+    n = 2 * parallel.MIN_CHUNK + 50  # two chunks of 125: pieces of 100 and 25 each
+    x = rng.standard_normal((n, 1, 28, 28))
+    with nn.no_grad():
+        split = model(x)
+        assert model._split
+        parallel.set_num_threads(1)
+        serial = model(x)
+    assert split.shape == serial.shape == (n, 10)
+    np.testing.assert_allclose(split, serial, rtol=1e-12, atol=1e-12, err_msg="logits: split in pieces / one thread")
