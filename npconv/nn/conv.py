@@ -30,10 +30,6 @@ class Conv2d(Module):
         db   = sum of dy over N, OH, OW  (K,)
         dcols = Wm^T @ dy                (C*KH*KW, OH*OW*N)
 
-    The bias rides along in the products: ``cols`` gets one more row, all ones,
-    and the weights one more column, ``b``, so ``y = [Wm | b] @ [cols; 1]`` and
-    ``[dW | db] = dy @ [cols; 1]^T`` -- no separate pass to add ``b`` or to sum ``dy``.
-
     and ``dx`` is ``dcols`` folded back onto the image (col2im): every patch
     entry is added to the input pixel it came from. Patches overlap, so a pixel
     receives a contribution from every window that covers it.
@@ -42,6 +38,10 @@ class Conv2d(Module):
     pixels: for one offset, the entries of every patch form a strided slice of
     the padded image, ``x_p[:, :, u : u + s_h*OH : s_h, v : v + s_w*OW : s_w]``, copied (im2col) or added
     (col2im) in one go.
+
+    The bias rides along in the products: ``cols`` gets one more row, all ones,
+    and the weights one more column, ``b``, so ``y = [Wm | b] @ [cols; 1]`` and
+    ``[dW | db] = dy @ [cols; 1]^T`` -- no separate pass to add ``b`` or to sum ``dy``.
 
     The speed trick -- **batch-last memory**. Inside the layer, images are
     stored as ``(C, H, W, N)``: the batch is the fastest-moving axis. Then, for
@@ -72,7 +72,7 @@ class Conv2d(Module):
     weight : Parameter (K, C, KH, KW), He-uniform with fan_in = C*KH*KW
     bias : Parameter (K,), zeros
 
-    Cached by forward: ``cols`` and the input shape.
+    Cached by forward: ``cols`` (with its row of ones) and the input shape.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, rng=None, dtype=None):

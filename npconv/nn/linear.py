@@ -19,6 +19,10 @@ class Linear(Module):
         db = sum_n dy[n]   (out_features,)
         dx = dy W          (N, in_features)
 
+    When ``x`` is stored batch-last (a flattened Conv2d output, see Flatten),
+    ``dx`` is computed as ``(W^T dy^T)^T`` -- the same numbers -- so that it
+    comes back in that layout and the layers below need no copy.
+
     Parameters
     ----------
     in_features, out_features : int
