@@ -1,6 +1,6 @@
 """Accuracy of ``npconv train``'s defaults on MNIST, beside PyTorch trained identically.
 
-For each model, npconv trains through :func:`npconv.run.run_training` -- exactly
+For each model, npconv trains through :func:`npconv.train.run_training` -- exactly
 what ``npconv train --model M`` does -- and PyTorch (CPU) trains the same
 architecture from the *same initial weights*, on the *same mini-batches in the
 same order*, with ``torch.optim.SGD`` and the same cosine schedule. Same start,
@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from npconv import data, models
-from npconv.run import TrainConfig, run_training, seed_streams
+from npconv.train import TrainConfig, run_training
+from npconv.train.run import seed_streams
 
 
 def torch_reference(config, dataset):

@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-from npconv import data, models, nn, optim, parallel
+from npconv import data, models, nn, optim
+from npconv.train import parallel
 
 BATCH = 100
 
@@ -93,7 +94,7 @@ def torch_epoch(model_name, x, y, steps, rng):
 
 
 def npconv_inference(x):
-    model = models.cnn(rng=np.random.default_rng(0)).eval()
+    model = parallel.DataParallel(models.cnn(rng=np.random.default_rng(0))).eval()
     with nn.no_grad():
         model(x[:1000])
         started = time.perf_counter()

@@ -1,14 +1,39 @@
 """npconv: a from-scratch NumPy deep-learning toolkit for image classification.
 
-Every layer, loss and optimizer is written by hand, forward and backward:
+Every layer, loss and optimizer is written by hand, forward and backward. The
+package, in dependency order (each imports only what is above it in this list):
 
-* :mod:`npconv.nn` -- layers and losses (one concept per file);
-* :mod:`npconv.optim` -- SGD and Adam;
+* :mod:`npconv.backend`, :mod:`npconv.errors` -- the array seam, the user-error type;
+* :mod:`npconv.nn` -- layers and losses (one concept per file), gradient checking;
+* :mod:`npconv.optim` -- SGD, Adam, learning-rate schedules;
 * :mod:`npconv.data` -- the IDX reader, MNIST / Fashion-MNIST, mini-batches;
+* :mod:`npconv.io` -- atomic writes, folder locks, the untrusting npz reader;
 * :mod:`npconv.models` -- the study's ``cnn`` and ``mlp``;
-* :mod:`npconv.training` -- the training loop and evaluation;
-* :mod:`npconv.run` -- ``npconv train`` as a function: a config in, a run folder out;
+* :mod:`npconv.train` -- one run: settings, the loop, threads, health, checkpoints, model files, the run folder;
+* :mod:`npconv.inference` -- using a trained model: classify images, evaluate a model file;
+* :mod:`npconv.experiments` -- sweeps, studies and their reports, comparisons;
 * :mod:`npconv.cli` -- the ``npconv`` command.
+
+The names below are the ones a user needs first; they are imported on first
+use, so ``import npconv.nn`` pulls in nothing but NumPy.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "TrainConfig": "npconv.train",
+    "run_training": "npconv.train",
+    "resume_training": "npconv.train",
+    "save_model": "npconv.train",
+    "load_model": "npconv.train",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'npconv' has no attribute {name!r}")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import atomic_write
+from ..io.atomic import atomic_write
 from .idx import MAX_PAYLOAD_BYTES, read_idx_fileobj, read_idx_with_sha256
 
 #: The four parts of a dataset, in the fixed order used everywhere, including

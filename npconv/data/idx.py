@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import atomic_write
+from ..io.atomic import atomic_write
 
 #: IDX type code -> dtype of the elements as stored in the file (big-endian).
 IDX_DTYPES = {

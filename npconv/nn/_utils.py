@@ -1,19 +1,15 @@
 """Small helpers shared by the convolution and pooling layers."""
 
-import numbers
-
 from .. import backend as B
+from ..errors import is_int
 
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def pair(value, name):
     """``3 -> (3, 3)``; ``(3, 2) -> (3, 2)``; anything else is a clear error."""
-    if _is_int(value):
+    if is_int(value):
         value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(v) for v in value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(is_int(v) for v in value):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return (int(value[0]), int(value[1]))
 

@@ -1,6 +1,7 @@
 """Element-wise activations: ReLU, Sigmoid, Tanh.
 
-Each maps any shape to the same shape and keeps one array for backward.
+Each maps any shape to the same shape and dtype, and keeps one array for backward.
+They own no parameters, so they take no ``dtype``: they follow their input's.
 """
 
 from .. import backend as B
@@ -15,9 +16,6 @@ class ReLU(Module):
 
     Cached by forward: the boolean mask ``x > 0``.
     """
-
-    def __init__(self, *, dtype=None):
-        self.dtype = B.resolve_dtype(dtype)
 
     def forward(self, x):
         self._save(x > 0 if grad_enabled() else None)  # no mask needed under no_grad()
@@ -40,9 +38,6 @@ class Sigmoid(Module):
     Cached by forward: the output ``y``.
     """
 
-    def __init__(self, *, dtype=None):
-        self.dtype = B.resolve_dtype(dtype)
-
     def forward(self, x):
         xp = B.xp
         z = xp.exp(-xp.abs(x))
@@ -60,9 +55,6 @@ class Tanh(Module):
 
     Cached by forward: the output ``y``.
     """
-
-    def __init__(self, *, dtype=None):
-        self.dtype = B.resolve_dtype(dtype)
 
     def forward(self, x):
         y = B.xp.tanh(x)

@@ -1,6 +1,5 @@
 """Sequential: a chain of layers."""
 
-from ..parallel import BatchSplitter
 from .activation import ReLU
 from .module import Module
 from .pool import MaxPool2d
@@ -31,38 +30,24 @@ class Sequential(Module):
     Parameter names are the layer index and the parameter's name, as in
     PyTorch: ``"0.weight"``, ``"0.bias"``, ``"3.weight"`` ...
 
-    Two execution strategies change how, never what, is computed: a ReLU
-    followed by a MaxPool2d runs pool-first (:func:`execution_order`), and a
-    large batch is split over the machine's cores (:mod:`npconv.parallel`);
-    ``forward_serial`` and ``backward_serial`` are the chains on one thread.
+    A ReLU followed by a MaxPool2d runs pool-first (:func:`execution_order`):
+    that changes how, never what, is computed.
     """
 
     def __init__(self, *layers):
         self.layers = list(layers)
-        self._splitter = BatchSplitter(self)
-        self._split = False  # whether the last forward was split over threads
 
     def children(self):
         for i, layer in enumerate(self.layers):
             yield str(i), layer
 
     def forward(self, x):
-        self._split = self._splitter.wants(x)
-        return self._splitter.forward(x) if self._split else self.forward_serial(x)
-
-    def backward(self, dy, input_grad=True):
-        """Backpropagate ``dy`` through every layer; see :meth:`backward_serial`."""
-        if self._split:
-            return self._splitter.backward(dy, input_grad)
-        return self.backward_serial(dy, input_grad)
-
-    def forward_serial(self, x):
         self._order = execution_order(self.layers)
         for i in self._order:
             x = self.layers[i](x)
         return x
 
-    def backward_serial(self, dy, input_grad=True):
+    def backward(self, dy, input_grad=True):
         """Backpropagate ``dy`` through every layer; return ``dx`` of the first.
 
         ``input_grad=False`` says the network's input needs no gradient (it is

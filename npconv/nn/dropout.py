@@ -20,26 +20,28 @@ class Dropout(Module):
     ----------
     p : float in [0, 1)
     rng : numpy.random.Generator, optional -- source of the masks
-    dtype : float32 (default) or float64 -- dtype of the scaled mask
+
+    The mask, and so the output, has the input's dtype (the layer owns no
+    parameters): in float64 the scale ``1 / (1 - p)`` is exact to float64.
 
     Shape: any -> the same shape.
 
     Cached by forward (training mode): the scaled mask ``m / (1 - p)``.
     """
 
-    def __init__(self, p=0.5, *, rng=None, dtype=None):
+    def __init__(self, p=0.5, *, rng=None):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.rng = default_rng(rng)
-        self.dtype = B.resolve_dtype(dtype)
 
     def forward(self, x):
         if not self.training or self.p == 0:
             self._save(None)
             return x
         keep = self.rng.random(x.shape) >= self.p
-        scaled_mask = B.xp.asarray(keep, dtype=self.dtype) / self.dtype.type(1 - self.p)
+        dtype = x.dtype if x.dtype.kind == "f" else B.resolve_dtype(None)  # integer pixels are scaled in floats
+        scaled_mask = B.xp.asarray(keep, dtype=dtype) / dtype.type(1 - self.p)
         self._save(scaled_mask)
         return x * scaled_mask
 

@@ -1,6 +1,5 @@
 """Flatten: (N, d1, d2, ...) -> (N, d1*d2*...)."""
 
-from .. import backend as B
 from ._utils import reshape_batch
 from .module import Module
 
@@ -14,9 +13,6 @@ class Flatten(Module):
     Conv2d (see its docstring) flattens to a batch-last ``(N, C*H*W)`` view,
     which a Linear layer multiplies as it is, without a copy.
     """
-
-    def __init__(self, *, dtype=None):
-        self.dtype = B.resolve_dtype(dtype)
 
     def forward(self, x):
         self._save(x.shape)

@@ -23,8 +23,8 @@ class MaxPool2d(Module):
     ----------
     kernel_size : int or (int, int)
     stride : int or (int, int), optional -- defaults to ``kernel_size``
-    dtype : float32 (default) or float64 (accepted for a uniform API; the
-        output has the input's dtype)
+
+    The output has the input's dtype (the layer owns no parameters).
 
     Shape
     -----
@@ -46,10 +46,9 @@ class MaxPool2d(Module):
     offset instead of an argmax over each window.
     """
 
-    def __init__(self, kernel_size, stride=None, *, dtype=None):
+    def __init__(self, kernel_size, stride=None):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(kernel_size if stride is None else stride, "stride")
-        self.dtype = B.resolve_dtype(dtype)
 
     def _entry(self, x, u, v, oh, ow):
         """Entry (u, v) of every window: a strided view of ``x``, shape (N, C, OH, OW)."""

@@ -9,4 +9,7 @@ from .optimizer import Optimizer
 from .schedule import SCHEDULES, cosine_lr, lr_at
 from .sgd import SGD
 
-__all__ = ["Adam", "Optimizer", "SCHEDULES", "SGD", "cosine_lr", "lr_at"]
+#: The optimizers by name, as a training run's ``optimizer`` setting names them.
+OPTIMIZERS = ("sgd", "adam")
+
+__all__ = ["Adam", "OPTIMIZERS", "Optimizer", "SCHEDULES", "SGD", "cosine_lr", "lr_at"]

@@ -1,0 +1,79 @@
+"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``, ``sweep``, ``study``, ``compare``.
+
+Exit statuses: 0 success; 1 a run of a sweep or study failed (the others went
+on); 2 a user error (bad option, missing or malformed file, busy run folder)
+-- one line on stderr, no traceback; 3 training diverged; 130 interrupted by
+Ctrl-C (SIGINT); 143 stopped by SIGTERM. An interrupted ``train`` keeps the
+checkpoint of its last completed epoch; ``npconv train --resume DIR`` continues it.
+"""
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import NpconvError
+from ..train.interrupt import Interrupted, stop_on_signals
+from ..train.loop import TrainingDiverged
+from ..train.runfolder import CHECKPOINT_FILE
+from . import experiments, train
+from .options import error_message
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser():
+    parser = _Parser(prog="npconv", description="From-scratch NumPy ConvNets for image classification.")
+    parser.add_argument("--version", action="version", version=f"npconv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train.add_commands(sub)
+    experiments.add_commands(sub)
+    return parser
+
+
+COMMANDS = {**train.COMMANDS, **experiments.COMMANDS}
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        # SIGINT and SIGTERM stop a run at once but never between the files of
+        # an epoch's end (npconv.train.interrupt), so the checkpoint is always whole.
+        with stop_on_signals():
+            status = COMMANDS[args.command](args)
+    except TrainingDiverged as e:
+        print(f"npconv: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except NpconvError as e:
+        print(f"npconv: error: {error_message(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as e:
+        print(f"npconv: {_interrupted_message(e)}", file=sys.stderr)
+        return e.exit_status if isinstance(e, Interrupted) else EXIT_INTERRUPTED
+    return status or 0
+
+
+def _interrupted_message(e):
+    if not isinstance(e, Interrupted):
+        return "interrupted"
+    message = f"interrupted by {e.signal_name}"
+    if e.out_dir is None:
+        return message
+    if not e.epoch:
+        return f"{message} before the first epoch finished; there is no checkpoint to resume from"
+    return (f"{message} after epoch {e.epoch}; its checkpoint is in {os.path.join(e.out_dir, CHECKPOINT_FILE)}; "
+            f"continue with: npconv train --resume {e.out_dir}")
+
+
+def entry_point():
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Where a sweep's runs are trained: this process, local worker processes, or a Dask cluster.
+
+Every executor runs the same task, :func:`train_in_temp`: it trains one
+:class:`~npconv.train.settings.TrainConfig` into a private temporary folder, with one
+BLAS thread (threadpoolctl), and returns the folder's files as bytes. The
+submitting process writes them into the run folder
+(:func:`npconv.experiments.sweep.store_result`), so the files are the same whichever
+executor ran the task, and Dask workers need not share a file system with it.
+
+* :class:`InProcess` -- one run after another in this process, with the
+  current run's progress bar (``--workers 1``).
+* :class:`LocalProcesses` -- a :mod:`multiprocessing` pool of ``N`` worker
+  processes ("spawn": fresh interpreters, nothing inherited); a line per
+  finished run instead of progress bars.
+* :class:`DaskCluster` -- every run is a task on an existing
+  ``dask.distributed`` cluster (``scheduler="tcp://HOST:PORT"``). The workers
+  must have the same npconv version installed; a result from another version,
+  or computed on a different dataset, is refused (status ``failed``). Dask is
+  an optional extra: ``pip install "npconv[dask]"``.
+
+One BLAS thread per run is what lets ``N`` runs share ``N`` cores without
+fighting, and it keeps every float sum in the same order, so a run gives the
+same figures bit for bit on any executor.
+"""
+
+import importlib.util
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import traceback
+import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict
+
+import numpy as np
+
+from .. import __version__
+from ..errors import NpconvError, SettingError
+
+
+def train_in_temp(config_dict, progress=False, log_epochs=False):
+    """Train one run in a temporary folder; return its outcome and files.
+
+    Parameters
+    ----------
+    config_dict : dict
+        The :class:`~npconv.train.settings.TrainConfig` fields.
+    progress : bool
+        Show the per-epoch progress bar (in-process runs only).
+    log_epochs : bool
+        Print each epoch's line, as ``npconv train`` does.
+
+    Returns
+    -------
+    dict
+        ``status`` (``completed``, ``diverged`` or ``failed``), ``message``
+        (why it diverged or failed), ``traceback`` (failed runs), ``files``
+        (file name -> bytes: ``config.json``, ``history.csv``, ...),
+        ``npconv_version`` and ``host`` of the machine that trained it.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ..train import TrainConfig, TrainingDiverged, parallel, run_training
+    from ..train.runfolder import RunFolder
+
+    def log(line):
+        if log_epochs and line.startswith("epoch"):  # the "training ... -> /tmp/..." line names a temp folder
+            print("  " + line, flush=True)
+
+    result = {"status": "completed", "message": None, "files": {}, "npconv_version": __version__,
+              "host": socket.gethostname()}
+    # A diverging run overflows before its loss turns non-finite; that is
+    # reported as status "diverged", so NumPy's overflow warnings are only noise.
+    # One thread per run: the workers already use the cores, each on its own run.
+    threads_before = parallel.get_num_threads()
+    parallel.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory(prefix="npconv-run-") as tmp, \
+            np.errstate(over="ignore", invalid="ignore"):
+        try:
+            result["status"] = run_training(TrainConfig(**config_dict), tmp, progress=progress, log=log).status
+        except TrainingDiverged as e:
+            result.update(status="diverged", message=str(e))
+        except Exception as e:  # noqa: BLE001 - any failure of one run is recorded; the sweep goes on
+            message = str(e) if isinstance(e, NpconvError) else f"{type(e).__name__}: {e}"
+            result.update(status="failed", message=" ".join(message.split()), traceback=traceback.format_exc())
+        result["files"] = RunFolder(tmp).files()
+    parallel.set_num_threads(threads_before)
+    return result
+
+
+class InProcess:
+    """Train the runs one after another in this process."""
+
+    slots = 1
+    description = "this process"
+
+    def map(self, runs, *, on_start=None, progress=True):
+        """Yield ``(run, result)`` for each run, in order."""
+        for index, run in enumerate(runs, start=1):
+            if on_start is not None:
+                on_start(index, run)
+            yield run, train_in_temp(asdict(run.config), progress=progress, log_epochs=progress)
+
+    def close(self):
+        pass
+
+
+def _ignore_sigint():
+    # Ctrl-C reaches the whole process group; the parent alone handles it
+    # (and terminates the workers), so the workers print no tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class LocalProcesses:
+    """Train the runs on a pool of ``workers`` local processes, as they free up.
+
+    A worker that dies (killed, out of memory) breaks the pool: the runs
+    finished so far are kept and :class:`NpconvError` says so.
+    """
+
+    def __init__(self, workers):
+        self.slots = workers
+        self.description = f"{workers} local worker processes"
+
+    def map(self, runs, *, on_start=None, progress=True):
+        """Yield ``(run, result)`` as runs finish (not in order)."""
+        pool = ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_sigint)
+        try:
+            futures = {pool.submit(train_in_temp, asdict(run.config)): run for run in runs}
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise NpconvError(
+                        "a local worker process died (killed, or out of memory?); the runs finished so far are "
+                        "kept: run the same command again to go on, perhaps with fewer --workers"
+                    ) from None
+                yield futures[future], result
+        except BaseException:  # Ctrl-C, a dead worker, or the consumer stopped: stop the workers now
+            _terminate(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self):
+        pass
+
+
+def _terminate(pool):
+    """Stop a process pool's workers at once, even in the middle of a run."""
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    # Python < 3.14 has no public way to stop a busy worker; the pool's own
+    # table of worker processes is the only handle on them (taken before
+    # shutdown, which forgets it).
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
+class DaskCluster:
+    """Train every run as a task on the Dask distributed cluster at ``address``."""
+
+    def __init__(self, address, timeout=20):
+        if importlib.util.find_spec("distributed") is None:
+            raise SettingError("scheduler", f"{address}: running on a Dask cluster needs Dask, an optional extra: "
+                                            'pip install "npconv[dask]"')
+        from dask.distributed import Client
+
+        try:
+            self.client = Client(address, timeout=f"{timeout}s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError, TypeError) as e:
+            raise SettingError("scheduler", f"{address}: cannot connect to a Dask scheduler ({e})") from None
+        self.slots = max(1, sum(self.client.nthreads().values()))
+        self.description = f"the Dask cluster at {address} ({self.slots} worker threads)"
+
+    def map(self, runs, *, on_start=None, progress=True):
+        """Yield ``(run, result)`` as the cluster finishes runs (not in order)."""
+        from dask.distributed import as_completed as dask_completed
+
+        futures = {}
+        try:
+            for run in runs:
+                key = f"npconv-train-{run.key[:16]}-{uuid.uuid4().hex[:8]}"
+                futures[self.client.submit(train_in_temp, asdict(run.config), key=key, pure=False)] = run
+            for future in dask_completed(list(futures), loop=self.client.loop):
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - a lost worker, a task that could not run
+                    result = {"status": "failed", "message": f"the Dask task failed: {type(e).__name__}: {e}"}
+                yield futures[future], result
+        except BaseException:
+            self.client.cancel(list(futures))
+            raise
+        finally:
+            self.close()
+
+    def close(self):
+        self.client.close()
+
+
+def default_workers():
+    """The number of cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def make_executor(workers=None, scheduler=None, pending=None):
+    """The executor for ``workers`` / ``scheduler``; ``pending`` runs to do (for sizing)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SettingError("workers", f"must be an integer >= 1, got {workers!r}")
+    if scheduler:
+        if pending == 0:
+            return InProcess()  # nothing to train: no need to connect
+        return DaskCluster(scheduler)
+    workers = default_workers() if workers is None else workers
+    if pending is not None:
+        workers = min(workers, max(pending, 1))
+    return InProcess() if workers == 1 else LocalProcesses(workers)
+
+
+def check_result(run, result):
+    """Refuse a result that does not belong to ``run``'s key: turn it into a failure.
+
+    A worker with another npconv version, or another copy of the dataset,
+    would produce figures that do not match the run's key.
+    """
+    if result.get("status") == "failed":
+        return result
+    version = result.get("npconv_version")
+    if version != __version__:
+        return {"status": "failed", "message": f"worker {result.get('host')} runs npconv {version}, "
+                                               f"this machine {__version__}: install the same version on every worker"}
+    try:
+        sha = json.loads(result["files"]["config.json"])["dataset_sha256"]
+    except (KeyError, ValueError, TypeError):
+        return {"status": "failed", "message": f"worker {result.get('host')} returned no config.json"}
+    if sha != run.dataset_sha256:
+        return {"status": "failed", "message": f"worker {result.get('host')} trained on a different copy of "
+                                               f"{run.config.dataset} (SHA-256 {sha[:12]}..., "
+                                               f"expected {run.dataset_sha256[:12]}...)"}
+    return result

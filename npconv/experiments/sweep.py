@@ -1,0 +1,299 @@
+"""Sweeps: one training run per point of a grid of settings, each in its own run folder.
+
+A grid gives training settings lists of values (``lr = [1e-4, 1e-3]``,
+``seed = [0, 1, 2]``; on the command line ``--lr 1e-4,1e-3 --seed 0,1,2``);
+the sweep trains every combination, in
+:class:`~npconv.train.settings.TrainConfig` field order, and writes::
+
+    OUT/runs/MODEL-KEY/     one run folder per setting: the files of ``npconv train``
+    OUT/results.csv         one row per run: every setting, the final figures, seconds, status
+    OUT/results.md          the same as a GitHub Markdown table (only the settings that vary)
+
+Every setting can be swept: a grid's keys are the settings of
+:data:`npconv.train.settings.SETTINGS`.
+
+**Run keys.** A run is named by the SHA-256 of its full configuration (as
+canonical JSON), the dataset's SHA-256 and npconv's version (:func:`run_key`);
+its folder is ``MODEL-`` plus the key's first 12 hex digits. A run whose
+folder already holds a summary with status ``completed`` or ``diverged`` is not
+trained again, so an interrupted sweep picks up where it stopped, and sweeps
+(or studies) writing into the same ``OUT`` share their common runs.
+
+**Determinism.** A run is a pure function of its configuration
+(:func:`npconv.train.run_training` draws all randomness from the seed, and every
+run uses one BLAS thread), and its files are written by this process whichever
+executor trained it (:mod:`npconv.experiments.executors`), so ``results.csv``
+is the same bit for bit, but for the timing columns, whether the runs went
+through one process, a pool of local processes or a Dask cluster.
+
+**Divergence.** A run whose loss becomes NaN or infinite stops, is recorded
+with status ``diverged`` and its last finite figures, and the sweep goes on.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+from dataclasses import dataclass
+
+from .. import __version__, data
+from ..errors import NpconvError, SettingError
+from ..train.interrupt import Interrupted
+from ..train.run import check_subset
+from ..train.runfolder import RunFolder
+from ..train.settings import SETTINGS, TrainConfig, make_config
+from .results import describe, varying_settings, write_results
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def parse_values(name, text):
+    """The list of values of one setting, from ``"1e-4,1e-3"``; repeated values are kept once.
+
+    ``name`` is a setting's name (``weight_decay``; ``weight-decay`` is accepted
+    too). Raises :class:`~npconv.errors.SettingError` naming the setting for an
+    unknown one, an empty list or item, a value of the wrong type or out of its range.
+    """
+    name = name.replace("-", "_")
+    spec = SETTINGS.get(name)
+    if spec is None:
+        raise SettingError(name, "is not a training setting; a grid can vary " + ", ".join(SETTINGS))
+    items = [item.strip() for item in str(text).split(",")]
+    if items == [""]:
+        raise SettingError(name, ": empty list of values")
+    values = []
+    for item in items:
+        if item == "":
+            raise SettingError(name, f": empty value in {text!r}")
+        value = spec.parse(item)
+        if spec.choices is not None and value not in spec.choices:
+            raise SettingError(name, f": {item!r} is not one of " + ", ".join(spec.choices))
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def parse_grid(texts):
+    """``{setting: "a,b,c"}`` -> ``{setting: [a, b, c]}``; names may use ``-`` or ``_``."""
+    return {name.replace("-", "_"): parse_values(name, text) for name, text in texts.items()}
+
+
+def expand_grid(grid, base=None):
+    """Every combination of a grid, as a list of :class:`TrainConfig`.
+
+    ``grid`` maps settings to lists of values; ``base`` (a dict of settings)
+    fills the settings the grid does not name (default: ``npconv train``'s
+    defaults). Combinations follow the settings' order, the last varying fastest.
+    """
+    base = dict(base or {})
+    names = [name for name in SETTINGS if name in grid]
+    combos = itertools.product(*(grid[n] for n in names))
+    return [make_config({**base, **dict(zip(names, combo))}) for combo in combos]
+
+
+# ----------------------------------------------------------------------- run keys
+
+
+def run_key(config, dataset_sha256, version=__version__):
+    """SHA-256 (hex) of the full configuration, the dataset's SHA-256 and npconv's version."""
+    payload = {"config": config.canonical(), "dataset_sha256": dataset_sha256, "npconv_version": version}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -------------------------------------------------------------------------- plans
+
+
+@dataclass
+class Run:
+    """One run of a sweep: its configuration, key, folder and (once known) its outcome.
+
+    ``status`` is ``pending`` (not trained yet), ``completed``, ``diverged`` or
+    ``failed`` (an unexpected error, recorded in ``message``; retried next time).
+    ``summary`` is the run's :class:`~npconv.train.runfolder.Summary` once it has one.
+    """
+
+    config: TrainConfig
+    key: str
+    folder: RunFolder
+    dataset_sha256: str
+    train_size: int
+    val_size: int
+    test_size: int
+    status: str = "pending"
+    summary: object = None
+    message: str | None = None
+    reused: bool = False  # done before this sweep started (trained by an earlier sweep)
+
+    @property
+    def done(self):
+        return self.summary is not None and self.summary.done
+
+
+def load_datasets(configs):
+    """Each distinct dataset the configs use, loaded once: ``{(name, data_dir): Dataset}``."""
+    datasets = {}
+    for config in configs:
+        where = (config.dataset, config.data_dir)
+        if where not in datasets:
+            datasets[where] = data.load_dataset(*where)
+    return datasets
+
+
+def plan(configs, out_dir, datasets=None):
+    """Validate every config and name its run; returns the distinct runs, in order.
+
+    Everything a user can get wrong (a bad value, a combination such as
+    dropout before pooling in the MLP, a training subset larger than the
+    dataset) raises :class:`NpconvError` here, before anything is trained.
+    Runs whose folder already holds a completed or diverged run come back with
+    that status and summary.
+    """
+    for config in configs:
+        config.validate()
+    datasets = load_datasets(configs) if datasets is None else datasets
+    runs, seen = [], set()
+    for config in configs:
+        dataset = datasets[(config.dataset, config.data_dir)]
+        n = check_subset(config, len(dataset.train_labels))
+        key = run_key(config, dataset.sha256)
+        if key in seen:
+            continue
+        seen.add(key)
+        val_size = int(round(n * config.val_split))  # about what data.train_val_split holds out
+        run = Run(config, key, RunFolder(os.path.join(out_dir, "runs", f"{config.model}-{key[:12]}")),
+                  dataset.sha256, n - val_size, val_size, len(dataset.test_labels))
+        summary = _summary_or_none(run.folder)
+        if summary is not None and summary.done:
+            run.status, run.summary, run.reused = summary.status, summary, True
+        runs.append(run)
+    return runs
+
+
+def _summary_or_none(folder):
+    try:
+        return folder.read_summary()
+    except NpconvError:  # damaged: the run is trained again
+        return None
+
+
+def store_result(run, result):
+    """Write a run's files (returned by :func:`npconv.experiments.executors.train_in_temp`) into its folder.
+
+    A failed run writes only ``error.txt`` (and no summary, so it is retried).
+    """
+    run.status, run.message = result["status"], result.get("message")
+    if run.status == "failed":
+        run.folder.write_error(result.get("traceback") or run.message or "failed\n")
+        return
+    run.summary = run.folder.store(result.get("files", {}))
+    run.status = run.summary.status
+
+
+# ------------------------------------------------------------------ the sweep
+
+
+def format_seconds(seconds):
+    """``"1 h 05 min"``, ``"12 min 30 s"``, ``"45 s"``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, estimate=True, log=print,
+              dry_run=False):
+    """Train every config not already done into ``out_dir``; returns the list of :class:`Run`.
+
+    Parameters
+    ----------
+    configs : list of TrainConfig
+        The runs (duplicates are trained once).
+    out_dir : str
+        The sweep folder: ``runs/``, ``results.csv`` and ``results.md`` go here.
+    workers : int, optional
+        Local worker processes (default: the number of cores); 1 trains in
+        this process, with a progress bar per run.
+    scheduler : str, optional
+        ``tcp://HOST:PORT`` of a Dask distributed scheduler: every run is a
+        task on that cluster (``workers`` is then ignored).
+    progress : bool
+        Progress lines (and, with one worker, the current run's progress bar).
+    estimate : bool
+        Time a few batches of each distinct model setting and print an estimate of the total time.
+    log : callable
+        Where progress lines go.
+    dry_run : bool
+        Only print the plan and the estimate: nothing is trained or written.
+
+    Ctrl-C stops the sweep: the runs already completed are kept, ``results.csv``
+    lists the rest as ``pending``, and :class:`KeyboardInterrupt` propagates.
+    """
+    from . import executors
+    from .estimate import estimate_sweep
+
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SettingError("out_dir", f"{out_dir}: exists and is not a directory")
+    for config in configs:  # before anything is loaded or written
+        config.validate()
+    datasets = load_datasets(configs)
+    runs = plan(configs, out_dir, datasets)
+    pending = [r for r in runs if not r.done]
+    names = varying_settings(runs)
+    executor = executors.make_executor(workers, scheduler, len(pending))
+    line = f"{len(runs)} runs ({len(runs) - len(pending)} already done)"
+    if pending:
+        line += f", {len(pending)} to train on {executor.description}"
+        if estimate or dry_run:
+            seconds, what = estimate_sweep(pending, datasets, executor.slots)
+            line += f"; estimated {format_seconds(seconds)} ({what})"
+    log(line)
+    if dry_run:
+        executor.close()
+        return runs
+    try:
+        os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+    except OSError as e:
+        raise SettingError("out_dir", f"{out_dir}: cannot create the folder ({e.strerror})") from None
+    write_results(runs, out_dir)
+
+    def on_start(index, run):
+        if progress:
+            log(f"[{index}/{len(pending)}] {describe(run.config, names)} "
+                f"-> {run.folder.path} ({len(pending) - index} left after it)")
+
+    done = 0
+    try:
+        for run, result in executor.map(pending, on_start=on_start, progress=progress):
+            store_result(run, executors.check_result(run, result))
+            write_results(runs, out_dir)
+            done += 1
+            if progress or run.status == "failed":
+                log(f"[{done}/{len(pending)} done, {len(pending) - done} left] {_outcome(run, names)}")
+    except KeyboardInterrupt as e:
+        # The run being trained lived in a temporary folder, gone now: there is
+        # nothing to resume but the sweep itself.
+        write_results(runs, out_dir)
+        kept = sum(r.done for r in runs)
+        log(f"interrupted: {kept} of {len(runs)} runs are done and kept in {out_dir}; "
+            "run the same command again to train the rest")
+        raise Interrupted(getattr(e, "signum", signal.SIGINT)) from None
+    write_results(runs, out_dir)
+    return runs
+
+
+def _outcome(run, names):
+    s = run.summary
+    what = f"{describe(run.config, names)}: {run.status}"
+    if s is not None and s.test_acc is not None:
+        what += f", test accuracy {100 * s.test_acc:.2f}%"
+    if s is not None and s.total_seconds is not None:
+        what += f" ({s.total_seconds:.1f} s training)"
+    if run.status in ("failed", "diverged") and run.message:
+        what += f": {run.message}"
+    return what

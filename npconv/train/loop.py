@@ -1,0 +1,159 @@
+"""The training loop: mini-batch SGD over epochs, and evaluation.
+
+One training step is the whole of backpropagation::
+
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)        # forward: each layer keeps what backward needs
+    model.backward(loss_fn.backward(), input_grad=False)  # backward: fills every .grad (not dL/dx)
+    optimizer.step()                   # the only place weights change
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import backend as B
+from ..errors import NpconvError
+from ..nn import no_grad
+
+
+class TrainingDiverged(NpconvError):
+    """The loss became NaN or infinite; training cannot continue.
+
+    ``epoch`` and ``step`` (from 1) say where; ``step`` is None when the test
+    or validation loss of a finished epoch was the first non-finite figure.
+    """
+
+    def __init__(self, message, *, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+
+@dataclass
+class EpochStats:
+    """Metrics of one epoch. Accuracies are fractions in [0, 1].
+
+    ``train_*`` are averaged over the epoch as it trained; ``test_*`` are
+    measured after it, in eval mode; ``seconds`` is the wall time of the
+    epoch's training steps (batching included, evaluation not).
+    """
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    seconds: float
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+
+def evaluate(model, loss_fn, images, labels, batch_size=1000):
+    """Loss and accuracy of ``model`` (in eval mode) on a whole dataset.
+
+    Returns ``(mean_loss, accuracy, predictions)``; predictions are the
+    argmax class of each image, shape (N,). The model's mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, predictions = 0.0, []
+    with no_grad():  # nothing is kept for a backward pass: faster
+        for start in range(0, len(images), batch_size):
+            xb, yb = images[start : start + batch_size], labels[start : start + batch_size]
+            logits = model(xb)
+            total_loss += loss_fn(logits, yb) * len(xb)
+            predictions.append(B.to_numpy(logits.argmax(axis=1)))
+    model.train(was_training)
+    predictions = np.concatenate(predictions)
+    return total_loss / len(images), float(np.mean(predictions == labels)), predictions
+
+
+def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True, desc="train", monitor=None):
+    """One pass over ``batches`` (an iterable of ``(x, y)`` with a ``len``).
+
+    Returns ``(mean_loss, accuracy)`` averaged over the epoch's samples as
+    training went (so with dropout active), the figures the progress bar shows.
+    Raises :class:`TrainingDiverged` as soon as the loss is NaN or infinite.
+
+    ``monitor``, if given (a :class:`npconv.health.HealthMonitor`), has its
+    ``before_update()`` and ``after_update()`` called around the optimizer
+    step of the epoch's last step only, so it costs nothing on the others.
+    """
+    model.train()
+    seen = correct = 0
+    total_loss = 0.0
+    last_step = len(batches)
+    bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+    with bar:
+        for step, (xb, yb) in enumerate(batches, start=1):
+            optimizer.zero_grad()
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            if not math.isfinite(loss):
+                where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
+                raise TrainingDiverged(
+                    f"loss became {loss} at {where}: training diverged "
+                    "(the learning rate or weight decay is probably too high)",
+                    epoch=epoch, step=step,
+                )
+            model.backward(loss_fn.backward(), input_grad=False)  # the images need no gradient
+            if monitor is not None and step == last_step:
+                monitor.before_update()
+                optimizer.step()
+                monitor.after_update()
+            else:
+                optimizer.step()
+            seen += len(yb)
+            total_loss += loss * len(yb)
+            correct += int((B.to_numpy(logits.argmax(axis=1)) == yb).sum())
+            bar.update()
+            if step % 20 == 0 or step == len(batches):
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+    return total_loss / seen, correct / seen
+
+
+def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *, val=None, lr_schedule=None,
+        start_epoch=1, progress=True, on_epoch_end=None, monitor=None):
+    """Train epochs ``start_epoch .. epochs``, evaluating on the test set (and ``val``) after each.
+
+    ``val`` is an optional ``(images, labels)`` validation set held out of training.
+    ``lr_schedule(epoch) -> lr``, if given, sets ``optimizer.lr`` before each epoch.
+    ``start_epoch > 1`` continues a run restored from a checkpoint.
+    ``monitor`` is passed to :func:`train_epoch`.
+
+    ``on_epoch_end(stats)`` is called with each :class:`EpochStats`, e.g. to
+    print it or write the history. Returns the list of the epochs' stats.
+    Raises :class:`TrainingDiverged` if a training, test or validation loss is
+    not finite, before ``on_epoch_end`` sees that epoch.
+    """
+    history = []
+    for epoch in range(start_epoch, epochs + 1):
+        if lr_schedule is not None:
+            optimizer.lr = lr_schedule(epoch)
+        started = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            model, loss_fn, optimizer, batches, epoch=epoch, progress=progress, desc=f"epoch {epoch}/{epochs}",
+            monitor=monitor,
+        )
+        seconds = time.perf_counter() - started  # training only; evaluation is not counted
+        test_loss, test_acc, _ = evaluate(model, loss_fn, test_images, test_labels)
+        stats = EpochStats(epoch, train_loss, train_acc, test_loss, test_acc, seconds)
+        if val is not None:
+            stats.val_loss, stats.val_acc, _ = evaluate(model, loss_fn, *val)
+        for name in ("test_loss", "val_loss"):
+            value = getattr(stats, name)
+            if value is not None and not math.isfinite(value):
+                # The epoch's last update made the weights non-finite.
+                raise TrainingDiverged(
+                    f"{name.replace('_', ' ')} became {value} after epoch {epoch}: training diverged "
+                    "(the learning rate or weight decay is probably too high)",
+                    epoch=epoch,
+                )
+        history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+    return history

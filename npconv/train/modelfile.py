@@ -1,0 +1,120 @@
+"""Model files: ``model.npz``, the weights and what is needed to rebuild the model.
+
+Layout of the npz archive (plain arrays only, so it loads with ``allow_pickle=False``):
+
+* one float array per parameter, under its PyTorch-style name (``"0.weight"``, ...);
+* ``"__config__"``: a 0-d unicode string holding JSON -- the model's
+  architecture settings (those marked ``architecture`` in
+  :mod:`npconv.train.settings`: model, dropout, dropout location, dtype), the
+  number and names of the classes, the dataset, and the input normalization
+  used in training.
+
+Model files get shared between people, so a file is never trusted: the archive
+is read by :func:`npconv.io.npz.read_npz` (no pickles, every header checked
+before allocating), then the config's every field and every array's name,
+shape and dtype are checked against the model it describes.
+"""
+
+import math
+
+import numpy as np
+
+from .. import backend as B
+from ..errors import ModelFileError, SettingError
+from ..io.npz import json_entry, one_line, parse_json_entry, read_npz, write_npz
+from ..models import build_model
+from .settings import ARCHITECTURE, SETTINGS
+
+CONFIG_KEY = "__config__"
+FORMAT = "npconv-model-1"
+
+#: Largest number of classes a model file may declare.
+MAX_CLASSES = 10_000
+
+
+#: What a model file records beside the architecture settings: the classes, and how inputs were prepared.
+MODEL_FILE_KEYS = (*ARCHITECTURE, "num_classes", "classes", "dataset", "normalize_mean", "normalize_std")
+
+
+def model_config(run_config):
+    """The part of a run's ``config.json`` that its model file records (:data:`MODEL_FILE_KEYS`)."""
+    return {key: run_config[key] for key in MODEL_FILE_KEYS}
+
+
+def save_model(path, model, config):
+    """Write ``model``'s weights and ``config`` (a JSON-able dict) to ``path`` atomically.
+
+    ``config`` must hold at least the architecture settings
+    (:data:`~npconv.train.settings.ARCHITECTURE`: model, dropout, dropout_at, dtype).
+    """
+    arrays = {name: B.to_numpy(a) for name, a in model.state_dict().items()}
+    arrays[CONFIG_KEY] = json_entry({"format": FORMAT, **config})
+    write_npz(path, arrays)
+
+
+def check_model_config(config, where, error):
+    """Check the architecture of a model config from a file; return build_model's arguments.
+
+    The architecture settings (:data:`npconv.train.settings.ARCHITECTURE`) are
+    checked as a training run checks them; ``dropout`` and ``dropout_at`` may be
+    absent (no dropout), ``model`` and ``dtype`` may not.
+    """
+    spec = {}
+    for name in ARCHITECTURE:
+        setting = SETTINGS[name]
+        value = config.get(name, None if name in ("model", "dtype") else setting.default)
+        try:
+            setting.check(value)
+        except SettingError:
+            raise error(f"{where}: {name!r} must be {setting.accepted()}, got {value!r}") from None
+        spec[name] = value
+    num_classes = config.get("num_classes", 10)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise error(f"{where}: 'num_classes' must be an integer from 1 to {MAX_CLASSES}, got {num_classes!r}")
+    return dict(name=spec.pop("model"), num_classes=num_classes, **spec)
+
+
+def build_checked_model(arrays, config, where, error):
+    """Rebuild the model ``config`` describes and load ``arrays`` into it, checking everything."""
+    spec = check_model_config(config, where, error)
+    try:
+        model = build_model(
+            spec["name"], spec["dropout"], spec["dropout_at"], num_classes=spec["num_classes"],
+            rng=np.random.default_rng(0), dtype=spec["dtype"],
+        )
+        model.load_state_dict(arrays)
+    except (ValueError, TypeError) as e:
+        raise error(f"{where}: the arrays do not fit the {spec['name']} architecture: {one_line(e)}") from None
+    return model
+
+
+def load_model(path):
+    """Load a model file written by :func:`save_model`; returns ``(model, config)``.
+
+    Raises :class:`~npconv.errors.ModelFileError` with a message naming the file
+    for anything that is not a well-formed npconv model file.
+    """
+    path = str(path)
+    arrays = read_npz(path, "model file", ModelFileError)
+    if CONFIG_KEY not in arrays:
+        raise ModelFileError(f"{path}: not an npconv model file (no {CONFIG_KEY} entry)")
+    config = parse_json_entry(arrays.pop(CONFIG_KEY), f"{path}: its {CONFIG_KEY} entry", ModelFileError)
+    if config.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: unknown model file format {config.get('format')!r} (expected {FORMAT})")
+    for key in ("normalize_mean", "normalize_std"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or (key == "normalize_std" and value <= 0)):
+            raise ModelFileError(f"{path}: {key!r} must be a finite number (std > 0) or null, got {value!r}")
+    dataset = config.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        raise ModelFileError(f"{path}: 'dataset' must be a dataset name, got {dataset!r}")
+    classes = config.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise ModelFileError(f"{path}: 'classes' must be a list of strings, got {classes!r}")
+    model = build_checked_model(arrays, config, path, ModelFileError)
+    num_classes = config.get("num_classes", 10)
+    if classes is not None and len(classes) != num_classes:
+        raise ModelFileError(f"{path}: {len(classes)} class names for {num_classes} classes")
+    config.setdefault("num_classes", num_classes)
+    return model, config

@@ -1,0 +1,331 @@
+"""One training run as a function: a :class:`~npconv.train.settings.TrainConfig` in, a run folder out.
+
+:func:`run_training` starts a run; :func:`resume_training` continues one from
+its checkpoint. What the run folder holds, and every write into it, is
+:mod:`npconv.train.runfolder`'s business. A run that diverges
+(:class:`~npconv.train.loop.TrainingDiverged`) or is interrupted
+(:class:`~npconv.train.interrupt.Interrupted`) records that in ``summary.json``,
+keeps the checkpoint of its last completed (finite) epoch and re-raises, so a
+caller such as a sweep can mark it and go on.
+
+All randomness comes from one seed: :class:`numpy.random.SeedSequence` ``(seed)``
+is split into independent streams for the initial weights, the data (subset,
+validation split, per-epoch shuffling) and the dropout masks, so the same seed
+on the same machine gives the same ``history.csv`` bit for bit (but for the
+``seconds`` column, which is a wall-clock time) -- also when the run was
+interrupted and resumed at any epoch boundary.
+"""
+
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import __version__, data, nn, optim
+from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
+from ..models import build_model
+from .checkpoint import restore
+from .health import HealthMonitor, advise, probe_batch
+from .interrupt import Interrupted, deferred_interrupts
+from .loop import TrainingDiverged, fit
+from .modelfile import model_config
+from .parallel import DataParallel
+from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
+from .settings import TrainConfig
+
+
+def seed_streams(seed):
+    """Three independent generators from one seed: ``(init_rng, data_rng, dropout_rng)``.
+
+    ``init`` draws the initial weights; ``data`` the training subset, the
+    validation split and each epoch's shuffle; ``dropout`` the dropout masks.
+    """
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+
+
+def default_out_dir(config, root="runs"):
+    """A new folder name under ``root``: ``runs/cnn-mnist-20261127-101500`` (suffixed if taken)."""
+    stem = os.path.join(root, f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out, n = stem, 1
+    while os.path.exists(out):
+        n += 1
+        out = f"{stem}-{n}"
+    return out
+
+
+def make_optimizer(config, params):
+    if config.optimizer == "adam":
+        return optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def check_subset(config, n_train):
+    """The number of training images ``config`` uses out of ``n_train``, or :class:`SettingError`."""
+    if config.train_subset is not None and config.train_subset > n_train:
+        raise SettingError("train_subset", f"must be at most the {n_train} training images, "
+                                           f"got {config.train_subset}")
+    return n_train if config.train_subset is None else config.train_subset
+
+
+def format_epoch(stats, epochs):
+    line = (
+        f"epoch {stats.epoch:>{len(str(epochs))}}/{epochs}  "
+        f"train loss {stats.train_loss:.4f} acc {100 * stats.train_acc:6.2f}%  "
+        f"test loss {stats.test_loss:.4f} acc {100 * stats.test_acc:6.2f}%  "
+    )
+    if stats.val_loss is not None:
+        line += f"val loss {stats.val_loss:.4f} acc {100 * stats.val_acc:6.2f}%  "
+    return line + f"{stats.seconds:6.1f} s"
+
+
+@dataclass
+class _Run:
+    """Everything a run trains with, built the same way for a new and a resumed run."""
+
+    config: TrainConfig
+    full_config: dict       # what config.json holds
+    model: nn.Sequential
+    optimizer: optim.Optimizer
+    loss_fn: nn.SoftmaxCrossEntropyLoss
+    batches: data.DataLoader
+    x_test: np.ndarray
+    test_labels: np.ndarray
+    val: tuple | None
+    probe: np.ndarray       # the health probe batch
+    rngs: dict              # the generators the epochs draw from, by name
+    num_classes: int
+
+
+def _prepare(config):
+    """Load the data and build model and optimizer, drawing from the seed's streams in a fixed order.
+
+    A resumed run calls this too, then overwrites the state from its
+    checkpoint: the subset and split come out the same because they are drawn
+    the same way, before any epoch.
+    """
+    dataset = data.load_dataset(config.dataset, config.data_dir)
+    n_train = check_subset(config, len(dataset.train_labels))
+    if config.val_split > 0:
+        n_val = round(config.val_split * n_train)
+        if not 1 <= n_val < n_train:
+            raise SettingError(
+                "val_split", f"{config.val_split} of {n_train} training images gives {n_val} validation images; "
+                             f"it must leave at least one image for validation and one for training")
+
+    init_rng, data_rng, dropout_rng = seed_streams(config.seed)
+    dtype = np.dtype(config.dtype)
+
+    mean, std = data.pixel_stats(dataset.train_images) if config.normalize else (None, None)
+    train_images, train_labels = dataset.train_images, dataset.train_labels
+    if config.train_subset is not None:
+        train_images, train_labels = data.random_subset(train_images, train_labels, config.train_subset, data_rng)
+    val = None
+    if config.val_split > 0:
+        train_images, train_labels, val_images, val_labels = data.train_val_split(
+            train_images, train_labels, config.val_split, data_rng
+        )
+        val = (data.to_float(val_images, mean, std, dtype), val_labels)
+    x_train = data.to_float(train_images, mean, std, dtype)
+    x_test = data.to_float(dataset.test_images, mean, std, dtype)
+    batches = data.DataLoader(x_train, train_labels, config.batch_size, shuffle=True, rng=data_rng)
+
+    num_classes = len(dataset.classes)
+    model = build_model(
+        config.model, config.dropout, config.dropout_at, num_classes=num_classes,
+        rng=init_rng, dtype=dtype,
+    )
+    # One generator for every dropout layer, separate from the data's.
+    for layer in model:
+        if isinstance(layer, nn.Dropout):
+            layer.rng = dropout_rng
+    full_config = {
+        **asdict(config), "num_classes": num_classes, "classes": list(dataset.classes),
+        "normalize_mean": mean, "normalize_std": std, "dataset_sha256": dataset.sha256,
+        "train_size": int(len(train_labels)), "npconv_version": __version__,
+    }
+    return _Run(
+        config=config, full_config=full_config, model=model,
+        optimizer=make_optimizer(config, model.parameters()), loss_fn=nn.SoftmaxCrossEntropyLoss(),
+        batches=batches, x_test=x_test, test_labels=dataset.test_labels, val=val, probe=probe_batch(x_train),
+        rngs={"data": data_rng, "dropout": dropout_rng}, num_classes=num_classes,
+    )
+
+
+def run_training(config, out_dir=None, *, progress=True, log=print):
+    """Train as ``config`` says and write the run folder; returns its :class:`~npconv.train.runfolder.Summary`.
+
+    Everything the user can get wrong is checked before anything is written.
+    ``out_dir`` (default: a new folder under ``runs/``) must not hold a run
+    already (continue one with :func:`resume_training`); it is locked while training.
+
+    Raises
+    ------
+    NpconvError
+        A bad setting (:class:`~npconv.errors.SettingError` naming it), missing
+        or malformed data, an unusable or busy ``out_dir``.
+    TrainingDiverged
+        After recording ``status: diverged`` in ``summary.json``.
+    Interrupted
+        (a ``KeyboardInterrupt``) after recording ``status: interrupted``.
+    """
+    config.validate()
+    folder = RunFolder(default_out_dir(config) if out_dir is None else out_dir)
+    check_folder(folder.path, "out_dir")
+    run = _prepare(config)
+    folder.create()
+    with folder.lock():
+        taken = folder.holds_run()
+        if taken:
+            raise RunFolderTaken(folder.path, taken)
+        folder.write_config(run.full_config)
+        log(f"training {config.model} on {config.dataset} ({len(run.batches.y)} images) "
+            f"for {config.epochs} epochs -> {folder.path}")
+        return _train(run, folder, None, progress=progress, log=log)
+
+
+def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=print):
+    """Continue the run in ``run_dir`` from its checkpoint; returns its :class:`~npconv.train.runfolder.Summary`.
+
+    The settings come from ``run_dir/config.json``. ``epochs``, if given,
+    changes the number of epochs (it must exceed the epochs already done; with
+    the cosine schedule the remaining epochs then follow the schedule for the
+    new total, so the run is no longer identical to any uninterrupted one).
+    ``settings`` (e.g. options given on the command line) must each equal the
+    run's own; a different value is an error, not a change.
+
+    Resumed with the same number of epochs, the run's final ``history.csv``
+    (but for the ``seconds`` column), ``health.csv`` and ``model.npz`` are
+    bit-identical to those of an uninterrupted run.
+
+    Raises
+    ------
+    NpconvError
+        ``run_dir`` is not a run folder, is busy, has no usable checkpoint,
+        already finished, diverged, or its data changed; a conflicting setting.
+    TrainingDiverged, Interrupted
+        As :func:`run_training`.
+    """
+    folder = RunFolder(run_dir)
+    if not os.path.isdir(folder.path):
+        problem = "not a directory" if os.path.exists(folder.path) else "no such directory"
+        raise SettingError("run_dir", f"{folder.path}: {problem}")
+    not_a_run = SettingError("run_dir", f"{folder.path}: no {CONFIG_FILE}; not an npconv run folder")
+    if not os.path.exists(folder.file(CONFIG_FILE)):  # checked before locking: nothing is written into such a folder
+        raise not_a_run
+    with folder.lock():
+        saved = folder.read_config(CheckpointError)
+        config = TrainConfig.from_dict(saved, folder.file(CONFIG_FILE))
+        for name, value in (settings or {}).items():
+            if name != "epochs" and getattr(config, name) != value:
+                raise SettingError(name, f"{value} conflicts with the run's {getattr(config, name)!r} "
+                                         f"({folder.file(CONFIG_FILE)}); a resumed run keeps its own settings "
+                                         "(only epochs may change)")
+        if epochs is not None:
+            config.epochs = epochs
+        config.validate()
+        if not os.path.exists(folder.file(CHECKPOINT_FILE)):
+            raise SettingError("run_dir", f"{folder.path}: no {CHECKPOINT_FILE} to resume from (the run stopped "
+                                          "before it finished its first epoch); start it again instead")
+        checkpoint = folder.read_checkpoint()
+        if _without(checkpoint.config, "epochs") != _without(saved, "epochs"):
+            raise CheckpointError(f"{checkpoint.path}: belongs to another run than {folder.file(CONFIG_FILE)}")
+        summary = _summary_if_readable(folder)
+        if summary is not None and summary.status == "diverged":
+            raise SettingError("run_dir", f"{folder.path}: the run diverged after epoch {checkpoint.epoch}, and "
+                                          "resuming would diverge again the same way; start a new run with a lower "
+                                          "learning rate or weight decay")
+        if checkpoint.epoch >= config.epochs:
+            raise SettingError("epochs", f"must be more than the {checkpoint.epoch} epochs the run in {folder.path} "
+                                         f"already completed, got {config.epochs}")
+
+        run = _prepare(config)
+        changed = [k for k in run.full_config
+                   if k not in ("epochs", "npconv_version") and run.full_config[k] != saved.get(k)]
+        if changed:
+            raise CheckpointError(
+                f"{folder.path}: {', '.join(changed)} differ from when the run started "
+                "(the dataset changed?); the run cannot be continued exactly"
+            )
+        restore(checkpoint, run.model, run.optimizer, run.rngs)
+        run.full_config = {**saved, "epochs": config.epochs}
+        if config.epochs != saved["epochs"]:
+            folder.write_config(run.full_config)
+        log(f"resuming {config.model} on {config.dataset} after epoch {checkpoint.epoch} "
+            f"of {config.epochs} -> {folder.path}")
+        return _train(run, folder, checkpoint, progress=progress, log=log)
+
+
+def _summary_if_readable(folder):
+    try:
+        return folder.read_summary()
+    except NpconvError:
+        return None
+
+
+def _without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+def _train(run, folder, checkpoint, *, progress, log):
+    """Run the epochs after ``checkpoint`` (None: from the start), writing the run folder."""
+    config = run.config
+    history = list(checkpoint.history) if checkpoint else []
+    health_rows = list(checkpoint.health) if checkpoint else []
+    advice = list(checkpoint.advice) if checkpoint else []
+    start_epoch = checkpoint.epoch + 1 if checkpoint else 1
+    monitor = HealthMonitor(run.model, run.probe)
+    title = f"{config.model} on {config.dataset}"
+
+    def on_epoch_end(stats):
+        rows = monitor.measure(stats.epoch)
+        given = {a["key"] for a in advice}
+        new_advice = [{"epoch": stats.epoch, "key": key, "message": line}
+                      for key, line in advise(rows, stats.train_loss, stats.train_acc, run.num_classes)
+                      if key not in given]
+        history.append(stats)
+        health_rows.extend(rows)
+        advice.extend(new_advice)
+        folder.write_epoch(history, health_rows, run.model, run.optimizer, config=run.full_config, rngs=run.rngs,
+                           advice=advice)
+        log(format_epoch(stats, config.epochs))
+        for a in new_advice:
+            log(f"advice: {a['message']}")
+
+    def lr_schedule(epoch):
+        return optim.lr_at(config.lr_schedule, config.lr, epoch, config.epochs)
+
+    def end(status, **extra):
+        summary = Summary.of(status, history, folder.path, [a["message"] for a in advice], **extra)
+        folder.write_summary(summary)
+        return summary
+
+    try:
+        # A diverging run overflows before its loss turns non-finite; fit() reports
+        # that as TrainingDiverged, so NumPy's overflow warnings would only add noise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            fit(DataParallel(run.model), run.loss_fn, run.optimizer, run.batches, run.x_test, run.test_labels,
+                config.epochs, val=run.val, lr_schedule=lr_schedule, start_epoch=start_epoch, progress=progress,
+                on_epoch_end=on_epoch_end, monitor=monitor)
+    except TrainingDiverged as e:
+        if history:
+            kept = (f"the checkpoint of epoch {history[-1].epoch}, the last finite one, "
+                    f"is kept in {folder.file(CHECKPOINT_FILE)}")
+        else:
+            kept = "no epoch finished, so there is no checkpoint"
+        message = f"{e}; {kept}"
+        with deferred_interrupts():
+            end("diverged", message=message, diverged_at={"epoch": e.epoch, "step": e.step})
+            folder.write_curves(history, f"{title} (diverged)")
+        raise TrainingDiverged(message, epoch=e.epoch, step=e.step) from None
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        end("interrupted", signal=signal.Signals(signum).name)
+        raise Interrupted(signum, out_dir=folder.path, epoch=history[-1].epoch if history else 0) from None
+
+    with deferred_interrupts():  # the model, the summary and the curves: all three, then the signal
+        folder.write_model(run.model, model_config(run.full_config))
+        summary = end("completed")
+        folder.write_curves(history, title)
+    return summary

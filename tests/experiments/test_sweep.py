@@ -1,0 +1,238 @@
+"""Sweeps: grid parsing, run keys, divergence, resume after an interruption, and the Dask path.
+
+Every run here is tiny (the MLP on 200 real MNIST images, 2 epochs): the
+tests check the machinery, not the accuracy.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from npconv.errors import NpconvError
+from npconv.train import TrainConfig
+from npconv.experiments.results import TIMING_COLUMNS
+from npconv.experiments.sweep import expand_grid, parse_grid, parse_values, run_key, run_sweep
+from npconv.train.settings import make_config
+
+TINY = {"model": "mlp", "epochs": "2", "train-subset": "200", "batch-size": "50", "momentum": "0"}
+# lr 1e3 with weight decay 1e3 multiplies the weights by ~1e6 a step: the loss becomes NaN in the first epoch.
+GRID = {**TINY, "lr": "0.05,1e3", "weight-decay": "0,1e3"}
+
+
+def run_cli(*args, **kwargs):
+    """``python -m npconv`` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "npconv", *args], capture_output=True, text=True, timeout=300,
+                          **kwargs)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def quiet(_line):
+    pass
+
+
+# ------------------------------------------------------------------ grids
+
+
+def test_parse_grid_types_and_order():
+    grid = parse_grid({"lr": "1e-4, 1e-3,1e-3", "seed": "0,1,2", "dropout-at": "before-pool",
+                       "weight_decay": "5e-4", "model": "cnn,mlp"})
+    assert grid == {"lr": [1e-4, 1e-3], "seed": [0, 1, 2], "dropout_at": ["before-pool"],
+                    "weight_decay": [5e-4], "model": ["cnn", "mlp"]}, grid
+    configs = expand_grid(grid)
+    assert len(configs) == 2 * 2 * 3
+    # TrainConfig field order, the last field (seed) varying fastest.
+    assert [(c.model, c.lr, c.seed) for c in configs[:4]] == [("cnn", 1e-4, 0), ("cnn", 1e-4, 1), ("cnn", 1e-4, 2),
+                                                                ("cnn", 1e-3, 0)]
+    assert configs[0].epochs == TrainConfig().epochs, "options not in the grid keep train's defaults"
+
+
+@pytest.mark.parametrize("option, text, message", [
+    ("lr", "", "lr: empty list of values"),
+    ("lr", "1e-3,", "lr: empty value in '1e-3,'"),
+    ("lr", "1e-3,fast", "lr: 'fast' is not a number"),
+    ("epochs", "1.5", "epochs: '1.5' is not an integer"),
+    ("model", "resnet", "model: 'resnet' is not one of cnn, mlp"),
+    ("learning-rate", "0.1", "learning_rate is not a training setting"),
+    ("normalize", "yes", "normalize: 'yes' is not true or false"),
+])
+def test_bad_grid_values_are_clear_errors(option, text, message):
+    with pytest.raises(NpconvError) as e:
+        parse_values(option, text)
+    assert str(e.value).startswith(message), f"expected {message!r}, got {str(e.value)!r}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--learning-rate", "0.1"], "unrecognized arguments: --learning-rate 0.1"),
+    (["--lr", ""], "--lr: empty list of values"),
+    (["--weight-decay", "0.1,lots"], "--weight-decay: 'lots' is not a number"),
+    (["--model", "cnn,mlp", "--dropout", "0.2", "--dropout-at", "before-pool"], "before-fc for the mlp model"),
+])
+def test_bad_grids_exit_2_with_one_line(tmp_path, args, message):
+    out = tmp_path / "sweep"
+    result = run_cli("sweep", *args, "--out", str(out))
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], f"expected one line with {message!r}, got {result.stderr!r}"
+    assert not out.exists(), "nothing is written for a bad grid"
+
+
+def test_run_key_covers_config_dataset_and_version():
+    a = make_config({"model": "mlp", "lr": 1})  # an int for a float setting is the same setting
+    b = make_config({"model": "mlp", "lr": 1.0})
+    assert run_key(a, "d" * 64) == run_key(b, "d" * 64)
+    assert run_key(a, "d" * 64) != run_key(make_config({"model": "mlp", "lr": 1.0, "seed": 1}), "d" * 64)
+    assert run_key(a, "d" * 64) != run_key(a, "e" * 64), "another dataset is another run"
+    assert run_key(a, "d" * 64) != run_key(a, "d" * 64, version="0.0.0"), "another npconv is another run"
+
+
+# --------------------------------------------------------------- a real sweep
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """GRID on two local worker processes."""
+    out = tmp_path_factory.mktemp("local")
+    runs = run_sweep(expand_grid(parse_grid(GRID)), str(out), workers=2, log=quiet)
+    return out, runs
+
+
+def test_sweep_writes_run_folders_and_results(local_sweep):
+    out, runs = local_sweep
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed", "diverged"}, rows
+    for row in rows:
+        folder = out / row["run"]
+        assert row["run"] == f"runs/mlp-{row['key'][:12]}"
+        config = json.loads((folder / "config.json").read_text())
+        assert config["lr"] == float(row["lr"]) and config["weight_decay"] == float(row["weight_decay"])
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == row["status"] and summary["out_dir"] == str(folder)
+        if row["status"] == "completed":
+            for name in ("history.csv", "model.npz", "curves.png"):
+                assert (folder / name).is_file(), f"{name} missing from {folder}"
+            assert float(row["test_acc"]) == summary["test_acc"]
+    md = (out / "results.md").read_text()
+    assert md.count("\n") == 2 + 4 and "| lr | weight_decay |" in md, md
+
+
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(local_sweep):
+    out, runs = local_sweep
+    diverged = [r for r in runs if r.status == "diverged"]
+    settings = [(r.config.lr, r.config.weight_decay) for r in diverged]
+    assert settings == [(1e3, 1e3)], [(r.config, r.status) for r in runs]
+    summary = json.loads((out / os.path.relpath(diverged[0].folder.path, out) / "summary.json").read_text())
+    assert "diverged" in summary["message"] or "nan" in summary["message"].lower(), summary
+    assert sum(r.status == "completed" for r in runs) == 3, "the runs after the diverged one still ran"
+
+
+def test_dask_cluster_gives_the_same_results_as_local_processes(local_sweep, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    local_out, _ = local_sweep
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run_sweep(expand_grid(parse_grid(GRID)), str(tmp_path), scheduler=cluster.scheduler_address, log=quiet)
+    local, remote = read_csv(local_out / "results.csv"), read_csv(tmp_path / "results.csv")
+    for row in local + remote:
+        for column in TIMING_COLUMNS:
+            row.pop(column)
+    assert local == remote, "results.csv from the Dask cluster differs from the local one beyond the timing columns"
+    for row in local:
+        if row["status"] == "completed":
+            a = (local_out / row["run"] / "model.npz").read_bytes()
+            assert a == (tmp_path / row["run"] / "model.npz").read_bytes(), f"{row['run']}: weights differ"
+
+
+def test_dask_scheduler_that_does_not_answer_is_a_clear_error(tmp_path):
+    pytest.importorskip("dask.distributed")
+    from npconv.experiments.executors import DaskCluster
+
+    with pytest.raises(NpconvError, match="cannot connect to a Dask scheduler"):
+        DaskCluster("tcp://127.0.0.1:9", timeout=1)
+
+
+def test_interrupted_sweep_resumes_and_skips_finished_runs(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", "mlp", "--epochs", "2", "--train-subset", "200", "--batch-size", "50",
+            "--seed", "0,1,2", "--workers", "1", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "npconv", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    runs = out / "runs"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if runs.is_dir() and any((d / "summary.json").exists() for d in runs.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    stdout, stderr = proc.communicate(timeout=120)
+    done = {d.name: (d / "summary.json").stat().st_mtime_ns for d in runs.iterdir() if (d / "summary.json").exists()}
+    assert done, f"no run finished before the interrupt: {stdout} {stderr}"
+    if proc.returncode == 0:
+        pytest.skip("the sweep finished before it could be interrupted")
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    statuses = [r["status"] for r in read_csv(out / "results.csv")]
+    assert statuses.count("completed") == len(done) and "pending" in statuses, statuses
+    assert "run the same command again" in stdout + stderr
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"3 runs ({len(done)} already done), {3 - len(done)} to train"), again.stdout
+    assert "estimated" in again.stdout.splitlines()[0]
+    for name, mtime in done.items():
+        assert (runs / name / "summary.json").stat().st_mtime_ns == mtime, f"{name} was trained again"
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["completed"] * 3
+
+    third = run_cli(*args)
+    assert third.stdout.startswith("3 runs (3 already done)"), third.stdout
+
+
+def test_compare_runs(local_sweep, tmp_path):
+    out, runs = local_sweep
+    folders = [r.folder.path for r in runs if r.status == "completed"]
+    result = run_cli("compare", *folders, "--out", str(tmp_path / "c.png"))
+    assert result.returncode == 0, result.stderr
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(folders), result.stdout
+    assert "lr=0.05 weight_decay=0.0" in result.stdout, "runs are labelled by the settings that differ"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A sweep folder stands for all its runs; an unfinished folder is an error.
+    whole = run_cli("compare", str(out), "--out", str(tmp_path / "all.png"))
+    assert len([line for line in whole.stdout.splitlines() if line.startswith("| ")]) == 1 + len(runs), whole.stdout
+    bad = run_cli("compare", str(tmp_path), "--out", str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and "no summary.json" in bad.stderr, bad.stderr
+
+
+BLOCK_DASK = """
+import importlib.abc, sys
+class NoDask(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dask", "distributed"):
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, NoDask())
+import importlib.util
+importlib.util.find_spec = (lambda find: lambda name, *a: None if name.split(".")[0] in ("dask", "distributed")
+                            else find(name, *a))(importlib.util.find_spec)
+from npconv.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_scheduler_without_dask_names_the_extra(tmp_path):
+    """Dask is an optional extra: without it, --scheduler is one clear line and exit status 2."""
+    out = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-c", BLOCK_DASK, "sweep", *sum(([f"--{k}", v] for k, v in TINY.items()),
+                             []), "--scheduler", "tcp://127.0.0.1:9", "--no-estimate", "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "npconv[dask]"' in lines[0] and "--scheduler" in lines[0], lines
+    assert not out.exists(), "nothing is written when the executor cannot start"

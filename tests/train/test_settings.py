@@ -1,0 +1,96 @@
+"""The settings schema: every setting declared once, and everything that takes settings derived from it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from npconv.errors import SettingError
+from npconv.experiments.study import parse_study
+from npconv.experiments.sweep import parse_values
+from npconv.train.settings import ARCHITECTURE, SETTINGS, TrainConfig, make_config
+
+#: A value other than the default, as text, for every setting.
+SAMPLE = {"model": "mlp", "dataset": "fashion-mnist", "data_dir": "/tmp", "epochs": "3", "batch_size": "64",
+          "optimizer": "adam", "lr": "0.01", "lr_schedule": "constant", "momentum": "0.5", "weight_decay": "0.001",
+          "dropout": "0.2", "dropout_at": "before-pool", "seed": "7", "train_subset": "500", "val_split": "0.1",
+          "normalize": "false", "dtype": "float64"}
+
+
+def help_text(command):
+    return subprocess.run([sys.executable, "-m", "npconv", command, "--help"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_every_setting_has_a_sample_here():
+    assert set(SAMPLE) == set(SETTINGS), "a new setting needs a sample value in this test"
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_every_setting_can_be_swept(name):
+    spec = SETTINGS[name]
+    values = parse_values(name, f"{SAMPLE[name]},{SAMPLE[name]}")
+    assert len(values) == 1, "a repeated value is kept once"
+    config = make_config({name: values[0]})
+    assert getattr(config, name) == values[0] != spec.default
+
+
+def test_every_setting_is_a_train_and_a_sweep_option():
+    train, sweep = help_text("train"), help_text("sweep")
+    for name, spec in SETTINGS.items():
+        flag = f"--no-{name.replace('_', '-')}" if spec.kind is bool and spec.default else spec.flag
+        assert flag in train, f"{flag} missing from npconv train --help"
+        assert spec.flag in sweep, f"{spec.flag} missing from npconv sweep --help"
+
+
+def test_train_help_shows_the_real_defaults():
+    train = " ".join(help_text("train").split())
+    for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "dtype"):
+        assert f"(default: {SETTINGS[name].default})" in train, f"{name}'s default missing from --help"
+
+
+def test_every_setting_can_be_varied_in_a_study_file():
+    for name in SETTINGS:
+        if name in ("data_dir", "dataset"):
+            continue  # they need data on disk; their parsing is the same code
+        value = make_config({name: SETTINGS[name].parse(SAMPLE[name])}).canonical()[name]
+        doc = {"baseline": {"model": "mlp" if name != "dropout_at" else "cnn"},
+               "section": [{"id": "s", "kind": "sweep", "vary": name, "values": [value]}]}
+        parse_study(doc, "test")
+
+
+def test_defaults_are_npconv_trains():
+    config = TrainConfig()
+    assert {name: getattr(config, name) for name in SETTINGS} == {n: s.default for n, s in SETTINGS.items()}
+    config.validate()
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("lr", -1.0, "lr must be a finite number > 0, got -1.0"),
+    ("lr", float("nan"), "lr must be a finite number > 0, got nan"),
+    ("momentum", 1.0, "momentum must be in [0, 1), got 1.0"),
+    ("batch_size", 0, "batch_size must be an integer >= 1, got 0"),
+    ("epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
+    ("model", "resnet", "model must be one of cnn, mlp, got 'resnet'"),
+    ("normalize", 1, "normalize must be true or false, got 1"),
+    ("data_dir", "/no/such/folder", "data_dir /no/such/folder: no such directory"),
+])
+def test_library_errors_name_the_setting_in_library_words(name, value, message):
+    with pytest.raises(SettingError) as e:
+        TrainConfig(**{name: value}).validate()
+    assert str(e.value) == message and e.value.name == name
+    assert "--" not in str(e.value), "the library does not speak in command-line flags"
+
+
+def test_make_config_coerces_and_refuses():
+    assert make_config({"lr": 1}).lr == 1.0 and isinstance(make_config({"lr": 1}).lr, float)
+    with pytest.raises(SettingError, match="speed is not a training setting"):
+        make_config({"speed": 1})
+    with pytest.raises(SettingError, match="epochs must be int, got 1.5"):
+        make_config({"epochs": 1.5})
+    with pytest.raises(SettingError, match="normalize must be bool"):
+        make_config({"normalize": 0})
+
+
+def test_architecture_settings_are_what_a_model_file_records():
+    assert ARCHITECTURE == ["model", "dropout", "dropout_at", "dtype"]
