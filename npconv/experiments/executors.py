@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import NpconvError, SettingError
+from ..train.runfolder import CONFIG_FILE
 
 
 def train_in_temp(config_dict, progress=False, log_epochs=False):
@@ -241,9 +242,9 @@ def check_result(run, result):
         return {"status": "failed", "message": f"worker {result.get('host')} runs npconv {version}, "
                                                f"this machine {__version__}: install the same version on every worker"}
     try:
-        sha = json.loads(result["files"]["config.json"])["dataset_sha256"]
+        sha = json.loads(result["files"][CONFIG_FILE])["dataset_sha256"]
     except (KeyError, ValueError, TypeError):
-        return {"status": "failed", "message": f"worker {result.get('host')} returned no config.json"}
+        return {"status": "failed", "message": f"worker {result.get('host')} returned no {CONFIG_FILE}"}
     if sha != run.dataset_sha256:
         return {"status": "failed", "message": f"worker {result.get('host')} trained on a different copy of "
                                                f"{run.config.dataset} (SHA-256 {sha[:12]}..., "
