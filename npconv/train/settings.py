@@ -53,6 +53,9 @@ class Setting:
     directory : bool -- the value is a path that must be an existing folder
     architecture : bool -- part of the model; recorded in model files
     cost : bool -- changes the time of a training step
+    keyed_at_default : bool -- part of a run's key even at its default. False for the settings added
+        after sweeps first keyed their runs: at their default they leave the key as it was, so that
+        runs trained before the setting existed are still found and reused.
     metavar : str -- the value's placeholder in ``--help``
     """
 
@@ -69,6 +72,7 @@ class Setting:
     directory: bool = False
     architecture: bool = False
     cost: bool = False
+    keyed_at_default: bool = True
     metavar: str | None = None
 
     @property
@@ -190,8 +194,14 @@ class TrainConfig:
                                              f"got {self.dropout_at!r}")
 
     def canonical(self):
-        """The settings as a dict, every value of its field's type (``lr = 1`` is ``1.0``): what run keys hash."""
-        return {name: spec.coerce(getattr(self, name)) for name, spec in SETTINGS.items()}
+        """The settings as a dict, every value of its field's type (``lr = 1`` is ``1.0``): what run keys hash.
+
+        A setting added after run keys were first made is left out while it
+        has its default value (see :attr:`Setting.keyed_at_default`).
+        """
+        values = {name: spec.coerce(getattr(self, name)) for name, spec in SETTINGS.items()}
+        return {name: value for name, value in values.items()
+                if SETTINGS[name].keyed_at_default or value != SETTINGS[name].default}
 
     def changed(self):
         """The settings that differ from ``npconv train``'s defaults, as a dict."""

@@ -94,3 +94,12 @@ def test_make_config_coerces_and_refuses():
 
 def test_architecture_settings_are_what_a_model_file_records():
     assert ARCHITECTURE == ["model", "dropout", "dropout_at", "dtype"]
+
+
+def test_run_keys_of_the_first_settings_are_stable():
+    """The key of a run must not change when npconv gains a setting: sweeps find and reuse the runs they made
+    (the expected key is the one the code before the settings schema computed)."""
+    from npconv.experiments.sweep import run_key
+
+    key = run_key(TrainConfig(model="mlp", lr=0.01, seed=2), "d" * 64, version="0.1.0")
+    assert key == "76aaf934bde3e4055f87f68d7fed29bb760763c843f218503e748ab17035ef43", "the key npconv 0.1.0 gave"
