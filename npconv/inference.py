@@ -1,64 +1,31 @@
 """Using a trained model: classify image files, evaluate a model file on a test set.
 
-Each image is made to look like an MNIST digit: converted to grayscale,
-resized to 28x28, and inverted when its background is light (MNIST digits are
-white on black). Then it gets the same [0, 1] scaling and normalization the
-model was trained with.
+Each image is first made the way the training images were made
+(:func:`npconv.data.images.preprocess`: ink, crop, fit, centre by mass), then
+gets the same [0, 1] scaling and normalization the model was trained with.
 """
 
-import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from . import data, nn
 from .data import to_float
+from .data.images import DIGIT_BOX, SIZE, preprocess
 from .errors import NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
 from .train.modelfile import load_model
 from .train.parallel import DataParallel
 
-MAX_PIXELS = 50_000_000  # refuse absurdly large images before decoding them
-
-
-def load_image(path, size=28):
-    """Read an image file as a (size, size) uint8 array, light-on-dark like MNIST."""
-    if os.path.isdir(path):
-        raise NpconvError(f"{path}: is a directory, not an image")
-    if not os.path.isfile(path):
-        raise NpconvError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise NpconvError(f"{path}: empty file, not an image")
-    too_large = f"{path}: image too large (more than {MAX_PIXELS} pixels); refused before decoding it"
-    try:
-        # Image.open reads only the header. PIL warns (DecompressionBombWarning)
-        # or raises (DecompressionBombError) for huge sizes; either is our error.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise NpconvError(f"{path}: image of {img.width}x{img.height} pixels is too large "
-                                      f"(at most {MAX_PIXELS} pixels); refused before decoding it")
-                gray = img.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-                pixels = np.asarray(gray, dtype=np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise NpconvError(too_large) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        # PIL raises OSError for truncated data, SyntaxError from some format parsers.
-        raise NpconvError(f"{path}: not a readable image ({' '.join(str(e).split())})") from None
-    # The border is background: if it is mostly light, the digit is dark on light.
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    if border.mean() > 127:
-        pixels = 255 - pixels
-    return pixels
+def fit_for(config):
+    """The box an image's content is fitted into: 20 for digits (MNIST), the whole 28 for Fashion-MNIST."""
+    return SIZE if config.get("dataset") == "fashion-mnist" else DIGIT_BOX
 
 
 def predict_images(model, config, paths):
     """Class probabilities for each image: returns an array of shape (len(paths), K)."""
-    images = np.stack([load_image(p) for p in paths])
+    images = np.stack([preprocess(p, fit_for(config)) for p in paths])
     x = to_float(images, config.get("normalize_mean"), config.get("normalize_std"), np.dtype(config["dtype"]))
     model.eval()
     return softmax(model(x))
