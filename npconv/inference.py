@@ -18,6 +18,10 @@ from .train.loop import evaluate
 from .train.modelfile import load_model
 from .train.parallel import DataParallel
 
+#: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
+#: choice less than even odds, so it is more likely wrong than right about it.
+LOW_CONFIDENCE = 0.5
+
 def fit_for(config):
     """The box an image's content is fitted into: 20 for digits (MNIST), the whole 28 for Fashion-MNIST."""
     return SIZE if config.get("dataset") == "fashion-mnist" else DIGIT_BOX
