@@ -2,24 +2,94 @@
 
 Every layer, loss and optimizer does its array math through ``xp`` from this
 module instead of importing NumPy directly, so that another array library with
-NumPy's API (CuPy, for a GPU) can later be dropped in here without touching the
-layers. Data loading, file I/O and plotting are host-side and use NumPy.
+NumPy's API -- CuPy, for an NVIDIA GPU -- runs the same hand-written layers:
 
-Today the backend is NumPy, float32 by default.
+>>> from npconv import backend
+>>> backend.use("cupy")      # or backend.use_device("cuda"); backend.use("numpy") goes back
+
+Arrays then live on the device: parameters are created there, data is uploaded
+once (:func:`to_device`), and only :func:`to_numpy` brings results back to the
+host (for files, printing, plotting). Data loading, file I/O and plotting are
+host-side and use NumPy. Files are always host NumPy arrays, so a model trained
+on one device loads on the other.
+
+The default backend is NumPy, float32.
 """
+
+import importlib
 
 import numpy as np
 
-#: The array module used by every layer (``numpy`` today).
+from .errors import SettingError
+
+#: The array module used by every layer (``numpy``, or ``cupy`` after :func:`use`).
 xp = np
 
 #: The default floating-point type of parameters and activations.
 DEFAULT_DTYPE = np.float32
 
+#: Devices by name, as the ``device`` training setting and ``--device`` name them, and their array module.
+DEVICES = {"cpu": "numpy", "cuda": "cupy"}
+
+#: What to install for the GPU backend (CuPy's wheel is built for one CUDA major version).
+CUDA_EXTRA = 'an optional extra: pip install "npconv[cuda]" for CUDA 13, or "npconv[cuda12]" for CUDA 12'
+
+
+def use(name):
+    """Make ``name`` (``"numpy"`` or ``"cupy"``) the array module of every layer; returns the module.
+
+    Raises :class:`~npconv.errors.SettingError` (naming the ``device``) when
+    CuPy is not installed or sees no CUDA device. Build models *after* the
+    switch: parameters are created on the backend current at construction.
+    """
+    global xp
+    if name == "numpy":
+        xp = np
+        return xp
+    if name != "cupy":
+        raise ValueError(f"unknown array backend {name!r}; choose numpy or cupy")
+    xp = _cupy()
+    return xp
+
+
+def use_device(device):
+    """Switch to the backend of ``device`` (``"cpu"`` or ``"cuda"``, see :data:`DEVICES`)."""
+    if device not in DEVICES:
+        raise SettingError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    return use(DEVICES[device])
+
+
+def current_device():
+    """``"cpu"`` or ``"cuda"``: where arrays of the current backend live."""
+    return "cpu" if xp is np else "cuda"
+
+
+def _cupy():
+    """The ``cupy`` module, checked to see a CUDA device; a clear :class:`SettingError` otherwise."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError:
+        raise SettingError("device", f"cuda needs CuPy, {CUDA_EXTRA}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - CuPy raises its CUDA runtime errors when no driver or GPU is there
+        raise SettingError("device", f"cuda: CuPy is installed but finds no CUDA device ({' '.join(str(e).split())})"
+                           ) from None
+    if count < 1:
+        raise SettingError("device", "cuda: CuPy is installed but finds no CUDA device")
+    return cupy
+
 
 def to_numpy(a):
-    """Return ``a`` as a NumPy array on the host (a no-op for the NumPy backend)."""
-    return np.asarray(a)
+    """``a`` as a NumPy array on the host (a no-op for NumPy arrays; a copy from the device otherwise)."""
+    if isinstance(a, np.ndarray) or np.isscalar(a):
+        return np.asarray(a)
+    return xp.asnumpy(a)
+
+
+def to_device(a, dtype=None):
+    """``a`` (host data) as an array of the current backend, optionally of ``dtype`` (a no-op on the CPU)."""
+    return xp.asarray(a, dtype=dtype)
 
 
 def resolve_dtype(dtype):

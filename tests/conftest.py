@@ -5,6 +5,7 @@ The naive loop-based conv/pool reference lives next to this file in
 """
 
 import os
+import sys
 
 # One BLAS thread for the whole test session, set before NumPy loads OpenBLAS.
 # Why: on a small, shared machine OpenBLAS's worker threads spin against each
@@ -48,7 +49,9 @@ def randomize_output_layer(model, rng):
     backward pass, which would make gradient checks of a whole model vacuous.
     """
     last = model[len(model) - 1]
-    last.weight.data[...] = 0.1 * rng.standard_normal(last.weight.data.shape)
+    from npconv import backend
+
+    last.weight.data[...] = backend.to_device(0.1 * rng.standard_normal(last.weight.data.shape))
     return model
 
 
@@ -72,3 +75,19 @@ def in_layout(a, layout):
         view[...] = a
         return view
     raise ValueError(layout)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """npconv on the GPU backend, with :mod:`fakecupy` standing in for CuPy (see its docstring)."""
+    import fakecupy
+
+    from npconv import backend
+
+    monkeypatch.setitem(sys.modules, "cupy", fakecupy)
+    backend.use("cupy")
+    fakecupy.reset()
+    try:
+        yield fakecupy
+    finally:
+        backend.use("numpy")

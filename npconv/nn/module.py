@@ -147,7 +147,7 @@ class Module:
                 raise ValueError(f"{name}: shape {value.shape} does not fit the model's {p.data.shape}")
             if value.dtype != p.data.dtype:
                 raise ValueError(f"{name}: dtype {value.dtype} does not fit the model's {p.data.dtype}")
-            p.data[...] = value
+            p.data[...] = B.to_device(value)  # a host array (from a file) goes to the backend's device
 
     # --- modes -----------------------------------------------------------
     def train(self, mode=True):

@@ -54,10 +54,10 @@ class Optimizer:
 
     def load_state_dict(self, state):
         """Restore what :meth:`state_dict` returned (shapes must match)."""
-        self.step_count = int(state["step_count"])
+        self.step_count = int(B.to_numpy(state["step_count"]))
         for name, arrays in self._buffers().items():
             for i, a in enumerate(arrays):
                 value = state[f"{name}.{i}"]
                 if value.shape != a.shape:
                     raise ValueError(f"optimizer state {name}.{i}: shape {value.shape}, expected {a.shape}")
-                a[...] = value
+                a[...] = B.to_device(value)

@@ -1,0 +1,144 @@
+"""The array backend: choosing it, its errors, and the seam -- every layer, loss and optimizer runs on a device
+backend with the same numbers, and nothing leaves the device without being asked.
+
+The GPU backend is exercised with :mod:`fakecupy` (CuPy's rules on NumPy's numbers, see its docstring);
+``tests/gpu/`` runs the same checks against real CuPy where a CUDA device exists.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import randomize_output_layer
+from npconv import backend, models, nn, optim
+from npconv.errors import SettingError
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def test_numpy_is_the_default():
+    assert backend.xp is np and backend.current_device() == "cpu"
+
+
+def test_cuda_without_cupy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    with pytest.raises(SettingError) as e:
+        backend.use_device("cuda")
+    assert e.value.name == "device" and 'pip install "npconv[cuda]"' in str(e.value) and "CuPy" in str(e.value)
+    assert backend.xp is np, "a failed switch leaves the backend as it was"
+
+
+def test_cuda_without_a_device_says_so(monkeypatch):
+    import fakecupy
+
+    class NoDevice:
+        @staticmethod
+        def getDeviceCount():  # noqa: N802
+            raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(fakecupy.cuda, "runtime", NoDevice)
+    monkeypatch.setitem(sys.modules, "cupy", fakecupy)
+    with pytest.raises(SettingError, match="CuPy is installed but finds no CUDA device .*no CUDA-capable device"):
+        backend.use_device("cuda")
+    assert backend.xp is np
+
+
+def test_unknown_device():
+    with pytest.raises(SettingError, match="device must be one of cpu, cuda, got 'tpu'"):
+        backend.use_device("tpu")
+
+
+def host_and_device(build, x, rng):
+    """``(y, dx, grads)`` of a layer built by ``build()`` on the host and then on the device, same ``dy``."""
+    out, dy = [], None
+    for device in ("cpu", "cuda"):
+        backend.use_device(device)
+        layer = build()
+        y = layer(backend.to_device(x))
+        if dy is None:
+            dy = rng.standard_normal(y.shape).astype(x.dtype)
+        dx = layer.backward(backend.to_device(dy))
+        out.append((y, dx, {n: p.grad for n, p in layer.named_parameters()}))
+    return out
+
+
+LAYERS = {
+    "Linear": (lambda dt: nn.Linear(12, 5, rng=np.random.default_rng(0), dtype=dt), (4, 12)),
+    "Conv2d": (lambda dt: nn.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(0), dtype=dt), (5, 2, 6, 6)),
+    "Conv2d-stride": (lambda dt: nn.Conv2d(2, 3, 3, stride=2, rng=np.random.default_rng(0), dtype=dt), (5, 2, 7, 7)),
+    "MaxPool2d": (lambda dt: nn.MaxPool2d(2), (5, 2, 6, 6)),
+    "ReLU": (lambda dt: nn.ReLU(), (5, 2, 6, 6)),
+    "Sigmoid": (lambda dt: nn.Sigmoid(), (5, 7)),
+    "Tanh": (lambda dt: nn.Tanh(), (5, 7)),
+    "Flatten": (lambda dt: nn.Flatten(), (5, 2, 3, 3)),
+    "Dropout": (lambda dt: nn.Dropout(0.3, rng=np.random.default_rng(3)), (5, 40)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_every_layer_gives_the_same_numbers_on_the_device(fake_gpu, rng, name, dtype):
+    factory, shape = LAYERS[name]
+    x = rng.standard_normal(shape).astype(dtype)
+    (y, dx, grads), (yd, dxd, gradsd) = host_and_device(lambda: factory(dtype), x, rng)
+    assert isinstance(yd, fake_gpu.ndarray) and isinstance(dxd, fake_gpu.ndarray), "results stay on the device"
+    np.testing.assert_array_equal(backend.to_numpy(yd), y, err_msg=f"{name} forward: device / host")
+    np.testing.assert_array_equal(backend.to_numpy(dxd), dx, err_msg=f"{name} backward: device / host")
+    for n in grads:
+        np.testing.assert_array_equal(backend.to_numpy(gradsd[n]), grads[n], err_msg=f"{name} {n}.grad")
+    assert backend.to_numpy(yd).dtype == dtype
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_a_model_trains_on_the_device_like_on_the_host(fake_gpu, rng, opt):
+    """Three steps of the study's ConvNet with dropout: the same weights, bit for bit, and no host round trip
+    inside a step but the loss's own value."""
+    x = rng.standard_normal((8, 1, 28, 28)).astype(F32)
+    labels = rng.integers(0, 10, size=8)
+    weights, losses = [], []
+    for device in ("cpu", "cuda"):
+        backend.use_device(device)
+        model = randomize_output_layer(models.cnn(dropout=0.2, rng=np.random.default_rng(1)), np.random.default_rng(2))
+        for layer in model:
+            if isinstance(layer, nn.Dropout):
+                layer.rng = np.random.default_rng(4)
+        params = model.parameters()
+        step = (optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4) if opt == "sgd"
+                else optim.Adam(params, lr=1e-3, weight_decay=5e-4))
+        loss_fn = nn.SoftmaxCrossEntropyLoss()
+        xd, yd = backend.to_device(x), backend.to_device(labels)
+        fake_gpu.reset()
+        for _ in range(3):
+            step.zero_grad()
+            losses.append(loss_fn(model(xd), yd))
+            model.backward(loss_fn.backward(), input_grad=False)
+            step.step()
+        if device == "cuda":
+            syncs = dict(fake_gpu.SYNCS)
+        weights.append({n: backend.to_numpy(p.data) for n, p in model.named_parameters()})
+    for n in weights[0]:
+        np.testing.assert_array_equal(weights[1][n], weights[0][n], err_msg=f"{n}: device / host")
+    assert losses[:3] == losses[3:]
+    assert sum(syncs.values()) <= 3 * 3, f"host round trips in 3 steps: {syncs}"
+
+
+def test_files_travel_between_backends(fake_gpu, tmp_path):
+    """A model trained on the device is saved as host arrays, loads on the CPU and back on the device."""
+    from npconv.train.modelfile import load_model, save_model
+
+    config = {"model": "cnn", "dropout": 0.0, "dropout_at": "before-fc", "dtype": "float32", "num_classes": 10}
+    backend.use_device("cuda")
+    model = randomize_output_layer(models.cnn(rng=np.random.default_rng(0)), np.random.default_rng(1))
+    save_model(tmp_path / "m.npz", model, config)
+    x = np.random.default_rng(2).standard_normal((3, 1, 28, 28)).astype(F32)
+    on_device = backend.to_numpy(model.eval()(backend.to_device(x)))
+    backend.use_device("cpu")
+    host_model, _ = load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(host_model.eval()(x), on_device)
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        assert all(isinstance(f[k], np.ndarray) for k in f.files), "files hold host arrays"
+    backend.use_device("cuda")
+    device_model, _ = load_model(tmp_path / "m.npz")
+    assert isinstance(device_model[0].weight.data, fake_gpu.ndarray), "loaded onto the current backend"
+    np.testing.assert_array_equal(backend.to_numpy(device_model.eval()(backend.to_device(x))), on_device)
