@@ -34,7 +34,6 @@ import math
 import os
 import threading
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -111,7 +110,7 @@ class Server:
         self.max_body = max_body
         self._models = {}    # model file path -> ((mtime, size), model, config)
         self._datasets = {}  # (name, data_dir) -> Dataset
-        self._answers = {}   # model file path -> ((mtime, size), TestSetAnswers)
+        self._answers = {}   # model file path -> ((mtime, size), Answers)
         self._lock = threading.Lock()
         self._answer_locks = {}
 

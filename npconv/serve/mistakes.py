@@ -24,7 +24,7 @@ CHUNK = 500
 
 
 @dataclass
-class TestSetAnswers:
+class Answers:
     """A model's answers on a test set: ``probabilities`` (N, K) float32, the true ``labels`` (N,) and the
     ``images`` (N, 28, 28) uint8."""
 
@@ -64,5 +64,5 @@ def answer_test_set(model, config, dataset):
         logits = layer_outputs(model, model_input(images[start : start + CHUNK], config))[-1]
         chunks.append(softmax(logits.astype(np.float64)).astype(np.float32))
     classes = list(config.get("classes") or dataset.classes)
-    return TestSetAnswers(dataset.name, classes, images, np.asarray(dataset.test_labels, dtype=np.int64),
+    return Answers(dataset.name, classes, images, np.asarray(dataset.test_labels, dtype=np.int64),
                           np.concatenate(chunks))

@@ -3,8 +3,8 @@
 Rendered with markdown-it-py in its safe preset: raw HTML in the Markdown is
 shown as text, never run, and ``javascript:`` links are dropped. Each image's
 source is mapped to the server's URL of that figure (``figures/NAME.png`` ->
-``{figure_url}NAME.png``) and every other image source is removed, so the page
-loads nothing from outside; a relative link to one of the study's runs
+``{figure_url}NAME.png``) and any other image is replaced by its alt text, so
+the page loads nothing from outside; a relative link to one of the study's runs
 (``runs/NAME``) becomes a link to that run's page.
 """
 
@@ -27,8 +27,8 @@ def render_report(text, figure_url, run_links):
         for child in token.children or ():
             if child.type == "image":
                 child.attrs["src"] = _figure(child.attrs.get("src", ""), figure_url)
-                if not child.attrs["src"]:
-                    del child.attrs["src"]
+                if not child.attrs["src"]:  # not a figure of the folder: its alt text stands in for it
+                    child.type, child.tag, child.attrs, child.children = "text", "", {}, None
             elif child.type == "link_open":
                 href = str(child.attrs.get("href", ""))
                 target = posixpath.normpath(href.rstrip("/")) if href and "://" not in href else None

@@ -84,3 +84,23 @@ def on_paper(digit, scale=8, size=300, at=(40, 30)):
 def decode_activation(a):
     """One activation of a ``POST /api/predict?activations=1`` answer as an array."""
     return np.frombuffer(base64.b64decode(a["data"]), dtype="<f4").reshape(a["shape"])
+
+
+def draw_digit(page, digit, threshold=100):
+    """Draw a 28x28 digit on the page's ``#draw`` canvas with mouse strokes: one stroke along each run of inked
+    pixels of each row, scaled to the canvas (the pen is about two pixels of the digit wide)."""
+    box = page.locator("#draw").bounding_box()
+    scale = box["width"] / 28
+    at = lambda x, y: (box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale)
+    for y in range(28):
+        x = 0
+        while x < 28:
+            if digit[y, x] > threshold:
+                start = x
+                while x < 28 and digit[y, x] > threshold:
+                    x += 1
+                page.mouse.move(*at(start, y))
+                page.mouse.down()
+                page.mouse.move(*at(x - 1, y), steps=3)
+                page.mouse.up()
+            x += 1
