@@ -1,11 +1,13 @@
 """The JSON API of ``npconv serve``, through real HTTP requests to a real server process."""
 
+import http.client
 import io
 import json
 import os
 import select
 import socket
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -297,3 +299,17 @@ def test_eight_clients_at_once_all_get_the_right_answer(server, mnist):
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_small_answers_on_a_kept_alive_connection_do_not_stall(server):
+    # With Nagle's algorithm left on, a small answer's body waited for the client's delayed ACK: 40 ms each.
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        conn.request("GET", "/api/runs/nope")
+        response = conn.getresponse()
+        response.read()
+        times.append(time.perf_counter() - start)
+    conn.close()
+    assert response.status == 404 and sorted(times)[3] < 0.030, times
