@@ -13,7 +13,7 @@ layer's activations present. The table gives the median and the 99th percentile.
 
 For reference, the same per-image work without HTTP is timed in this process: npconv (preprocessing and the
 layer-by-layer forward pass that keeps every layer's output) and PyTorch (the same preprocessing, then the
-same network with the same weights, keeping every layer's output), as a ratio.
+same network with the same weights, keeping every layer's output), both on one thread, as a ratio.
 
 Usage::
 
@@ -152,17 +152,22 @@ def percentile(values, q):
 
 
 def in_process_times(model, config, images, repeats):
-    """Median seconds per image without HTTP: npconv's classify with activations, and PyTorch's equivalent."""
+    """Median seconds per image without HTTP: npconv's classify with activations, and PyTorch's equivalent,
+    both on one thread (one image is far too little work to share; on a busy machine PyTorch's threads spin)."""
+    from threadpoolctl import threadpool_limits
+
     ours = []
-    for _ in range(repeats):
-        for image in images:
-            start = time.perf_counter()
-            classify(model, config, image, activations=True)
-            ours.append(time.perf_counter() - start)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for _ in range(repeats):
+            for image in images:
+                start = time.perf_counter()
+                classify(model, config, image, activations=True)
+                ours.append(time.perf_counter() - start)
     try:
         import torch
     except ImportError:
         return statistics.median(ours), None
+    torch.set_num_threads(1)
     from npconv.data.images import preprocess
     from npconv.serve.network import model_input
 
@@ -228,7 +233,7 @@ def main():
     for clients, *_, failures in rows:
         for problem in sorted(set(failures))[:5]:
             print(f"  {clients} clients: {problem}")
-    print(f"\nper image without HTTP (preprocessing + every layer's output): npconv {1000 * ours:.2f} ms"
+    print(f"\nper image without HTTP, one thread (preprocessing + every layer's output): npconv {1000 * ours:.2f} ms"
           + (f", PyTorch {1000 * theirs:.2f} ms, ratio npconv/PyTorch {ours / theirs:.2f}" if theirs else
              " (PyTorch not installed: no reference)"))
     one, eight = rows

@@ -1,7 +1,8 @@
 """What ``npconv serve`` serves: the runs, model files and folders of runs named on its command line.
 
-Every run and folder gets an **id** when the server starts (its folder's or
-file's name, with ``~2``, ``~3`` ... added when two share a name), and URLs
+Every run and folder gets an **id** when the server starts (its folder's name;
+for a model file, its folder's and its own, ``best-model.npz``; with ``~2``,
+``~3`` ... added when two share a name), and URLs
 name runs and folders only by id. A URL never becomes a path: an id is looked up
 in this catalog, and a file is served only if it is one of the few a view needs
 (``curves.png`` of a run, ``REPORT.md`` and ``figures/*.png`` of a study) and
@@ -53,6 +54,9 @@ class Run:
 
     @property
     def name(self):
+        """The folder's name; for a model file, its folder's and its own (``runs-best/model.npz``)."""
+        if self.kind == "model":
+            return "/".join(os.path.normpath(self.path).split(os.sep)[-2:])
         return os.path.basename(os.path.normpath(self.path))
 
     def file(self, name):
@@ -151,7 +155,7 @@ class Catalog:
             elif is_run_folder(path):
                 catalog._add_run("run", path, root=path)
             elif os.path.isdir(path):
-                collection = Collection(catalog._new_id(path, catalog.collections), path)
+                collection = Collection(catalog._new_id(os.path.basename(path), catalog.collections), path)
                 catalog.collections[collection.id] = collection
                 catalog._scan(collection)
                 if not collection.run_ids and collection.kind == "folder":
@@ -165,8 +169,8 @@ class Catalog:
         return catalog
 
     @staticmethod
-    def _new_id(path, taken):
-        base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(os.path.normpath(path))) or "run"
+    def _new_id(name, taken):
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "run"
         base = base.lstrip(".") or "run"
         name, n = base, 1
         while name in taken:
@@ -175,7 +179,8 @@ class Catalog:
         return name
 
     def _add_run(self, kind, path, root, collection=None):
-        run = Run(self._new_id(path, self.runs), kind, path, root, collection)
+        run = Run("", kind, path, root, collection)
+        run.id = self._new_id(run.name.replace("/", "-"), self.runs)
         self.runs[run.id] = run
         return run
 

@@ -5,12 +5,17 @@ import os
 import shutil
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from webclient import start_server, stop_server
+
+from npconv import models
 
 from npconv.data import load_dataset
 from npconv.experiments.sweep import expand_grid, run_sweep
 from npconv.train import TrainConfig, run_training
+from npconv.train.modelfile import model_config, save_model
+from npconv.train.runfolder import RunFolder
 
 REPORT = """# A study
 
@@ -31,6 +36,7 @@ class Served:
     sweep: str    # a sweep folder: two mlp runs
     study: str    # a sweep folder with a REPORT.md, a figure, a figure linked out of it, a run linked out of it
     model: str    # a model file on its own
+    untrained: str  # a model file of a cnn that has not learned anything: every class 10 %
     secret: str   # a file outside every served folder
 
 
@@ -56,13 +62,17 @@ def served(tmp_path_factory):
     model = root / "solo" / "model.npz"
     model.parent.mkdir()
     shutil.copy(run / "model.npz", model)
-    return Served(str(root), str(run), str(sweep), str(study), str(model), str(secret))
+    untrained = root / "untrained" / "model.npz"
+    untrained.parent.mkdir()
+    save_model(untrained, models.cnn(rng=np.random.default_rng(0)), model_config(RunFolder(run).read_config()))
+    return Served(str(root), str(run), str(sweep), str(study), str(model), str(untrained), str(secret))
 
 
 @pytest.fixture(scope="session")
 def server(served):
-    """A ``Client`` of a real ``npconv serve`` of everything in ``served`` (ids: cnn-run, sweep, study, model)."""
-    proc, client = start_server([served.run, served.sweep, served.study, served.model])
+    """A ``Client`` of a real ``npconv serve`` of everything in ``served`` (run ids: cnn-run, solo-model.npz,
+    untrained-model.npz and the runs of the folders sweep and study)."""
+    proc, client = start_server([served.run, served.sweep, served.study, served.model, served.untrained])
     client.process = proc
     yield client
     stop_server(proc)

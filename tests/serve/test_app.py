@@ -26,7 +26,7 @@ pytest.importorskip("uvicorn")
 def test_runs_lists_everything_served(server, served):
     data = server.json("/api/runs")
     ids = [r["id"] for r in data["runs"]]
-    assert ids[0] == "cnn-run" and "model.npz" in ids, ids
+    assert ids[0] == "cnn-run" and "solo-model.npz" in ids, ids
     assert data["default"] == "cnn-run"
     assert {c["id"]: c["kind"] for c in data["collections"]} == {"sweep": "sweep", "study": "study"}
     in_sweep = [r for r in data["runs"] if r["collection"] == "sweep"]
@@ -75,9 +75,9 @@ def test_activations_are_every_layers_output(server, mnist):
 
 def test_the_model_is_chosen_by_the_run_parameter(server, mnist):
     image = on_paper(mnist.test_images[3])
-    answers = {run: json.loads(server.predict(image, f"?run={run}")[2]) for run in ("cnn-run", "model.npz")}
-    assert answers["cnn-run"]["run"] == "cnn-run" and answers["model.npz"]["run"] == "model.npz"
-    assert answers["cnn-run"]["probabilities"] == answers["model.npz"]["probabilities"]  # the same weights
+    answers = {run: json.loads(server.predict(image, f"?run={run}")[2]) for run in ("cnn-run", "solo-model.npz")}
+    assert answers["cnn-run"]["run"] == "cnn-run" and answers["solo-model.npz"]["run"] == "solo-model.npz"
+    assert answers["cnn-run"]["probabilities"] == answers["solo-model.npz"]["probabilities"], "the same weights"
     sweep_run = next(r["id"] for r in server.json("/api/runs")["runs"] if r["collection"] == "sweep")
     mlp = json.loads(server.predict(image, f"?run={sweep_run}&activations=1")[2])
     assert mlp["run"] == sweep_run and [a["type"] for a in mlp["activations"]] == ["Flatten", "Linear", "ReLU",
@@ -100,7 +100,7 @@ def test_run_detail_has_what_the_model_view_shows(server, served):
     assert d["curves"] is True
     status, headers, png = server.get("/api/runs/cnn-run/curves.png")
     assert status == 200 and headers["content-type"] == "image/png" and png.startswith(b"\x89PNG")
-    solo = server.json("/api/runs/model.npz")
+    solo = server.json("/api/runs/solo-model.npz")
     assert solo["kind"] == "model" and "history" not in solo and len(solo["architecture"]) == 10
 
 
@@ -277,7 +277,7 @@ def test_no_request_writes_to_disk(server, served, mnist):
     before = snapshot()
     server.predict(on_paper(mnist.test_images[0]), "?activations=1")
     for path in ("/api/runs", "/api/runs/cnn-run", "/api/runs/cnn-run/confusion", "/api/runs/cnn-run/confusion/2/7",
-                 "/api/collections/study", "/api/collections/study/report", "/api/runs/model.npz/confusion"):
+                 "/api/collections/study", "/api/collections/study/report", "/api/runs/solo-model.npz/confusion"):
         assert server.get(path)[0] == 200, path
     assert snapshot() == before
 

@@ -97,6 +97,18 @@ def test_draw_a_digit_and_see_every_layer(page, server, mnist):
     assert page.inner_text("#prediction") == ""
 
 
+def test_a_model_that_is_guessing_says_not_sure(page, server, mnist):
+    digit, _ = clear_digit(server, mnist)
+    page.goto(page.base + "/#/draw/untrained-model.npz")  # its output layer is zero: every class 10 %
+    page.wait_for_selector("#draw")
+    draw_digit(page, digit)
+    page.wait_for_selector(".unsure-badge")
+    assert page.inner_text(".unsure-badge") == "not sure" and page.inner_text("#prediction") == "0"
+    assert page.locator(".probs .value").all_inner_texts() == ["10.0%"] * 10
+    page.select_option("#run-select", "cnn-run")  # another model answers the same drawing at once
+    page.wait_for_function("() => !document.querySelector('.unsure-badge')")
+
+
 def test_a_dropped_file_is_classified(page, server, mnist):
     digit, label = clear_digit(server, mnist)
     page.goto(page.base + "/#/draw/cnn-run")

@@ -11,12 +11,13 @@ from npconv.serve.catalog import Catalog, inside
 
 def test_every_kind_of_path(served):
     catalog = Catalog.from_paths([served.run, served.sweep, served.study, served.model])
-    assert [r.kind for r in catalog.runs.values()][:1] == ["run"] and catalog.runs["model.npz"].kind == "model"
+    assert catalog.runs["cnn-run"].kind == "run" and catalog.runs["solo-model.npz"].kind == "model"
+    assert catalog.runs["solo-model.npz"].name == "solo/model.npz"
     assert {c.id: c.kind for c in catalog.collections.values()} == {"sweep": "sweep", "study": "study"}
     assert len(catalog.collections["sweep"].run_ids) == 2
     assert all(catalog.runs[i].collection == "study" for i in catalog.collections["study"].run_ids)
     assert catalog.default_run().id == "cnn-run"
-    assert catalog.runs["cnn-run"].status() == "completed" and catalog.runs["model.npz"].status() == "completed"
+    assert catalog.runs["cnn-run"].status() == catalog.runs["solo-model.npz"].status() == "completed"
 
 
 def test_two_folders_of_the_same_name_get_two_ids(served, tmp_path):

@@ -196,7 +196,7 @@ function render(result) {
   const p = result.probabilities[top];
   ui.verdict.replaceChildren(result.not_sure
     ? el("div", {}, el("span", {class: "unsure-badge"}, "not sure"),
-      el("div", {}, `Its best guess gets only ${(100 * p).toFixed(0)} %.`))
+      el("div", {}, `Its first choice has only ${(100 * p).toFixed(0)} %: it is guessing.`))
     : el("div", {}, el("b", {}, `${(100 * p).toFixed(1)} %`), " sure"));
   ui.probs.replaceChildren(...probabilityRows(result.classes, result.probabilities, top));
   ui.seen.replaceChildren(digitCanvas(result.input));
