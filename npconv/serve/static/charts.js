@@ -71,7 +71,7 @@ const mix = (a, b, t) => a.map((v, i) => Math.round(v + (b[i] - v) * t));
 
 /** A canvas of vertical bars, one per value, zero line at its place; drawn at the device's pixel ratio. */
 export function barsCanvas(values, {labels = null, highlight = -1} = {}) {
-  const canvas = el("canvas", {class: "bars"});
+  const canvas = el("canvas", {class: labels ? "bars labelled" : "bars"});
   requestAnimationFrame(() => drawBars(canvas, values, labels, highlight));
   return canvas;
 }
@@ -127,8 +127,8 @@ function formatTick(v) {
  * An SVG line chart. series: [{name, color, points: [[x, y], ...], dash}]; options: {logY, yLabel, band: [lo, hi]}.
  * Non-finite and (on a log scale) non-positive points are left out.
  */
-export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", band = null, height = 190} = {}) {
-  const W = 360, H = height, left = 46, right = 10, top = 10, bottom = 44;
+export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", band = null, height = 220} = {}) {
+  const W = 520, H = height, left = 46, right = 10, top = 10, bottom = 44;
   const keep = ([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!logY || y > 0);
   const clean = series.map((s) => ({...s, points: s.points.filter(keep)})).filter((s) => s.points.length);
   const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": yLabel});

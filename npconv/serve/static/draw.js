@@ -157,10 +157,12 @@ function decode(base64) {
 function layerCard(activation, classes, isLast) {
   const values = decode(activation.data);
   const shape = activation.shape;
-  const head = el("header", {}, el("h3", {}, `${activation.layer} · ${activation.type}`),
-    el("span", {class: "shape"}, shape.join(" × ")));
-  const card = el("div", {class: "layer", "data-kind": activation.kind}, head,
+  const info = el("div", {class: "layer-info"},
+    el("header", {}, el("h3", {}, `${activation.layer} · ${activation.type}`),
+      el("span", {class: "shape"}, shape.join(" × "))),
     el("div", {class: "desc"}, activation.description));
+  const body = el("div", {class: "layer-body"});
+  const card = el("div", {class: "layer", "data-kind": activation.kind}, info, body);
   if (activation.kind === "maps") {
     const [c, h, w] = shape;
     const low = Math.min(0, activation.min), high = activation.max;
@@ -170,19 +172,17 @@ function layerCard(activation, classes, isLast) {
       map.title = `channel ${i}`;
       maps.append(map);
     }
-    card.append(maps);
-    if (c > MAX_MAPS) card.append(el("p", {class: "sub"}, `and ${c - MAX_MAPS} more channels`));
-    if (c > 8) card.classList.add("wide");
+    body.append(maps);
+    if (c > MAX_MAPS) body.append(el("p", {class: "sub"}, `and ${c - MAX_MAPS} more channels`));
   } else if (activation.kind === "vector") {
     const labelled = isLast && values.length === classes.length;
     let top = -1;
     if (labelled) values.forEach((v, i) => { if (top < 0 || v > values[top]) top = i; });
-    card.append(barsCanvas(Array.from(values), {labels: labelled ? classes : null, highlight: top}));
-    card.append(el("p", {class: "sub"}, labelled ? "logits (before softmax)"
+    body.append(barsCanvas(Array.from(values), {labels: labelled ? classes : null, highlight: top}));
+    info.append(el("p", {class: "sub"}, labelled ? "the logits, before softmax"
       : `${values.length} values, from ${activation.min.toFixed(2)} to ${activation.max.toFixed(2)}`));
-    if (values.length > 200) card.classList.add("wide");
   } else {
-    card.append(el("p", {class: "sub"}, `shape ${shape.join(" × ")}`));
+    body.append(el("p", {class: "sub"}, `shape ${shape.join(" × ")}`));
   }
   return card;
 }

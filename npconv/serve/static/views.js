@@ -326,7 +326,7 @@ function runsTable(c) {
       const v = value(r, key);
       if (key.endsWith("_acc")) {
         const bar = el("span", {class: "acc-bar"});
-        bar.style.width = `${Math.round(40 * (v ?? 0))}px`;
+        bar.style.width = `${Math.round(30 * (v ?? 0))}px`;
         return el("td", {class: "num"}, v === undefined || v === null ? "—" : (100 * v).toFixed(2), key === "test_acc" ? bar : "");
       }
       if (key === "test_loss") return el("td", {class: "num"}, num(v));
