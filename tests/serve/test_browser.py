@@ -7,9 +7,25 @@ the one named by NPCONV_CHROMIUM. Outside CI these tests skip, saying why, when 
 
 import json
 import os
+import time
 
 import pytest
 from webclient import draw_digit, on_paper
+
+def expect(locator):
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
+def wait_until(page, predicate, seconds=20):
+    """Poll a JavaScript predicate. (Not page.wait_for_function: its polling evaluates a string, which the page's
+    Content-Security-Policy forbids, as it should.)"""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(predicate):
+        assert time.monotonic() < deadline, f"still false after {seconds} s: {predicate}"
+        page.wait_for_timeout(100)
+
 
 CHROMIUM = os.environ.get("NPCONV_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -73,7 +89,7 @@ def test_draw_a_digit_and_see_every_layer(page, server, mnist):
     page.goto(page.base + "/#/draw/cnn-run")
     page.wait_for_selector("#draw")
     draw_digit(page, digit)
-    page.wait_for_function(f"document.getElementById('prediction').textContent === '{label}'", timeout=20_000)
+    expect(page.locator("#prediction")).to_have_text(str(label), timeout=20_000)
     page.wait_for_load_state("networkidle")
     assert page.inner_text("#prediction") == str(label)
     # The 28x28 input and the feature maps: 8 + 8 + 8 + 16 + 16 + 16 canvases, drawn, with a size on the page.
@@ -106,7 +122,7 @@ def test_a_model_that_is_guessing_says_not_sure(page, server, mnist):
     assert page.inner_text(".unsure-badge") == "not sure" and page.inner_text("#prediction") == "0"
     assert page.locator(".probs .value").all_inner_texts() == ["10.0%"] * 10
     page.select_option("#run-select", "cnn-run")  # another model answers the same drawing at once
-    page.wait_for_function("() => !document.querySelector('.unsure-badge')")
+    expect(page.locator(".unsure-badge")).to_have_count(0)
 
 
 def test_a_dropped_file_is_classified(page, server, mnist):
@@ -114,7 +130,7 @@ def test_a_dropped_file_is_classified(page, server, mnist):
     page.goto(page.base + "/#/draw/cnn-run")
     page.set_input_files("input[type=file]", files=[{"name": "digit.png", "mimeType": "image/png",
                                                     "buffer": on_paper(digit)}])
-    page.wait_for_function(f"document.getElementById('prediction').textContent === '{label}'", timeout=20_000)
+    expect(page.locator("#prediction")).to_have_text(str(label), timeout=20_000)
 
 
 def test_model_mistakes_and_runs_views(page, server):
@@ -131,7 +147,7 @@ def test_model_mistakes_and_runs_views(page, server):
     first = page.inner_text(".cell-panel h2")
     other = page.locator(".confusion td button:not(.zero)").nth(0)
     other.click()
-    page.wait_for_function(f"document.querySelector('.cell-panel h2').textContent !== {json.dumps(first)}")
+    expect(page.locator(".cell-panel h2")).not_to_have_text(first)
     page.wait_for_selector(".thumb")
 
     page.click(".tabs a[data-view=runs]")
@@ -144,8 +160,7 @@ def test_model_mistakes_and_runs_views(page, server):
     assert lrs == sorted(lrs, key=float, reverse=True) or lrs == sorted(lrs, key=float)
     page.goto(page.base + "/#/report/study")
     page.wait_for_selector(".report img")
-    page.wait_for_function("() => [...document.querySelectorAll('.report img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    wait_until(page, "() => [...document.querySelectorAll('.report img')].every(i => i.complete && i.naturalWidth > 0)")
     page.goto(page.base + "/#/runs/sweep")
     page.wait_for_selector(".runs-table tbody tr")
     page.locator(".runs-table tbody tr a", has_text="draw").first.click()
