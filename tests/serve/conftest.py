@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from webclient import start_server, stop_server
+from .webclient import start_server, stop_server
 
 from npconv import models
 

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from webclient import decode_activation, on_paper
+from .webclient import decode_activation, on_paper
 
 from npconv.data.images import preprocess
 from npconv.inference import predict_images

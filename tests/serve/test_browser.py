@@ -10,7 +10,7 @@ import os
 import time
 
 import pytest
-from webclient import draw_digit, on_paper
+from .webclient import draw_digit, on_paper
 
 def expect(locator):
     from playwright.sync_api import expect

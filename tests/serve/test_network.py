@@ -4,7 +4,7 @@ import types
 
 import numpy as np
 import pytest
-from webclient import on_paper
+from .webclient import on_paper
 
 from npconv import models, nn
 from npconv.data.images import preprocess

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from webclient import start_server
+from .webclient import start_server
 
 from npconv.cli import main
 from npconv.cli.serve import is_loopback
