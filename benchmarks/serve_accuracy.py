@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from canvases import KINDS, canvases  # noqa: E402
+from served import start_server  # noqa: E402
 
 from npconv.inference import predict_images  # noqa: E402
 from npconv.train.modelfile import load_model  # noqa: E402
@@ -38,17 +39,6 @@ def train_default(folder):
     return os.path.join(out, "model.npz")
 
 
-def start_server(model_path):
-    proc = subprocess.Popen([sys.executable, "-m", "npconv", "serve", model_path, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "http://" not in line:
-        proc.kill()
-        sys.exit(f"npconv serve did not start: {line} {proc.stderr.read()}")
-    host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
-    return proc, http.client.HTTPConnection(host, int(port), timeout=60)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model.npz or a run folder (default: train the default cnn first)")
@@ -60,7 +50,8 @@ def main():
         if os.path.isdir(model_path):
             model_path = os.path.join(model_path, "model.npz")
         model, config = load_model(model_path)
-        proc, conn = start_server(model_path)
+        proc, host, port = start_server(model_path)
+        conn = http.client.HTTPConnection(host, port, timeout=60)
         rows = []
         try:
             for kind in KINDS:

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from canvases import canvases  # noqa: E402
+from served import start_server  # noqa: E402
 
 from npconv import models  # noqa: E402
 from npconv.serve.network import classify  # noqa: E402
@@ -73,17 +74,6 @@ def untrained_model(folder):
                              "num_classes": 10, "classes": [str(k) for k in range(10)], "dataset": "mnist",
                              "normalize_mean": 0.1307, "normalize_std": 0.3081})
     return path
-
-
-def start_server(model_path):
-    proc = subprocess.Popen([sys.executable, "-m", "npconv", "serve", model_path, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "http://" not in line:
-        proc.kill()
-        sys.exit(f"npconv serve did not start: {line} {proc.stderr.read()}")
-    host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
-    return proc, host, int(port)
 
 
 class Client:

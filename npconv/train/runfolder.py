@@ -281,15 +281,20 @@ def history_csv(history):
     return buf.getvalue()
 
 
-def read_history(path):
-    """``history.csv`` as a list of :class:`EpochStats`; an empty list when the file does not exist."""
+def _csv_rows(path, what):
+    """The rows of a CSV file as dicts; an empty list when the file does not exist."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
     except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise NpconvError(f"{path}: not a readable history ({e})") from None
+        raise NpconvError(f"{path}: not a readable {what} ({e})") from None
+
+
+def read_history(path):
+    """``history.csv`` as a list of :class:`EpochStats`; an empty list when the file does not exist."""
+    rows = _csv_rows(path, "history")
     names = {f.name for f in fields(EpochStats)}
     try:
         return [EpochStats(**{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if k in names})
@@ -302,16 +307,9 @@ def read_health(path):
     """``health.csv`` as a list of dicts keyed by :data:`~npconv.train.health.HEALTH_COLUMNS`: ``epoch`` and
     ``layer`` as ints, ``type`` as text, each figure a float or None where it does not apply to the layer;
     an empty list when the file does not exist."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise NpconvError(f"{path}: not a readable health file ({e})") from None
     out = []
     try:
-        for row in rows:
+        for row in _csv_rows(path, "health file"):
             parsed = {"epoch": int(row["epoch"]), "layer": int(row["layer"]), "type": row["type"]}
             for name in HEALTH_COLUMNS[3:]:
                 parsed[name] = float(row[name]) if row.get(name) else None
