@@ -72,7 +72,12 @@ def cmd_serve(args):
 
     from ..serve.catalog import Catalog
 
+    from ..train.modelfile import load_model
+
     catalog = Catalog.from_paths(args.paths or [DEFAULT_RUNS])
+    for run in catalog.runs.values():
+        if run.kind == "model":
+            load_model(run.path)  # a model file named on the command line is checked now: a bad one is exit 2
     loopback = is_loopback(args.host)
     # On loopback only the server's own names are accepted in Host (DNS rebinding); elsewhere any name.
     app = create_app(catalog, allowed_hosts=LOOPBACK_NAMES if loopback else None)

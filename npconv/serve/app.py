@@ -159,9 +159,17 @@ class Server:
 
     # --- what the views show ------------------------------------------------------------
     def run_row(self, run):
-        """One line of a table of runs."""
+        """One line of a table of runs. A run whose files cannot be read is listed with the ``error``."""
         row = {"id": run.id, "name": run.name, "kind": run.kind, "collection": run.collection,
-               "status": run.status(), "has_model": run.model_file is not None}
+               "has_model": run.model_file is not None}
+        try:
+            self._fill_row(run, row)
+        except NpconvError as e:
+            row.update(status=row.get("status", "unreadable"), has_model=False, error=str(e))
+        return row
+
+    def _fill_row(self, run, row):
+        row["status"] = run.status()
         folder = run.folder()
         config = folder.read_config() if folder is not None else self.model(run)[1] if row["has_model"] else {}
         row.update(model=config.get("model"), dataset=config.get("dataset"), classes=config.get("classes"))
@@ -172,10 +180,11 @@ class Server:
                 row.update(epochs=summary.epochs, train_loss=summary.train_loss, train_acc=summary.train_acc,
                            test_loss=summary.test_loss, test_acc=summary.test_acc,
                            seconds_per_epoch=summary.seconds_per_epoch)
-        return row
 
     def run_detail(self, run):
         detail = self.run_row(run)
+        if "error" in detail:
+            raise NpconvError(detail["error"])
         folder = run.folder()
         if folder is not None:
             summary = folder.read_summary() if detail["status"] not in ("pending", "failed") else None

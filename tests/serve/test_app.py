@@ -5,6 +5,7 @@ import io
 import json
 import os
 import select
+import shutil
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from .webclient import decode_activation, on_paper
+from .webclient import decode_activation, on_paper, start_server, stop_server
 
 from npconv.data.images import preprocess
 from npconv.inference import predict_images
@@ -313,3 +314,23 @@ def test_small_answers_on_a_kept_alive_connection_do_not_stall(server):
         times.append(time.perf_counter() - start)
     conn.close()
     assert response.status == 404 and sorted(times)[3] < 0.030, times
+
+
+def test_a_run_that_cannot_be_read_is_listed_with_its_error(served, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(served.run, runs / "good", ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(served.run, runs / "bad", ignore=shutil.ignore_patterns(".lock"))
+    (runs / "bad" / "model.npz").write_bytes(b"damaged")
+    (runs / "bad" / "summary.json").write_text("{not json")
+    proc, client = start_server([str(runs)])
+    try:
+        listed = {r["id"]: r for r in client.json("/api/runs")["runs"]}
+        assert listed["good"]["status"] == "completed" and "error" not in listed["good"]
+        assert "summary.json" in listed["bad"]["error"] and listed["bad"]["has_model"] is False
+        for path in ("/api/runs/bad", "/api/runs/bad/confusion"):
+            status, _, body = client.get(path)
+            assert status == 422 and "bad" in json.loads(body)["error"], (path, body)
+        status, _, body = client.predict(on_paper(np.zeros((28, 28), np.uint8)), "?run=bad")
+        assert status == 422 and "model.npz" in json.loads(body)["error"], body
+    finally:
+        stop_server(proc)

@@ -33,6 +33,12 @@ def test_without_the_extra_it_names_the_extra(served):
     one_line_error(run_cli(served.run, code=code), 'pip install "npconv[serve]"')
 
 
+def test_a_damaged_model_file_is_refused_at_once(tmp_path):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    one_line_error(run_cli("serve", str(bad)), str(bad))
+
+
 def test_paths_that_serve_nothing(served, tmp_path):
     one_line_error(run_cli("serve", str(tmp_path / "missing")), "no such")
     one_line_error(run_cli("serve", cwd=tmp_path), "runs", "no such")  # the default: ./runs

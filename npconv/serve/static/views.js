@@ -322,7 +322,7 @@ function runsTable(c) {
     });
     tbody.replaceChildren(...rows.map((r) => el("tr", {"data-run": r.id}, columns.map(([key, , cls]) => {
       if (key === "name") return el("td", {class: "name"}, link("model", r.id, r.name));
-      if (key === "status") return el("td", {}, statusPill(r.status));
+      if (key === "status") return el("td", {title: r.error || null}, statusPill(r.status));
       const v = value(r, key);
       if (key.endsWith("_acc")) {
         const bar = el("span", {class: "acc-bar"});
@@ -333,7 +333,7 @@ function runsTable(c) {
       if (key === "seconds_per_epoch") return el("td", {class: "num"}, v ? v.toFixed(1) : "—");
       return el("td", {class: cls || ""}, v === undefined || v === null ? "—" : String(v));
     }), el("td", {class: "links"}, r.has_model ? [link("draw", r.id, "draw"), link("mistakes", r.id, "mistakes")]
-      : el("span", {class: "muted"}, "no model")))));
+      : el("span", {class: "muted", title: r.error || null}, r.error ? "cannot be read" : "no model")))));
     if (!rows.length) tbody.append(el("tr", {}, el("td", {colspan: columns.length + 1, class: "muted"}, "no runs")));
   };
   const filter = el("select", {"aria-label": "Filter by status", onchange: (e) => { status = e.target.value; draw(); }},
