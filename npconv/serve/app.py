@@ -270,9 +270,10 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
         catalog.refresh()
         default = catalog.default_run()
         collections = []
-        for c in catalog.collections.values():
+        for c in list(catalog.collections.values()):
             collections.append({"id": c.id, "name": c.name, "kind": c.kind, "runs": len(c.run_ids)})
-        return JSON({"runs": [server.run_row(r) for r in catalog.runs.values()], "collections": collections,
+        # list(...) copies in one step: another request's refresh may add runs meanwhile.
+        return JSON({"runs": [server.run_row(r) for r in list(catalog.runs.values())], "collections": collections,
                      "default": default.id if default else None})
 
     def run_detail(request):
@@ -316,7 +317,7 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
     def collection(request):
         c = server.collection(request.path_params["collection"])
         catalog.refresh()
-        rows = [server.run_row(catalog.runs[i]) for i in c.run_ids]
+        rows = [server.run_row(catalog.runs[i]) for i in list(c.run_ids)]
         return JSON({"id": c.id, "name": c.name, "kind": c.kind, "report": c.report_file is not None,
                      "varying": _varying(rows), "runs": rows})
 
@@ -325,7 +326,7 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
         path = c.report_file or not_found(f"a report in {c.id!r}")
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
-        links = {f"runs/{catalog.runs[i].name}": f"#/model/{i}" for i in c.run_ids}
+        links = {f"runs/{catalog.runs[i].name}": f"#/model/{i}" for i in list(c.run_ids)}
         return JSON({"html": render_report(text, f"/api/collections/{c.id}/figures/", links)})
 
     def figure(request):

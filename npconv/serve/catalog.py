@@ -206,7 +206,7 @@ class Catalog:
         return self.collections.get(collection_id) if isinstance(collection_id, str) else None
 
     def runs_with_models(self):
-        return [r for r in self.runs.values() if r.model_file]
+        return [r for r in list(self.runs.values()) if r.model_file]  # a copy: a refresh may add runs meanwhile
 
     def default_run(self):
         """The run the pages open on: the first one with a model, in the order of the command line."""
