@@ -16,7 +16,7 @@ LEVELS = {
     "npconv.train": 3,
     "npconv.inference": 4,
     "npconv.experiments": 5,
-    "npconv.cli": 6, "npconv.__main__": 6,
+    "npconv.cli": 6, "npconv.__main__": 6, "npconv.serve": 6,
 }
 
 

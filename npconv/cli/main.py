@@ -1,4 +1,4 @@
-"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``, ``sweep``, ``study``, ``compare``.
+"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``, ``sweep``, ``study``, ``compare``, ``serve``.
 
 Exit statuses: 0 success; 1 a run of a sweep or study failed (the others went
 on); 2 a user error (bad option, missing or malformed file, busy run folder)
@@ -16,7 +16,7 @@ from ..errors import NpconvError
 from ..train.interrupt import Interrupted, stop_on_signals
 from ..train.loop import TrainingDiverged
 from ..train.runfolder import CHECKPOINT_FILE
-from . import experiments, train
+from . import experiments, serve, train
 from .options import error_message
 
 EXIT_USAGE = 2
@@ -37,10 +37,11 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train.add_commands(sub)
     experiments.add_commands(sub)
+    serve.add_commands(sub)
     return parser
 
 
-COMMANDS = {**train.COMMANDS, **experiments.COMMANDS}
+COMMANDS = {**train.COMMANDS, **experiments.COMMANDS, **serve.COMMANDS}
 
 
 def main(argv=None):

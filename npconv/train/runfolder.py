@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from ..errors import NpconvError, SettingError
 from ..io import atomic_write, lock_dir, read_json, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
-from .health import health_csv
+from .health import HEALTH_COLUMNS, health_csv
 from .interrupt import deferred_interrupts
 from .loop import EpochStats
 
@@ -185,6 +185,10 @@ class RunFolder:
         """``history.csv`` as a list of :class:`EpochStats` (empty when there is none yet)."""
         return read_history(self.file(HISTORY_FILE))
 
+    def read_health(self):
+        """``health.csv`` as a list of dicts keyed by its columns (empty when there is none yet)."""
+        return read_health(self.file(HEALTH_FILE))
+
     def read_checkpoint(self):
         return load_checkpoint(self.file(CHECKPOINT_FILE))
 
@@ -277,21 +281,42 @@ def history_csv(history):
     return buf.getvalue()
 
 
-def read_history(path):
-    """``history.csv`` as a list of :class:`EpochStats`; an empty list when the file does not exist."""
+def _csv_rows(path, what):
+    """The rows of a CSV file as dicts; an empty list when the file does not exist."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
     except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise NpconvError(f"{path}: not a readable history ({e})") from None
+        raise NpconvError(f"{path}: not a readable {what} ({e})") from None
+
+
+def read_history(path):
+    """``history.csv`` as a list of :class:`EpochStats`; an empty list when the file does not exist."""
+    rows = _csv_rows(path, "history")
     names = {f.name for f in fields(EpochStats)}
     try:
         return [EpochStats(**{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if k in names})
                 for row in rows]
     except (TypeError, ValueError) as e:
         raise NpconvError(f"{path}: malformed history row ({e})") from None
+
+
+def read_health(path):
+    """``health.csv`` as a list of dicts keyed by :data:`~npconv.train.health.HEALTH_COLUMNS`: ``epoch`` and
+    ``layer`` as ints, ``type`` as text, each figure a float or None where it does not apply to the layer;
+    an empty list when the file does not exist."""
+    out = []
+    try:
+        for row in _csv_rows(path, "health file"):
+            parsed = {"epoch": int(row["epoch"]), "layer": int(row["layer"]), "type": row["type"]}
+            for name in HEALTH_COLUMNS[3:]:
+                parsed[name] = float(row[name]) if row.get(name) else None
+            out.append(parsed)
+    except (KeyError, TypeError, ValueError) as e:
+        raise NpconvError(f"{path}: malformed health row ({e})") from None
+    return out
 
 
 def is_run_folder(path):

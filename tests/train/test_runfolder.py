@@ -7,7 +7,8 @@ import pytest
 
 from npconv.errors import NpconvError
 from npconv.train.loop import EpochStats
-from npconv.train.runfolder import RunFolder, Summary, find_runs, history_csv, read_history
+from npconv.train.health import health_csv
+from npconv.train.runfolder import RunFolder, Summary, find_runs, history_csv, read_health, read_history
 
 
 def stats(epoch, acc=0.9, val=False):
@@ -50,6 +51,19 @@ def test_history_round_trips_in_full_precision(tmp_path):
         assert b.seconds == pytest.approx(a.seconds, abs=5e-4)  # written with 3 decimals
         a.seconds = b.seconds
     assert back == history
+
+
+def test_health_reads_back_as_written(tmp_path):
+    rows = [{"epoch": 1, "layer": 0, "type": "Conv2d", "grad_norm": 0.125, "update_ratio": 1 / 3,
+             "dead_fraction": None, "saturated_fraction": None},
+            {"epoch": 1, "layer": 1, "type": "ReLU", "grad_norm": None, "update_ratio": None,
+             "dead_fraction": 0.2, "saturated_fraction": None}]
+    path = tmp_path / "health.csv"
+    path.write_text(health_csv(rows))
+    assert read_health(path) == rows and read_health(tmp_path / "missing.csv") == []
+    path.write_text("epoch,layer,type\n1,x,ReLU\n")
+    with pytest.raises(NpconvError, match="malformed health row"):
+        read_health(path)
 
 
 def test_store_moves_a_run_and_points_its_summary_at_the_new_folder(tmp_path):

@@ -1,0 +1,103 @@
+"""``npconv serve``: the local web page (draw a digit, look inside the network, browse runs and mistakes)."""
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from ..errors import NpconvError
+
+EXTRA = 'pip install "npconv[serve]"'
+DEFAULT_RUNS = "runs"
+
+
+def add_commands(sub):
+    p = sub.add_parser(
+        "serve", help="a local web page: draw a digit and watch every layer answer; runs, models, mistakes",
+        description="Serve a web page for trained models: draw a digit and see the prediction and every layer's "
+                    "activations, the model's architecture, filters and training curves, its mistakes on the test "
+                    "set, and tables of runs (with a study's report). Also a JSON API under /api/. "
+                    f"Needs the serve extra: {EXTRA}.")
+    p.add_argument("paths", nargs="*", metavar="RUN_DIR|MODEL.npz|FOLDER",
+                   help="run folders, model files, and folders of runs (a sweep, a study, runs/); "
+                        f"default: {DEFAULT_RUNS}/")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; any other address lets "
+                        "anyone who can reach it on the network use the page)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default: %(default)s; 0: any free port)")
+
+
+def port_number(text):
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+def is_loopback(host):
+    """Whether ``host`` (a name or an address) is this machine only."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def listen(host, port):
+    """A listening socket on ``host``:``port``; :class:`NpconvError` if that cannot be had."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise NpconvError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    # proto must say TCP: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that do. With it on,
+    # a small answer's body waits for the client's delayed ACK of its headers: 40 ms per request.
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise NpconvError(f"--port {port}: cannot listen on {host} ({e.strerror})") from None
+    sock.listen(128)
+    return sock
+
+
+def cmd_serve(args):
+    try:
+        import uvicorn
+
+        from ..serve.app import LOOPBACK_NAMES, create_app
+    except ImportError as e:
+        raise NpconvError(f"npconv serve needs the web server packages ({e.name} is missing): {EXTRA}") from None
+
+    from ..serve.catalog import Catalog
+
+    from ..train.modelfile import load_model
+
+    catalog = Catalog.from_paths(args.paths or [DEFAULT_RUNS])
+    for run in catalog.runs.values():
+        if run.kind == "model":
+            load_model(run.path)  # a model file named on the command line is checked now: a bad one is exit 2
+    loopback = is_loopback(args.host)
+    # On loopback only the server's own names are accepted in Host (DNS rebinding); elsewhere any name.
+    app = create_app(catalog, allowed_hosts=LOOPBACK_NAMES if loopback else None)
+    sock = listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if not loopback:
+        print(f"npconv serve: warning: listening on {args.host}: anyone who can reach this machine on the "
+              f"network can use the page and read the served runs (there is no login)", file=sys.stderr)
+    count = len(catalog.runs)
+    print(f"npconv serve: {count} run{'s' * (count != 1)} at http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly and passes the Ctrl-C on
+        pass
+    finally:
+        sock.close()
+    print("npconv serve: stopped", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve}

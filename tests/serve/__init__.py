@@ -1,0 +1,1 @@
+"""Tests of npconv serve (a package, so that its conftest.py does not shadow tests/conftest.py)."""
