@@ -269,7 +269,8 @@ class DataParallel:
             return None
         key = (grad, count)
         if key not in self.tuners:
-            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter)
+            # An inference batch (1000 images: about 0.1 s) is checked after fewer of them.
+            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, check_every=25 if grad else 5)
         return self.tuners[key]
 
     def describe(self):

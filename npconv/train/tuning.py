@@ -6,9 +6,9 @@ bit for bit. Which is fastest depends on the CPU and on what else runs on it: on
 a 2-core machine that another program keeps half busy, a second thread only
 waits for the core it would need. So a :class:`ThreadTuner`
 
-* **tries** each allowed thread count on a few of the run's real steps (they are
-  ordinary training steps: trying costs only the slower candidates' extra time)
-  and keeps the fastest;
+* starts with one thread and, at its first check, **tries** each allowed thread
+  count on a few of the run's real steps (they are ordinary training steps:
+  trying costs only the slower candidates' extra time) and keeps the fastest;
 * **re-checks** every :attr:`~ThreadTuner.check_every` steps: if the steps became
   :attr:`~ThreadTuner.slowdown` times slower than when it chose, or the number of
   free cores changed, it tries again;
@@ -104,24 +104,24 @@ class ThreadTuner:
     def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3):
         self.max_threads = max(1, max_threads)
         self.meter = meter
-        self.others = 0.0         # cores other programs keep busy, smoothed over the checks
+        self.others = None        # cores other programs keep busy, smoothed over the checks
         self.trial_steps = trial_steps
         self.check_every = check_every
         self.slowdown = slowdown
         self.trials = {}          # candidate -> median seconds of its last trial
         self.chosen = 1
-        self.allowed = self._allowed()
+        self.allowed = 1          # until the first check has measured the free cores
         self._queue = []          # (candidate, is_warm_up) still to run in the current trial
         self._times = []          # durations of the current candidate's trial, or of the steps since the check
         self._reference = None    # the chosen candidate's step time
-        self._start_trial()
 
     def _allowed(self):
         """Threads the free cores allow now: at least 1, at most :attr:`max_threads`."""
         if self.meter is None or self.max_threads == 1:
             return self.max_threads
-        # Smoothed over two checks, so that a core busy now and then does not flip the choice each time.
-        self.others = 0.5 * self.others + 0.5 * self.meter.others_busy()
+        # Smoothed over the checks, so that a core busy now and then does not flip the choice each time.
+        reading = self.meter.others_busy()
+        self.others = reading if self.others is None else 0.5 * self.others + 0.5 * reading
         return max(1, min(self.max_threads, round(self.max_threads - self.others)))
 
     def _start_trial(self):

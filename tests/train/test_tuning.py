@@ -25,8 +25,9 @@ def run(tuner, step_seconds, steps):
     return used
 
 
-def test_tries_each_candidate_then_keeps_the_fastest():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3)
+def test_one_thread_until_the_first_check_then_tries_each_candidate_and_keeps_the_fastest():
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    assert run(tuner, {1: 0.010, 2: 0.006}, 10) == [1] * 10, "the free cores are not known before the first check"
     used = run(tuner, {1: 0.010, 2: 0.006}, 8)
     assert used == [1] * 4 + [2] * 4, "one warm-up and three timed steps per candidate"
     assert not tuner.trying and tuner.chosen == 2
@@ -35,14 +36,15 @@ def test_tries_each_candidate_then_keeps_the_fastest():
 
 
 def test_a_slower_second_thread_is_not_kept():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3)
-    run(tuner, {1: 0.008, 2: 0.012}, 8)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    run(tuner, {1: 0.008, 2: 0.012}, 10 + 8)
     assert tuner.chosen == 1
     assert "tried: 1 thread 8.00 ms, 2 threads 12.00 ms" in tuner.describe()
 
 
 def test_warm_up_steps_do_not_count():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=2)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=2, check_every=1)
+    tuner.record(0.01)  # the first check: two cores free, a trial starts
     for seconds in (0.5, 0.010, 0.010, 0.5, 0.006, 0.006):  # each candidate's first step is slow
         tuner.record(seconds)
     assert tuner.chosen == 2
@@ -50,7 +52,7 @@ def test_warm_up_steps_do_not_count():
 
 def test_tries_again_when_the_steps_slow_down():
     tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, slowdown=1.3)
-    run(tuner, {1: 0.010, 2: 0.006}, 8)
+    run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
     assert tuner.chosen == 2
     # Another program starts: two threads now wait for each other, one thread is unharmed.
     used = run(tuner, {1: 0.011, 2: 0.030}, 10 + 8 + 5)
@@ -62,11 +64,8 @@ def test_tries_again_when_the_steps_slow_down():
 def test_never_more_threads_than_free_cores():
     meter = FakeMeter(others=1.0)
     tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
-    # The first reading is smoothed with the starting estimate 0: 2 - 0.5 rounds to 2, so a trial
-    # may start; by the next check (2 - 0.75 -> 1) the busy core is seen and one thread kept.
-    run(tuner, {1: 0.010, 2: 0.005}, 8 + 10)
+    assert run(tuner, {1: 0.010, 2: 0.005}, 60) == [1] * 60, "2 threads would be faster, but no core is free"
     assert tuner.allowed == 1 and tuner.chosen == 1
-    assert run(tuner, {1: 0.010, 2: 0.005}, 50) == [1] * 50, "2 threads would be faster, but no core is free"
     meter.others = 0.0  # the other program ends: after a check or two, two threads are tried again
     used = run(tuner, {1: 0.010, 2: 0.005}, 40)
     assert 2 in used and tuner.chosen == 2
