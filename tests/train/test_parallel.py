@@ -64,10 +64,9 @@ def test_a_batch_is_cut_into_fixed_chunks(rng, threads):
     assert net.sizes == [84, 83, 83], f"inference goes in pieces of at most {parallel.PIECE}"
 
 
-@pytest.mark.parametrize("builder", [models.cnn, models.mlp])
-def test_chunked_batch_equals_the_whole_batch_up_to_rounding(rng, threads, builder):
+def test_chunked_batch_equals_the_whole_batch_up_to_rounding(rng, threads):
     threads(2)
-    model = randomize_output_layer(builder(rng=rng, dtype=np.float64), rng)
+    model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng)
     n = 2 * parallel.CHUNK + 6
     x = rng.standard_normal((n, 1, 28, 28))
     labels = rng.integers(0, 10, size=n)
@@ -156,8 +155,17 @@ def test_a_layer_that_mixes_samples_keeps_the_batch_whole(rng, threads):
     threads(2)
     model = nn.Sequential(nn.Flatten(), BatchMean(), nn.Linear(784, 10, rng=rng))
     x = rng.standard_normal((3 * parallel.CHUNK, 1, 28, 28))
-    out = DataParallel(model)(x)
+    net = DataParallel(model)
+    out = net(x)
+    assert net.sizes is None
     np.testing.assert_array_equal(out, model(x))
+
+
+def test_a_network_of_linear_layers_is_not_cut(rng, threads):
+    threads(2)
+    net = DataParallel(models.mlp(rng=rng))
+    net(rng.standard_normal((3 * parallel.CHUNK, 1, 28, 28)).astype(np.float32))
+    assert net.sizes is None, "a few matrix products cost more in chunks than on the whole batch"
 
 
 def test_replacing_weight_arrays_rebuilds_the_replicas(rng, threads):
