@@ -166,8 +166,8 @@ class DataParallel:
     threads : int
         The threads the last forward used.
     tuners : dict
-        The :class:`~npconv.train.tuning.ThreadTuner` of training steps (key ``True``)
-        and of inference batches (key ``False``).
+        ``(grad enabled, number of chunks) ->`` the :class:`~npconv.train.tuning.ThreadTuner`
+        of such batches: training steps and inference batches are timed apart.
     """
 
     def __init__(self, model):

@@ -58,8 +58,10 @@ class CoreMeter:
                 for line in f:
                     fields = line.split()
                     if fields and fields[0] in wanted:
-                        ticks = [int(v) for v in fields[1:]]
-                        busy += sum(ticks) - ticks[3] - ticks[4]  # everything but idle and iowait
+                        # user nice system idle iowait irq softirq steal (guest time is inside user and nice;
+                        # steal is time the hypervisor gave to others)
+                        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+                        busy += user + nice + system + irq + softirq + steal
         except (OSError, ValueError, IndexError):
             return None
         return busy / os.sysconf("SC_CLK_TCK")
