@@ -22,7 +22,8 @@ wherever it runs and the sums are always taken in chunk order. So the numbers
 of a run depend on its settings (and on the CPU's BLAS kernels), never on the
 threads or the load, and the thread count can change at any step. A
 :class:`~npconv.train.tuning.ThreadTuner` chooses it by timing the run's own
-steps and never uses more threads than there are free cores (measured).
+steps, and takes more threads than there are free cores (measured) only when
+they are clearly faster.
 
 BLAS runs on **one thread** inside: OpenBLAS's result depends on its own thread
 count for some products (threaded, it cuts a long sum differently: measured for

@@ -2,24 +2,31 @@
 
 :class:`~npconv.train.parallel.DataParallel` can run a batch's chunks one after
 another or spread over several threads, and every choice gives the same numbers
-bit for bit. Which is fastest depends on the CPU and on what else runs on it: on
-a 2-core machine that another program keeps half busy, a second thread only
-waits for the core it would need. So a :class:`ThreadTuner`
+bit for bit. Which is fastest depends on the CPU and on what else runs on it. So
+a :class:`ThreadTuner`
 
-* starts with one thread and, at its first check, **tries** each allowed thread
-  count on a few of the run's real steps (they are ordinary training steps:
-  trying costs only the slower candidates' extra time) and keeps the fastest;
+* starts with one thread and, at its first check, **tries** each thread count on a
+  few of the run's real steps (they are ordinary training steps: trying costs only
+  the slower candidates' extra time) and keeps the fastest;
 * **re-checks** every :attr:`~ThreadTuner.check_every` steps: if the steps became
   :attr:`~ThreadTuner.slowdown` times slower than when it chose, or the number of
   free cores changed, it tries again;
-* never **allows** more threads than the cores that are free: this process's
-  cores (its CPU affinity) minus the cores other programs kept busy since the
-  last check, measured from the kernel's CPU counters (:class:`CoreMeter`).
+* takes **more threads than there are free cores** only when they are clearly
+  faster (:data:`CROWDING`): the free cores are this process's cores minus the
+  cores other programs kept busy since the last check, measured from the
+  kernel's CPU counters (:class:`CoreMeter`). (OpenBLAS is never given more than
+  one thread: its waiting threads spin, and on a crowded machine they collapse.
+  Python threads waiting for the interpreter lock sleep instead; whether an extra
+  one pays on a busy machine is measured like everything else.)
 """
 
 import os
 import statistics
 import time
+
+#: A thread count above the free cores is kept only if its steps take less than
+#: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs.
+CROWDING = 1.15
 
 
 def usable_cores():
@@ -44,6 +51,7 @@ class CoreMeter:
     def __init__(self, stat_path="/proc/stat"):
         self.stat_path = stat_path
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        self.cores_count = usable_cores()
         self._last = self._read()
         self._others = 0.0
 
@@ -92,9 +100,9 @@ class ThreadTuner:
     Parameters
     ----------
     max_threads : int
-        The most threads ever used (the cores, or a user's limit).
+        The most threads ever used (the cores, the chunks of a batch, or a user's limit).
     meter : CoreMeter, optional
-        Where the free cores are read; None: every core is free.
+        Where the cores others keep busy are read; None: every core is free.
     trial_steps : int
         Steps timed per candidate when trying (after one warm-up step); the median counts.
     check_every : int
@@ -106,39 +114,39 @@ class ThreadTuner:
     def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3):
         self.max_threads = max(1, max_threads)
         self.meter = meter
-        self.others = None        # cores other programs keep busy, smoothed over the checks
         self.trial_steps = trial_steps
         self.check_every = check_every
         self.slowdown = slowdown
+        self.others = None        # cores other programs keep busy, smoothed over the checks
+        self.free = None          # free cores (at least 1) at the last trial; None before the first check
         self.trials = {}          # candidate -> median seconds of its last trial
         self.chosen = 1
-        self.allowed = 1          # until the first check has measured the free cores
         self._queue = []          # (candidate, is_warm_up) still to run in the current trial
         self._times = []          # durations of the current candidate's trial, or of the steps since the check
         self._reference = None    # the chosen candidate's step time
 
-    def _allowed(self):
-        """Threads the free cores allow now: at least 1, at most :attr:`max_threads`."""
-        if self.meter is None or self.max_threads == 1:
+    def _free_now(self):
+        """Free cores now, at least 1: the cores minus those others kept busy (smoothed over the checks)."""
+        if self.meter is None:
             return self.max_threads
-        # Smoothed over the checks, so that a core busy now and then does not flip the choice each time.
+        # Smoothed, so that a core busy now and then does not flip the choice at every check.
         reading = self.meter.others_busy()
         self.others = reading if self.others is None else 0.5 * self.others + 0.5 * reading
-        return max(1, min(self.max_threads, round(self.max_threads - self.others)))
+        return max(1, round(self.meter.cores_count - self.others))
 
     def _start_trial(self):
         self.trials = {}
         self._times = []
-        if self.allowed == 1:
-            self._queue = []
-            self._finish(1)
-            return
-        self._queue = [(c, warm_up) for c in range(1, self.allowed + 1)
+        self._queue = [(c, warm_up) for c in range(1, self.max_threads + 1)
                        for warm_up in [True] + [False] * self.trial_steps]
 
-    def _finish(self, chosen):
-        self.chosen = chosen
-        self._reference = self.trials.get(chosen)
+    def _finish(self):
+        """Keep the fastest candidate; one that needs more than the free cores must be clearly faster."""
+        def cost(c):
+            return self.trials[c] * (CROWDING if c > self.free else 1)
+
+        self.chosen = min(self.trials, key=cost)
+        self._reference = self.trials[self.chosen]
         self._times = []
 
     def threads(self):
@@ -160,28 +168,28 @@ class ThreadTuner:
                 self.trials[candidate] = statistics.median(self._times)
                 self._times = []
             if not self._queue:
-                self._finish(min(self.trials, key=self.trials.get))
+                self._finish()
             return
         self._times.append(seconds)
-        if len(self._times) < self.check_every:
+        if len(self._times) < self.check_every or self.max_threads == 1:
             return
         typical = statistics.median(self._times)
         self._times = []
-        allowed = self._allowed()
+        free = self._free_now()
         slower = self._reference is not None and typical > self.slowdown * self._reference
-        # Try again when the steps slowed down, when the chosen count needs more cores than are
-        # free, or when more cores became free than at the last trial.
-        retry = slower or allowed < self.chosen or allowed > self.allowed
-        self.allowed = allowed
-        if retry:
+        # Try again at the first check, when the steps slowed down, or when the free cores changed.
+        if self.free is None or slower or free != self.free:
+            self.free = free
             self._start_trial()
-        elif self._reference is None or typical < self._reference:
+        elif typical < self._reference:
             self._reference = typical  # compare later steps with the best recent ones
 
     def describe(self):
         """One line: what was chosen, from which timings."""
-        tried = ", ".join(f"{c} thread{'s' if c > 1 else ''} {1e3 * t:.2f} ms" for c, t in sorted(self.trials.items()))
         text = f"{self.chosen} thread{'s' if self.chosen > 1 else ''}"
         if self.trying:
             return text + " (trying)"
-        return text + (f" (per step, tried: {tried})" if tried else f" ({self.allowed} core(s) free)")
+        if not self.trials:
+            return text + (" (not tried yet)" if self.max_threads > 1 else "")
+        tried = ", ".join(f"{c}: {1e3 * t:.2f} ms" for c, t in sorted(self.trials.items()))
+        return text + f" (per step, tried {tried}; {self.free} core(s) free)"

@@ -2,14 +2,15 @@
 
 import pytest
 
-from npconv.train.tuning import CoreMeter, ThreadTuner
+from npconv.train.tuning import CROWDING, CoreMeter, ThreadTuner
 
 
 class FakeMeter:
-    """Other programs keep ``others`` cores busy."""
+    """A machine of ``cores`` cores where other programs keep ``others`` cores busy."""
 
-    def __init__(self, others=0.0):
+    def __init__(self, others=0.0, cores=2):
         self.others = others
+        self.cores_count = cores
 
     def others_busy(self):
         return self.others
@@ -31,7 +32,7 @@ def test_one_thread_until_the_first_check_then_tries_each_candidate_and_keeps_th
     used = run(tuner, {1: 0.010, 2: 0.006}, 8)
     assert used == [1] * 4 + [2] * 4, "one warm-up and three timed steps per candidate"
     assert not tuner.trying and tuner.chosen == 2
-    assert tuner.trials == {1: 0.010, 2: 0.006}
+    assert tuner.trials == {1: 0.010, 2: 0.006} and tuner.free == 2
     assert run(tuner, {1: 0.010, 2: 0.006}, 30) == [2] * 30
 
 
@@ -39,7 +40,7 @@ def test_a_slower_second_thread_is_not_kept():
     tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
     run(tuner, {1: 0.008, 2: 0.012}, 10 + 8)
     assert tuner.chosen == 1
-    assert "tried: 1 thread 8.00 ms, 2 threads 12.00 ms" in tuner.describe()
+    assert "tried 1: 8.00 ms, 2: 12.00 ms; 2 core(s) free" in tuner.describe()
 
 
 def test_warm_up_steps_do_not_count():
@@ -61,20 +62,32 @@ def test_tries_again_when_the_steps_slow_down():
     assert used[18:] == [1] * 5 and tuner.chosen == 1
 
 
-def test_never_more_threads_than_free_cores():
+def test_more_threads_than_free_cores_only_when_clearly_faster():
+    """Another program keeps a core busy: a second thread must beat one by the CROWDING margin."""
     meter = FakeMeter(others=1.0)
     tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
-    assert run(tuner, {1: 0.010, 2: 0.005}, 60) == [1] * 60, "2 threads would be faster, but no core is free"
-    assert tuner.allowed == 1 and tuner.chosen == 1
-    meter.others = 0.0  # the other program ends: after a check or two, two threads are tried again
+    run(tuner, {1: 0.010, 2: 0.010 / CROWDING * 1.05}, 10 + 8)
+    assert tuner.free == 1 and tuner.chosen == 1, "a little faster is not enough to crowd the other program"
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
+    assert tuner.chosen == 2, "much faster: the second thread is kept"
+
+
+def test_tries_again_when_the_free_cores_change():
+    meter = FakeMeter(others=1.0)
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    run(tuner, {1: 0.010, 2: 0.009}, 10 + 8)
+    assert tuner.chosen == 1 and tuner.free == 1
+    assert run(tuner, {1: 0.010, 2: 0.009}, 30) == [1] * 30, "nothing changed: no new trial"
+    meter.others = 0.0  # the other program ends: within two checks the free core is seen and a trial runs
     used = run(tuner, {1: 0.010, 2: 0.005}, 40)
-    assert 2 in used and tuner.chosen == 2
+    assert 2 in used and tuner.chosen == 2 and tuner.free == 2
 
 
-def test_one_core_means_no_trial():
+def test_one_thread_at_most_means_no_trial():
     tuner = ThreadTuner(1, FakeMeter())
-    assert not tuner.trying
-    assert run(tuner, {1: 0.01}, 30) == [1] * 30
+    assert run(tuner, {1: 0.01}, 60) == [1] * 60
+    assert not tuner.trials
 
 
 def fake_stat(tmp_path, busy, idle, cores=(0, 1)):
