@@ -46,6 +46,7 @@ Dropout layer active, the chunks run one after another, never on threads: the
 masks come from one generator and must be drawn in chunk order.
 """
 
+import contextlib
 import copy
 import itertools
 import math
@@ -102,12 +103,26 @@ def _pool():
     return _executor
 
 
+@contextlib.contextmanager
 def one_blas_thread():
-    """A context in which BLAS uses one thread (threadpoolctl); costs a few microseconds."""
+    """A context in which NumPy's BLAS uses one thread; costs a few microseconds.
+
+    threadpoolctl finds the BLAS libraries once; entering and leaving then only
+    set their thread counts (``threadpool_limits`` would look them all up again).
+    """
     global _blas
     if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+        _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    before = [lib.get_num_threads() for lib in _blas]
+    for lib, n in zip(_blas, before):
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas, before):
+            if n != 1:
+                lib.set_num_threads(n)
 
 
 def _run(tasks, threads):
@@ -176,6 +191,8 @@ class DataParallel:
             raise TypeError(f"DataParallel needs a Sequential model, got {type(model).__name__}")
         self.model = model
         self.replicas = []
+        self._params = []          # the model's parameters and each replica's, refreshed by _replicas
+        self._replica_params = []
         self.sizes = None
         self.threads = 1
         self.tuners = {}  # (grad enabled, number of chunks) -> ThreadTuner
@@ -232,14 +249,16 @@ class DataParallel:
                 return self.model.backward(dy, input_grad)
         started = time.perf_counter()
         dys = B.xp.split(dy, list(itertools.accumulate(self.sizes[:-1])))
-        replicas = self.replicas[: len(self.sizes) - 1]
-        for r in replicas:
-            r.zero_grad()
+        count = len(self.sizes) - 1
+        replicas, replica_params = self.replicas[:count], self._replica_params[:count]
+        for params in replica_params:
+            for p in params:
+                p.grad.fill(0)
         workers = [self.model] + replicas
         with one_blas_thread():
             dxs = _run([lambda m=m, d=d: m.backward(d, input_grad) for m, d in zip(workers, dys)], self.threads)
-        for r in replicas:  # chunk order: the same sums on every run, with any number of threads
-            for mine, theirs in zip(self.model.parameters(), r.parameters()):
+        for params in replica_params:  # chunk order: the same sums on every run, with any number of threads
+            for mine, theirs in zip(self._params, params):
                 mine.grad += theirs.grad
         if self._timing is not None:
             tuner, forward_seconds = self._timing
@@ -288,13 +307,17 @@ class DataParallel:
         return "; ".join(parts) if parts else "one thread"
 
     def _replicas(self, count):
-        """``count`` replicas, rebuilt if the model's weight arrays were replaced."""
-        params = self.model.parameters()
+        """``count`` replicas, rebuilt if the model's weight arrays were replaced.
+
+        Also refreshes the parameter lists backward works with (``_params``, ``_replica_params``).
+        """
+        self._params = self.model.parameters()
         fresh = len(self.replicas) >= count and all(
-            mine.data is theirs.data for r in self.replicas for mine, theirs in zip(r.parameters(), params)
+            mine.data is theirs.data for params in self._replica_params for mine, theirs in zip(params, self._params)
         )
         if not fresh:
             self.replicas = [replicate(self.model) for _ in range(count)]
+            self._replica_params = [r.parameters() for r in self.replicas]
         for r in self.replicas:
             r.train(self.model.training)
         return self.replicas[:count]
