@@ -61,9 +61,9 @@ from .. import nn
 from .tuning import CoreMeter, ThreadTuner, usable_cores
 
 #: Images per chunk of a training batch. Measured on 2 cores (AMD Zen 4, one BLAS thread,
-#: the study's ConvNet, batch 100): two chunks of 50 one after another took the same CPU time
-#: as the whole batch at once (within 1 %; four chunks of 25: +2 %): a smaller chunk's
-#: arrays stay in the caches, which pays for the extra calls. So cutting costs nothing where
+#: the study's ConvNet, batch 100, paired and interleaved runs): two chunks of 50 one after
+#: another took about 2 % more CPU time than the whole batch at once (the extra calls, partly
+#: paid back by a smaller chunk's arrays staying in the caches). So cutting costs little where
 #: only one core is free, and lets two threads share a batch of 100 where two are.
 CHUNK = 50
 
