@@ -1,82 +1,140 @@
-"""Speed of npconv against PyTorch on the CPU, side by side in one run.
+"""Speed of npconv against PyTorch on the CPU, side by side in one run: on a quiet machine and under load.
 
-Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-4):
+Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-4), one
+:class:`Workload` each in :data:`WORKLOADS` -- a new row is one more entry there:
 
-* ``cnn`` and ``mlp`` training: seconds per epoch -- 600 steps over the shuffled
-  training set, batching included -- written as a user writes it: an
-  ``nn.Sequential`` from :mod:`npconv.models` and ``optim.SGD`` for npconv, the
-  same ``torch.nn.Sequential`` and ``torch.optim.SGD`` for PyTorch;
-* ``cnn`` inference on the 10,000 test images, batch 1000;
+* ``cnn`` and ``mlp`` training: seconds per epoch -- ``--steps`` steps over the shuffled
+  training set (600 = one epoch; fewer are scaled up to 600), batching included --
+  written as ``npconv train`` runs them: a model from :mod:`npconv.models` inside
+  :class:`~npconv.train.parallel.DataParallel` (fixed chunks, BLAS on one thread,
+  threads chosen by timing) and ``optim.SGD``; for PyTorch the same
+  ``torch.nn.Sequential`` and ``torch.optim.SGD``, with its default threads;
+* ``cnn`` inference on the 10,000 test images, batch 1000 (``no_grad``);
 * peak memory (RSS) of ``npconv train`` on MNIST (one epoch, in a child process);
-* the physical floor: the multiply-adds of one ``cnn`` epoch (forward and
-  backward) divided by the float32 matrix-product rate NumPy reaches here.
+* the physical floor: the multiply-adds of one ``cnn`` epoch (forward and backward)
+  divided by the float32 matrix-product rate NumPy reaches here (the better of one
+  BLAS thread and all of them).
 
-PyTorch runs with its default threads, warmed up. The two libraries take turns,
-workload by workload, for ``--repeats`` rounds; each timing is the best round,
-and the ratio of every round is printed too. Usage::
+The loaded table repeats the ``loaded`` workloads (``--loaded-steps`` steps each) while
+one CPU-bound process -- started and stopped by this script -- keeps a core busy, as a
+browser or an editor would on a student's laptop.
 
-    python benchmarks/speed.py              # about 3 minutes on 2 cores
-    python benchmarks/speed.py --steps 100  # a quicker look (epoch times extrapolated from 100 steps)
+The two libraries take turns, workload by workload, for ``--repeats`` rounds; each
+timing is the best round, and every round's ratio is printed too (timings on a shared
+machine drift over minutes; interleaving puts both sides under the same drift). The
+report names the CPU, its vector instructions (AVX2 / AVX-512), the BLAS library and
+kernels, and the threading npconv chose. Usage::
+
+    python benchmarks/speed.py               # about 3 minutes on 2 cores
+    python benchmarks/speed.py --steps 200   # a quicker look
+    python benchmarks/speed.py --no-load     # the quiet table only
 """
 
 import argparse
+import contextlib
 import importlib.util
 import os
+import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from npconv import data, models, nn, optim
-from npconv.train import parallel
+from npconv.train.parallel import DataParallel
 
 BATCH = 100
+STEPS_PER_EPOCH = 600
 
 
-def npconv_epoch(model_name, x, y, steps, rng):
-    """Seconds for ``steps`` training steps of npconv, batching included."""
+# --- the machine ---------------------------------------------------------------
+
+def cpu_description():
+    """``(model name, ISA)`` from /proc/cpuinfo (Linux), e.g. ``("AMD EPYC (family 25, model 17)", "AVX-512")``."""
+    fields = {}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2" if flags else "unknown"
+    if isa == "AVX-512":
+        isa += " (" + "/".join(f.removeprefix("avx512").lstrip("_") for f in
+                               ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16") if f in flags) + ")"
+    return name, isa
+
+
+def blas_description():
+    """NumPy's BLAS as threadpoolctl sees it, e.g. ``"openblas 0.3.31 (SkylakeX kernels, 2 threads)"``."""
+    infos = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return "; ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels, "
+                     f"{i['num_threads']} threads by default)" for i in infos) or "unknown"
+
+
+# --- the workloads ------------------------------------------------------------
+
+@dataclass
+class Data:
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+
+
+def torch_twin(model_name):
+    """The PyTorch model with the same layers as ``npconv.models.build_model(model_name)``."""
+    import torch.nn as tnn
+
+    twins = {
+        "cnn": lambda: tnn.Sequential(
+            tnn.Conv2d(1, 8, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Conv2d(8, 16, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10)),
+        "mlp": lambda: tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10)),
+    }
+    return twins[model_name]()
+
+
+def npconv_training(model_name, d, steps, report):
+    """Seconds for ``steps`` training steps of npconv as ``npconv train`` runs them, batching included."""
     model = models.build_model(model_name, rng=np.random.default_rng(0))
+    net = DataParallel(model)
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    loader = data.DataLoader(x, y, BATCH, shuffle=True, rng=rng)
+    loader = data.DataLoader(d.x, d.y, BATCH, shuffle=True, rng=np.random.default_rng(0))
 
     def run(n):
         for i, (xb, yb) in enumerate(loader):
             if i == n:
                 break
             opt.zero_grad()
-            loss_fn(model(xb), yb)
-            model.backward(loss_fn.backward(), input_grad=False)
+            loss_fn(net(xb), yb)
+            net.backward(loss_fn.backward(), input_grad=False)
             opt.step()
 
     run(10)  # warm-up
     started = time.perf_counter()
     run(steps)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    report[model_name] = net.describe()
+    return seconds
 
 
-def torch_twin(model_name):
-    import torch.nn as tnn
-
-    if model_name == "cnn":
-        return tnn.Sequential(
-            tnn.Conv2d(1, 8, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-            tnn.Conv2d(8, 16, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-            tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10),
-        )
-    return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10))
-
-
-def torch_epoch(model_name, x, y, steps, rng):
-    """Seconds for ``steps`` training steps of PyTorch, batching included (same batches as npconv)."""
+def torch_training(model_name, d, steps, report):
+    """Seconds for ``steps`` training steps of PyTorch, batching included (the same batches as npconv)."""
     import torch
 
     model = torch_twin(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    loader = data.DataLoader(x, y.astype(np.int64), BATCH, shuffle=True, rng=rng)
+    loader = data.DataLoader(d.x, d.y.astype(np.int64), BATCH, shuffle=True, rng=np.random.default_rng(0))
 
     def run(n):
         for i, (xb, yb) in enumerate(loader):
@@ -93,26 +151,63 @@ def torch_epoch(model_name, x, y, steps, rng):
     return time.perf_counter() - started
 
 
-def npconv_inference(x):
-    model = parallel.DataParallel(models.cnn(rng=np.random.default_rng(0))).eval()
+def npconv_inference(model_name, d, steps, report):
+    """Seconds to classify the test images in batches of 1000 (``steps`` is not used)."""
+    net = DataParallel(models.build_model(model_name, rng=np.random.default_rng(0))).eval()
     with nn.no_grad():
-        model(x[:1000])
+        for i in range(0, 3000, 1000):  # warm-up
+            net(d.x_test[i : i + 1000])
         started = time.perf_counter()
-        for i in range(0, len(x), 1000):
-            model(x[i : i + 1000]).argmax(axis=1)
-    return time.perf_counter() - started
+        for i in range(0, len(d.x_test), 1000):
+            net(d.x_test[i : i + 1000]).argmax(axis=1)
+        seconds = time.perf_counter() - started
+    report[model_name + " inference"] = net.describe()
+    return seconds
 
 
-def torch_inference(x):
+def torch_inference(model_name, d, steps, report):
     import torch
 
-    model = torch_twin("cnn").eval()
+    model = torch_twin(model_name).eval()
     with torch.no_grad():
-        model(torch.from_numpy(x[:1000]))
+        model(torch.from_numpy(d.x_test[:1000]))
         started = time.perf_counter()
-        for i in range(0, len(x), 1000):
-            model(torch.from_numpy(x[i : i + 1000])).argmax(1)
+        for i in range(0, len(d.x_test), 1000):
+            model(torch.from_numpy(d.x_test[i : i + 1000])).argmax(1)
     return time.perf_counter() - started
+
+
+@dataclass
+class Workload:
+    """One row of the tables: a label and how to time each library (``fn(model, data, steps, report)``)."""
+
+    label: str
+    model: str
+    npconv: Callable
+    torch: Callable
+    per_epoch: bool = True  # timed over ``steps`` steps and scaled to an epoch of 600
+    loaded: bool = False    # also measured with the CPU-bound process running
+
+
+WORKLOADS = [
+    Workload("cnn training, s/epoch", "cnn", npconv_training, torch_training, loaded=True),
+    Workload("mlp training, s/epoch", "mlp", npconv_training, torch_training),
+    Workload("cnn inference, 10k images, s", "cnn", npconv_inference, torch_inference, per_epoch=False),
+]
+
+
+# --- load, memory, floor ---------------------------------------------------------
+
+@contextlib.contextmanager
+def cpu_bound_process():
+    """One other process keeping a core busy (a Python busy loop) while the block runs."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it get going
+        yield
+    finally:
+        hog.terminate()
+        hog.wait()
 
 
 def peak_rss_of_train():
@@ -132,28 +227,68 @@ def cnn_epoch_macs():
     )
     conv1 = 28 * 28 * 8 * 9
     # forward + weight gradient (same size) + input gradient (all but conv1, which needs none)
-    return 600 * BATCH * (3 * per_image - conv1)
+    return STEPS_PER_EPOCH * BATCH * (3 * per_image - conv1)
 
 
 def matmul_rate():
-    """float32 multiply-adds per second NumPy reaches on this training's largest products."""
+    """float32 multiply-adds per second of NumPy on the training's largest product, best of 1 and all BLAS threads."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((16, 72)).astype(np.float32)
     b = rng.standard_normal((72, 19600)).astype(np.float32)
-    a @ b
     best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(20):
+    for limit in (1, None):
+        with threadpool_limits(limits=limit, user_api="blas"):
             a @ b
-        best = min(best, (time.perf_counter() - started) / 20)
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(20):
+                    a @ b
+                best = min(best, (time.perf_counter() - started) / 20)
     return 16 * 72 * 19600 / best
 
 
+# --- measuring and reporting -------------------------------------------------------
+
+def measure(workloads, d, steps, repeats, report):
+    """``{(label, side): [seconds per round]}``, npconv and PyTorch taking turns, workload by workload."""
+    times = {}
+    scale = STEPS_PER_EPOCH / steps
+    for _ in range(repeats):
+        for w in workloads:
+            for side, fn in (("npconv", w.npconv), ("torch", w.torch)):
+                seconds = fn(w.model, d, steps, report)
+                times.setdefault((w.label, side), []).append(seconds * scale if w.per_epoch else seconds)
+            time.sleep(1)  # PyTorch's OpenMP threads spin for a while after a run: let them stop
+    return times
+
+
+def table(workloads, times, quiet=None):
+    """Markdown rows: best round of each side, their ratio; and, for a loaded table, npconv's loaded / quiet."""
+    header = "| workload | npconv | PyTorch | npconv / PyTorch |" + (" npconv loaded / quiet |" if quiet else "")
+    lines = [header, "|---" * (5 if quiet else 4) + "|"]
+    for w in workloads:
+        ours, theirs = min(times[w.label, "npconv"]), min(times[w.label, "torch"])
+        line = f"| {w.label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |"
+        if quiet:
+            line += f" {ours / min(quiet[w.label, 'npconv']):.2f} |"
+        lines.append(line)
+    for w in workloads:
+        rounds = " ".join(f"{a / b:.2f}" for a, b in zip(times[w.label, "npconv"], times[w.label, "torch"]))
+        lines.append(f"{w.label}: npconv / PyTorch in each round: {rounds}")
+    return "\n".join(lines)
+
+
+def ratio(times, label):
+    return min(times[label, "npconv"]) / min(times[label, "torch"])
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="npconv vs PyTorch speed on MNIST")
+    parser = argparse.ArgumentParser(description="npconv vs PyTorch speed on MNIST, quiet and under load")
     parser.add_argument("--steps", type=int, default=600, help="training steps timed per epoch (default 600)")
+    parser.add_argument("--loaded-steps", type=int, default=200,
+                        help="training steps timed per epoch under load (default 200)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round (default 3)")
+    parser.add_argument("--no-load", action="store_true", help="skip the table under load")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
     args = parser.parse_args(argv)
 
@@ -162,52 +297,54 @@ def main(argv=None):
 
     mnist = data.load_dataset("mnist")
     mean, std = data.pixel_stats(mnist.train_images)
-    x, y = data.to_float(mnist.train_images, mean, std), mnist.train_labels
-    x_test = data.to_float(mnist.test_images, mean, std)
-    scale = 600 / args.steps
+    d = Data(data.to_float(mnist.train_images, mean, std), mnist.train_labels,
+             data.to_float(mnist.test_images, mean, std))
 
-    labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s"]
-    ours_fns = [lambda: npconv_epoch("cnn", x, y, args.steps, np.random.default_rng(0)) * scale,
-                lambda: npconv_epoch("mlp", x, y, args.steps, np.random.default_rng(0)) * scale,
-                lambda: npconv_inference(x_test)]
-    theirs_fns = [lambda: torch_epoch("cnn", x, y, args.steps, np.random.default_rng(0)) * scale,
-                  lambda: torch_epoch("mlp", x, y, args.steps, np.random.default_rng(0)) * scale,
-                  lambda: torch_inference(x_test)]
-
-    # Rounds, each timing every workload with npconv and then with PyTorch: timings on a
-    # shared machine drift over minutes, and interleaving puts both sides under the same
-    # drift. After a PyTorch run, a pause lets its OpenMP threads stop spinning before
-    # NumPy runs again. PyTorch is imported only at its first run: `npconv train` never
-    # loads it, and npconv's first round runs without it.
     rss = None if args.no_memory else peak_rss_of_train()
     rate = matmul_rate()
-    times = {(side, i): [] for side in ("ours", "theirs") for i in range(len(labels))}
-    for _ in range(args.repeats):
-        for i in range(len(labels)):
-            times["ours", i].append(ours_fns[i]())
-            times["theirs", i].append(theirs_fns[i]())
-            time.sleep(1)
-    rows = [(label, min(times["ours", i]), min(times["theirs", i])) for i, label in enumerate(labels)]
+    quiet_report, loaded_report = {}, {}
+    # PyTorch is imported at its first run: `npconv train` never loads it.
+    quiet = measure(WORKLOADS, d, args.steps, args.repeats, quiet_report)
+    loaded_workloads = [w for w in WORKLOADS if w.loaded]
+    loaded = None
+    if not args.no_load:
+        with cpu_bound_process():
+            loaded = measure(loaded_workloads, d, args.loaded_steps, args.repeats, loaded_report)
 
     import torch
 
+    cpu, isa = cpu_description()
+    print(f"\nmachine: {cpu}; {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
+          f"cores; {isa}")
+    print(f"software: Python {platform.python_version()}, NumPy {np.__version__}, BLAS {blas_description()}; "
+          f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
+    for name, how in quiet_report.items():
+        print(f"npconv threading, {name}, quiet: {how}")
+    for name, how in loaded_report.items():
+        print(f"npconv threading, {name}, loaded: {how}")
+
+    print(f"\nquiet machine ({args.steps} steps per training epoch timed, best of {args.repeats} rounds):")
+    print(table(WORKLOADS, quiet))
+    if rss is not None:
+        print(f"peak RSS of `npconv train` (1 epoch): {rss:.0f} MB")
+    if loaded is not None:
+        print(f"\nwith one CPU-bound process running ({args.loaded_steps} steps per epoch timed, "
+              f"best of {args.repeats} rounds):")
+        print(table(loaded_workloads, loaded, quiet))
+
+    cnn = WORKLOADS[0].label
     floor = cnn_epoch_macs() / rate
-    print(f"\nmachine: {os.cpu_count()} cores; npconv splits batches of {2 * parallel.MIN_CHUNK}+ over "
-          f"{parallel.get_num_threads()} threads; "
-          f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads; numpy {np.__version__}")
-    print("| workload | npconv | PyTorch | ratio npconv/PyTorch |")
-    print("|---|---|---|---|")
-    for label, ours, theirs in rows:
-        print(f"| {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
-    if not args.no_memory:
-        print(f"| peak RSS of `npconv train`, MB | {rss:.0f} | | |")
-    for i, label in enumerate(labels):
-        per_round = " ".join(f"{a / b:.2f}" for a, b in zip(times["ours", i], times["theirs", i]))
-        print(f"{label}: ratio in each round {per_round}")
-    cnn_ours = rows[0][1]
+    cnn_ours = min(quiet[cnn, "npconv"])
     print(f"\nfloor: one cnn epoch is {cnn_epoch_macs() / 1e9:.2f} G multiply-adds; at NumPy's "
           f"{rate / 1e9:.1f} G multiply-adds/s that is {floor:.2f} s; npconv takes {cnn_ours / floor:.1f}x the floor")
-    print("summary: " + "; ".join(f"{label} {ours / theirs:.2f}x PyTorch" for label, ours, theirs in rows))
+
+    summary = [f"{w.label.split(',')[0]} {ratio(quiet, w.label):.2f}x PyTorch" for w in WORKLOADS]
+    if loaded is not None:
+        for w in loaded_workloads:
+            summary.append(f"{w.label.split(',')[0]} under load {ratio(loaded, w.label):.2f}x PyTorch and "
+                           f"{min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv']):.2f}x its quiet time")
+    summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
+    print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]})")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ class MaxPool2d(Module):
     Forward keeps a running maximum over the slices. A window's first maximum
     is the *last* entry that took over (a later equal value does not take
     over), or entry 0 if none did; backward walks the offsets from the last to
-    the first to find it, so the routing costs a few boolean operations per
-    offset instead of an argmax over each window.
+    the first, keeping the windows not yet claimed by a later offset, so the
+    routing costs two boolean operations per offset (on one byte per window)
+    instead of an argmax over each window.
     """
 
     def __init__(self, kernel_size, stride=None):
@@ -97,12 +98,16 @@ class MaxPool2d(Module):
                 xp.multiply(dy, chosen, out=target)
 
         # Walk the offsets backwards: a window's maximum is at the last entry that took over.
-        # Windows whose maximum is at a later offset; zeros_like of a window entry keeps x's memory layout.
-        claimed = xp.zeros_like(self._entry(x, *first, oh, ow), dtype=bool)
+        # `unclaimed`: the windows whose maximum is not at a later offset (None: all of them).
+        unclaimed = None
         for (u, v), larger in zip(reversed(rest), reversed(took_over)):
-            route(u, v, larger & ~claimed)
-            claimed |= larger
-        route(*first, ~claimed)
+            if unclaimed is None:
+                route(u, v, larger)
+                unclaimed = ~larger
+            else:
+                route(u, v, larger & unclaimed)
+                xp.greater(unclaimed, larger, out=unclaimed)  # for booleans a > b is "a and not b"
+        route(*first, unclaimed if unclaimed is not None else xp.ones_like(dy, dtype=bool))
         return dx
 
     def extra_repr(self):

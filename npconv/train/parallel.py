@@ -1,37 +1,56 @@
-"""Data parallelism over the batch: :class:`DataParallel` runs a model on every core.
+"""Data parallelism over the batch: :class:`DataParallel` computes a batch in fixed chunks, on one or more threads.
 
 A training step on a batch of N images is, for all the maths, N independent
 computations whose parameter gradients are summed at the end. So
-``DataParallel(model)`` splits a large enough batch into one chunk per thread:
+``DataParallel(model)`` cuts a batch into chunks of at most :data:`CHUNK`
+images -- always the same chunks for the same batch size, on any machine, under
+any load, with any number of threads -- and
 
-* every thread runs the whole network on its chunk -- the first chunk on the
-  model itself, the others on *replicas* that share the model's weight arrays
-  (the same ``Parameter.data``) but keep their own caches and gradients;
-* the outputs are concatenated; backward splits ``dy`` the same way, runs each
-  chunk's backward in its thread, and adds every replica's gradients into the
-  model's, always in chunk order (so runs are repeatable).
+* runs the whole network on each chunk: the first chunk on the model itself,
+  the others on *replicas* that share the model's weight arrays (the same
+  ``Parameter.data``) but keep their own caches and gradients;
+* concatenates the outputs; backward splits ``dy`` the same way, runs each
+  chunk's backward, and adds every replica's gradients into the model's,
+  always in chunk order.
 
-NumPy and BLAS release Python's global lock while they compute, so the threads
-really run at the same time; BLAS is held to one thread inside each of them so
-that two threads do not fight over two cores.
+Under ``no_grad()`` (inference) nothing is kept for backward, and the chunks are
+pieces of :data:`PIECE` images, small enough to stay in the processor's caches.
 
-Under ``no_grad()`` (inference) each thread runs its chunk in pieces of at most
-``MIN_CHUNK`` samples: nothing is kept for backward, and small pieces keep the
-intermediate arrays in the processor's caches.
+**Where** the chunks run -- one after another in the calling thread, or spread
+over several threads -- changes no number: each chunk is computed the same way
+wherever it runs and the sums are always taken in chunk order. So the numbers
+of a run depend on its settings (and on the CPU's BLAS kernels), never on the
+threads or the load, and the thread count can change at any step. A
+:class:`~npconv.train.tuning.ThreadTuner` chooses it by timing the run's own
+steps, and takes more threads than there are free cores (measured) only when
+they are clearly faster.
 
-It is only an execution strategy, applied from outside: the layers know nothing
-of threads, and the results equal the one-thread results up to floating-point
-rounding (gradients are summed in a different order). With one thread
-(``set_num_threads(1)``), a batch smaller than ``2 * MIN_CHUNK``, a network
-without Conv2d or MaxPool2d layers (its matrix products already use every core
-through BLAS), a Dropout layer in training mode (its masks must come from one
-generator in one order), or an array backend other than NumPy (a GPU has no
-use for CPU threads), the model runs in the calling thread as it is.
+BLAS runs on **one thread** inside: OpenBLAS's result depends on its own thread
+count for some products (threaded, it cuts a long sum differently: measured for
+the 784-term sums of the cnn's first Linear layer), and where another program
+keeps a core busy, OpenBLAS's waiting threads slowed a cnn step 4x.
+
+NumPy and BLAS release Python's global lock while they compute, so threads
+really run at the same time. It is only an execution strategy, applied from
+outside: the layers know nothing of threads. The chunked result equals the
+model's own on the whole batch up to floating-point rounding (sums are split
+per chunk).
+
+A batch is **not** cut (the model runs on it as it is) when the network has a
+layer not known to treat each sample on its own (batch normalization in
+training mode, for one, computes statistics over the whole batch), when it has
+no Conv2d or MaxPool2d layer (a few matrix products on the whole batch are
+cheaper than on chunks), or with an array backend other than NumPy (a GPU has
+no use for CPU threads). With a
+Dropout layer active, the chunks run one after another, never on threads: the
+masks come from one generator and must be drawn in chunk order.
 """
 
+import contextlib
 import copy
 import itertools
-import os
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,64 +58,87 @@ from threadpoolctl import ThreadpoolController
 
 from .. import backend as B
 from .. import nn
+from .tuning import CoreMeter, ThreadTuner, usable_cores
 
-#: Smallest chunk worth a thread of its own. Measured on 2 cores with the study's ConvNet:
-#: a training batch of 100 ran faster in one thread (BLAS using both cores for the
-#: products) than as two chunks of 50, whose many small NumPy calls keep handing
-#: Python's global lock back and forth (waking a waiting thread took about 140 us
-#: there, a virtual machine); batches of 200 and more, and inference batches of
-#: 1000, ran faster split.
-MIN_CHUNK = 100
+#: Images per chunk of a training batch. Measured on 2 cores (AMD Zen 4, one BLAS thread,
+#: the study's ConvNet, batch 100, paired and interleaved runs): two chunks of 50 one after
+#: another took about 2 % more CPU time than the whole batch at once (the extra calls, partly
+#: paid back by a smaller chunk's arrays staying in the caches). So cutting costs little where
+#: only one core is free, and lets two threads share a batch of 100 where two are.
+CHUNK = 50
 
-_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: Images per piece of an inference batch (under ``no_grad()``): 10,000 test images in
+#: batches of 1000 took 15 % less time in pieces of 100 than in chunks of 500.
+PIECE = 100
+
+#: Layers that compute each sample on its own, so a batch can be cut into chunks
+#: (Dropout too: its masks are independent per element).
+PER_SAMPLE = (nn.Conv2d, nn.MaxPool2d, nn.Linear, nn.Flatten, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Dropout)
+
+_max_threads = usable_cores()
 _executor = None
 _blas = None
 
 
 def set_num_threads(n):
-    """Use ``n`` threads for large batches (1 = everything in the calling thread)."""
-    global _num_threads, _executor
+    """Use at most ``n`` threads (1 = everything in the calling thread)."""
+    global _max_threads, _executor
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be an integer >= 1, got {n!r}")
-    _num_threads = n
+    _max_threads = n
     if _executor is not None:
         _executor.shutdown()
         _executor = None
 
 
 def get_num_threads():
-    """The number of threads a large batch is split over (default: the cores this process may use)."""
-    return _num_threads
+    """The most threads a batch is spread over (default: the cores this process may use)."""
+    return _max_threads
 
 
 def _pool():
-    global _executor, _blas
+    global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="npconv")
-        _blas = ThreadpoolController()
+        _executor = ThreadPoolExecutor(max_workers=max(1, _max_threads - 1), thread_name_prefix="npconv")
     return _executor
 
 
-def _run_chunks(tasks):
-    """Run ``tasks`` (callables), the first in this thread, the rest on the pool; return their results."""
-    pool = _pool()
-    with _blas.limit(limits=1, user_api="blas"):
-        futures = [pool.submit(task) for task in tasks[1:]]
-        results = [tasks[0]()]
-        results += [f.result() for f in futures]
-    return results
+@contextlib.contextmanager
+def one_blas_thread():
+    """A context in which NumPy's BLAS uses one thread; costs a few microseconds.
 
-
-def _in_pieces(forward, x):
-    """``forward(x)``, computed on pieces of at most ``MIN_CHUNK`` samples and concatenated.
-
-    Only for inference (under ``no_grad()``), where a piece's caches are not needed
-    afterwards. A piece's intermediate arrays stay in the processor's caches, which made
-    inference on batches of 1000 about 15 % faster here than one pass over each chunk.
+    threadpoolctl finds the BLAS libraries once; entering and leaving then only
+    set their thread counts (``threadpool_limits`` would look them all up again).
     """
-    if len(x) <= MIN_CHUNK:
-        return forward(x)
-    return B.xp.concatenate([forward(x[i : i + MIN_CHUNK]) for i in range(0, len(x), MIN_CHUNK)])
+    global _blas
+    if _blas is None:
+        _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    before = [lib.get_num_threads() for lib in _blas]
+    for lib, n in zip(_blas, before):
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas, before):
+            if n != 1:
+                lib.set_num_threads(n)
+
+
+def _run(tasks, threads):
+    """Run ``tasks`` (callables) on ``threads`` threads, the calling one included; return their results in order.
+
+    Thread ``t`` runs tasks ``t, t + threads, t + 2*threads, ...`` one after another.
+    """
+    if threads <= 1:
+        return [task() for task in tasks]
+    share = [tasks[t::threads] for t in range(threads)]
+    futures = [_pool().submit(lambda mine=mine: [task() for task in mine]) for mine in share[1:]]
+    results = [[task() for task in share[0]]] + [f.result() for f in futures]
+    ordered = [None] * len(tasks)
+    for t, done in enumerate(results):
+        ordered[t::threads] = done
+    return ordered
 
 
 def replicate(layer):
@@ -111,8 +153,17 @@ def replicate(layer):
     return twin
 
 
+def _layers(model):
+    """Every layer of ``model``, nested Sequentials opened."""
+    for layer in model.layers:
+        if isinstance(layer, nn.Sequential):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
 class DataParallel:
-    """Run a :class:`~npconv.nn.Sequential` over batch chunks, one per thread, when that pays.
+    """Run a :class:`~npconv.nn.Sequential` over fixed chunks of the batch, on as many threads as pay.
 
     ``DataParallel(model)(x)`` and ``.backward(dy, input_grad)`` compute what
     ``model(x)`` and ``model.backward(dy, input_grad)`` compute (the same
@@ -123,6 +174,16 @@ class DataParallel:
     Parameters
     ----------
     model : Sequential
+
+    Attributes
+    ----------
+    sizes : list of int or None
+        The chunk sizes of the last forward; None when the batch was not cut.
+    threads : int
+        The threads the last forward used.
+    tuners : dict
+        ``(grad enabled, number of chunks) ->`` the :class:`~npconv.train.tuning.ThreadTuner`
+        of such batches: training steps and inference batches are timed apart.
     """
 
     def __init__(self, model):
@@ -130,7 +191,13 @@ class DataParallel:
             raise TypeError(f"DataParallel needs a Sequential model, got {type(model).__name__}")
         self.model = model
         self.replicas = []
-        self.sizes = None  # chunk sizes of the last forward, None when it ran unsplit
+        self._params = []          # the model's parameters and each replica's, refreshed by _replicas
+        self._replica_params = []
+        self.sizes = None
+        self.threads = 1
+        self.tuners = {}  # (grad enabled, number of chunks) -> ThreadTuner
+        self._meter = CoreMeter()
+        self._timing = None  # (tuner, seconds of the forward) until the step's backward ends
 
     # --- the model's interface -----------------------------------------------
     @property
@@ -148,55 +215,109 @@ class DataParallel:
         return self.forward(x)
 
     def forward(self, x):
-        if not self.wants(x):
-            self.sizes = None
-            return self.model(x)
-        threads = min(_num_threads, len(x) // MIN_CHUNK)
-        chunks = B.xp.array_split(x, threads)
+        started = time.perf_counter()
+        self._timing = None
+        chunks = self.chunks(x)
+        if chunks is None:
+            self.sizes, self.threads = None, 1
+            with one_blas_thread():
+                return self.model(x)
         self.sizes = [len(c) for c in chunks]
-        workers = [self.model.forward] + [r.forward for r in self._replicas(threads - 1)]
-        if not nn.grad_enabled():  # inference: nothing is kept for backward, so each chunk can go in pieces
-            workers = [lambda c, f=f: _in_pieces(f, c) for f in workers]
-        outputs = _run_chunks([lambda f=f, c=c: f(c) for f, c in zip(workers, chunks)])
-        return B.xp.concatenate(outputs)
+        grad = nn.grad_enabled()
+        tuner = self._tuner(grad, len(chunks))
+        self.threads = min(tuner.threads(), _max_threads) if tuner else 1
+        if grad:  # each chunk keeps its own caches for backward: one model or replica per chunk
+            workers = [self.model] + self._replicas(len(chunks) - 1)
+        else:  # nothing is kept: one model or replica per thread, piece i in thread i % threads
+            runners = [self.model] + self._replicas(self.threads - 1)
+            workers = [runners[i % self.threads] for i in range(len(chunks))]
+        with one_blas_thread():
+            outputs = _run([lambda m=m, c=c: m.forward(c) for m, c in zip(workers, chunks)], self.threads)
+        out = B.xp.concatenate(outputs)
+        if tuner is not None:
+            seconds = time.perf_counter() - started
+            if grad:
+                self._timing = (tuner, seconds)  # the step ends with its backward
+            else:
+                tuner.record(seconds)
+        return out
 
     def backward(self, dy, input_grad=True):
         """Backpropagate ``dy`` (see :meth:`npconv.nn.Sequential.backward`)."""
         if self.sizes is None:
-            return self.model.backward(dy, input_grad)
+            with one_blas_thread():
+                return self.model.backward(dy, input_grad)
+        started = time.perf_counter()
         dys = B.xp.split(dy, list(itertools.accumulate(self.sizes[:-1])))
-        replicas = self.replicas[: len(self.sizes) - 1]
-        for r in replicas:
-            r.zero_grad()
-        workers = [self.model.backward] + [r.backward for r in replicas]
-        dxs = _run_chunks([lambda f=f, d=d: f(d, input_grad) for f, d in zip(workers, dys)])
-        for r in replicas:  # chunk order: the same sums on every run
-            for mine, theirs in zip(self.model.parameters(), r.parameters()):
+        count = len(self.sizes) - 1
+        replicas, replica_params = self.replicas[:count], self._replica_params[:count]
+        for params in replica_params:
+            for p in params:
+                p.grad.fill(0)
+        workers = [self.model] + replicas
+        with one_blas_thread():
+            dxs = _run([lambda m=m, d=d: m.backward(d, input_grad) for m, d in zip(workers, dys)], self.threads)
+        for params in replica_params:  # chunk order: the same sums on every run, with any number of threads
+            for mine, theirs in zip(self._params, params):
                 mine.grad += theirs.grad
+        if self._timing is not None:
+            tuner, forward_seconds = self._timing
+            tuner.record(forward_seconds + time.perf_counter() - started)
+            self._timing = None
         return B.xp.concatenate(dxs) if input_grad else None
 
-    # --- when and how to split -------------------------------------------------
-    def wants(self, x):
-        """Whether to split this batch: NumPy, several threads, a large batch, image layers, no active dropout."""
-        layers = self.model.layers
-        if B.xp is not np or _num_threads < 2 or len(x) < 2 * MIN_CHUNK:
-            return False
-        # Only convolution and pooling make the element-wise work that BLAS cannot spread over
-        # the cores; a network of Linear layers is a few matrix products, which BLAS's own
-        # threads already share out, and splitting it would only add overhead.
+    # --- how to cut and where to run -------------------------------------------
+    def chunks(self, x):
+        """The chunks ``x`` is computed in (a list of views), or None when it is not cut.
+
+        :data:`CHUNK` images per chunk for a training batch, :data:`PIECE` under
+        ``no_grad()``; sizes as equal as possible (``numpy.array_split``).
+        """
+        size = CHUNK if nn.grad_enabled() else PIECE
+        if B.xp is not np or len(x) <= size:
+            return None
+        layers = list(_layers(self.model))
+        if not all(isinstance(layer, PER_SAMPLE) for layer in layers):
+            return None
+        # A network of Linear layers is a few matrix products on the whole batch: cut into
+        # chunks it only makes more calls (the study's mlp: +30 % CPU time per step).
         if not any(isinstance(layer, (nn.Conv2d, nn.MaxPool2d)) for layer in layers):
-            return False
-        return not any(isinstance(layer, nn.Dropout) and layer.training and layer.p > 0 for layer in layers)
+            return None
+        return B.xp.array_split(x, math.ceil(len(x) / size))
+
+    def _tuner(self, grad, count):
+        """The tuner of batches of ``count`` chunks, or None when they must run in one thread.
+
+        One thread when only one is allowed, or when an active Dropout layer draws its
+        masks: they must be drawn chunk after chunk, in order.
+        """
+        if _max_threads == 1 or (grad and any(isinstance(layer, nn.Dropout) and layer.training and layer.p > 0
+                                              for layer in _layers(self.model))):
+            return None
+        key = (grad, count)
+        if key not in self.tuners:
+            # An inference batch (1000 images: about 0.1 s) is checked after fewer of them.
+            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, check_every=25 if grad else 5)
+        return self.tuners[key]
+
+    def describe(self):
+        """How the batches ran and why, in a few words (e.g. for a benchmark's report)."""
+        parts = [f"{'training' if grad else 'inference'}, {count} chunks: {tuner.describe()}"
+                 for (grad, count), tuner in sorted(self.tuners.items(), reverse=True)]
+        return "; ".join(parts) if parts else "one thread"
 
     def _replicas(self, count):
-        """``count`` replicas, rebuilt if the model's weight arrays were replaced."""
-        params = self.model.parameters()
-        fresh = len(self.replicas) == count and all(
-            mine.data is theirs.data for r in self.replicas for mine, theirs in zip(r.parameters(), params)
+        """``count`` replicas, rebuilt if the model's weight arrays were replaced.
+
+        Also refreshes the parameter lists backward works with (``_params``, ``_replica_params``).
+        """
+        self._params = self.model.parameters()
+        fresh = len(self.replicas) >= count and all(
+            mine.data is theirs.data for params in self._replica_params for mine, theirs in zip(params, self._params)
         )
         if not fresh:
             self.replicas = [replicate(self.model) for _ in range(count)]
+            self._replica_params = [r.parameters() for r in self.replicas]
         for r in self.replicas:
             r.train(self.model.training)
-        return self.replicas
-
+        return self.replicas[:count]

@@ -1,10 +1,15 @@
-"""DataParallel: splitting a batch over threads (npconv.train.parallel) changes nothing but the rounding.
+"""DataParallel (npconv.train.parallel): fixed chunks, any number of threads, the same bits.
 
-Tolerances: the split sums gradients chunk by chunk, so float64 results agree
-with one thread up to rounding; BLAS kernels differ between CPUs (AVX2 and
-AVX-512) in the last bits, so every comparison allows an absolute error scaled
-to the magnitude of the values compared, never a purely relative one (an entry
-near zero can carry the rounding of much larger terms).
+Two different claims, tested separately:
+
+* the thread count never changes a number: the same chunks are computed the same
+  way wherever they run, so 1 and 2 threads give identical bits (training steps,
+  inference, a whole ``run_training``);
+* cutting a batch into chunks changes the numbers only by rounding (gradients are
+  summed chunk by chunk): compared with the model on the whole batch, with an
+  absolute tolerance scaled to the magnitude of the values (BLAS kernels differ
+  between CPUs in the last bits; an entry near zero can carry the rounding of much
+  larger terms).
 """
 
 import numpy as np
@@ -12,98 +17,167 @@ import pytest
 
 from conftest import randomize_output_layer
 from npconv import models, nn, optim
-from npconv.train import parallel
+from npconv.train import TrainConfig, parallel, run_training, tuning
 from npconv.train.parallel import DataParallel
 
 
 @pytest.fixture
-def threads():
-    """Run the test with 2 threads, and restore the setting afterwards."""
+def threads(monkeypatch):
+    """``threads(n)``: from now on, every DataParallel runs its chunks on exactly ``n`` threads."""
     before = parallel.get_num_threads()
-    parallel.set_num_threads(2)
-    yield
+
+    def use(n):
+        parallel.set_num_threads(n)
+        monkeypatch.setattr(tuning.ThreadTuner, "threads", lambda self: n)
+
+    yield use
     parallel.set_num_threads(before)
 
 
 def assert_close(actual, desired, what, rtol=1e-10):
     """Equal up to rounding: ``rtol`` of the largest magnitude, for every entry (see the module docstring)."""
     scale = float(np.max(np.abs(desired)))
-    np.testing.assert_allclose(actual, desired, rtol=0, atol=rtol * scale, err_msg=f"{what}: split / one thread")
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=rtol * scale, err_msg=f"{what}: chunked / whole batch")
 
 
-def step_grads(net, model, x, labels):
+def step(net, model, x, labels, input_grad=True):
+    """One forward and backward; returns the logits, the loss, dx and every gradient."""
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     model.zero_grad()
     logits = net(x)
     loss = loss_fn(logits, labels)
-    dx = net.backward(loss_fn.backward())
+    dx = net.backward(loss_fn.backward(), input_grad=input_grad)
     return logits, loss, dx, {name: p.grad.copy() for name, p in model.named_parameters()}
 
 
-def test_split_batch_equals_one_thread(rng, threads):
+def test_a_batch_is_cut_into_fixed_chunks(rng, threads):
+    net = DataParallel(models.cnn(rng=rng))
+    x = rng.standard_normal((2 * parallel.CHUNK + 6, 1, 28, 28)).astype(np.float32)
+    for n in (1, 2):
+        threads(n)
+        net(x)
+        assert net.sizes == [36, 35, 35], f"{len(x)} images in chunks of at most {parallel.CHUNK}, with {n} threads"
+    net(x[: parallel.CHUNK])
+    assert net.sizes is None, "a batch of one chunk is run as it is"
+    with nn.no_grad():
+        net(rng.standard_normal((2 * parallel.PIECE + 50, 1, 28, 28)).astype(np.float32))
+    assert net.sizes == [84, 83, 83], f"inference goes in pieces of at most {parallel.PIECE}"
+
+
+def test_chunked_batch_equals_the_whole_batch_up_to_rounding(rng, threads):
+    threads(2)
     model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng)
-    net = DataParallel(model)
-    n = 2 * parallel.MIN_CHUNK + 6
+    n = 2 * parallel.CHUNK + 6
     x = rng.standard_normal((n, 1, 28, 28))
     labels = rng.integers(0, 10, size=n)
-    split = step_grads(net, model, x, labels)
-    assert net.sizes == [103, 103], f"a batch of {n} with 2 threads should be split in two"
-    serial = step_grads(model, model, x, labels)  # the model alone: one thread
-    assert_close(split[0], serial[0], "logits", rtol=1e-12)
-    assert split[1] == pytest.approx(serial[1], rel=1e-12)
-    assert_close(split[2], serial[2], "dx")
-    for name in serial[3]:
-        assert_close(split[3][name], serial[3][name], name)
+    chunked = step(DataParallel(model), model, x, labels)
+    whole = step(model, model, x, labels)
+    assert_close(chunked[0], whole[0], "logits", rtol=1e-12)
+    assert chunked[1] == pytest.approx(whole[1], rel=1e-12)
+    assert_close(chunked[2], whole[2], "dx")
+    for name in whole[3]:
+        assert_close(chunked[3][name], whole[3][name], name)
 
 
-def test_split_training_is_repeatable(rng, threads):
-    """Two identical short trainings with split batches give identical weights, bit for bit."""
-    n = 2 * parallel.MIN_CHUNK
-    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
-    labels = rng.integers(0, 10, size=n)
-    weights = []
-    for _ in range(2):
-        model = models.cnn(rng=np.random.default_rng(5))
-        net = DataParallel(model)
-        opt, loss_fn = optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.SoftmaxCrossEntropyLoss()
-        for _ in range(3):
-            opt.zero_grad()
-            loss_fn(net(x), labels)
-            net.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-        assert net.sizes is not None
-        weights.append(model.state_dict())
-    for name in weights[0]:
-        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
+def short_training(x, labels, dropout=0.0, steps=3):
+    """Weights after a few SGD steps of a fresh cnn through DataParallel (float32, as in training)."""
+    model = models.cnn(dropout=dropout, rng=np.random.default_rng(5))
+    net = DataParallel(model)
+    opt, loss_fn = optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.SoftmaxCrossEntropyLoss()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(net(x), labels)
+        net.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+    assert net.sizes is not None, "the batch should have been cut"
+    return model.state_dict(), net.threads
 
 
-def test_small_batches_and_active_dropout_run_in_one_thread(rng, threads):
-    net = DataParallel(models.cnn(dropout=0.2, rng=rng))
-    x = rng.standard_normal((2 * parallel.MIN_CHUNK, 1, 28, 28)).astype(np.float32)
-    net(x)
-    assert net.sizes is None, "dropout masks come from one generator in one order: no split while training"
-    net.eval()
-    net(x)
-    assert net.sizes is not None, "in eval mode dropout is the identity: the batch can be split"
-    net(x[: 2 * parallel.MIN_CHUNK - 1])
-    assert net.sizes is None, "a small batch is not worth a second thread"
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_the_thread_count_never_changes_a_bit(rng, threads, dropout):
+    """Training steps with 1 and 2 threads, and twice with 2, give identical weights."""
+    x = rng.standard_normal((2 * parallel.CHUNK, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, size=len(x))
+    runs = []
+    for n in (1, 2, 2):
+        threads(n)
+        weights, used = short_training(x, labels, dropout)
+        assert used == (1 if dropout else n), "active dropout: chunks one after another, in order"
+        runs.append(weights)
+    for other in runs[1:]:
+        for name in runs[0]:
+            np.testing.assert_array_equal(other[name], runs[0][name], err_msg=f"{name}: 2 threads / 1 thread")
 
 
-def test_a_network_of_linear_layers_is_not_split(rng, threads):
+def test_inference_gives_the_same_bits_on_any_number_of_threads(rng, threads):
+    model = randomize_output_layer(models.cnn(rng=rng), rng).eval()
+    x = rng.standard_normal((3 * parallel.PIECE + 7, 1, 28, 28)).astype(np.float32)
+    outputs = []
+    for n in (1, 2):
+        threads(n)
+        with nn.no_grad():
+            outputs.append(DataParallel(model)(x))
+    np.testing.assert_array_equal(outputs[1], outputs[0], err_msg="logits, 2 threads / 1 thread")
+    with nn.no_grad():
+        assert_close(outputs[0], model(x), "logits in pieces", rtol=1e-5)
+
+
+def test_a_run_is_bit_identical_to_itself_with_any_number_of_threads(tmp_path, threads):
+    """``run_training`` twice with 1 thread and once with 2: the same history and model, bit for bit."""
+    config = TrainConfig(epochs=1, train_subset=300, batch_size=100)
+    results = []
+    for i, n in enumerate((1, 1, 2)):
+        threads(n)
+        out = tmp_path / f"run{i}"
+        run_training(config, str(out), progress=False, log=lambda *a: None)
+        history = (out / "history.csv").read_text().splitlines()
+        seconds = history[0].split(",").index("seconds")
+        without_time = [",".join(v for j, v in enumerate(row.split(",")) if j != seconds) for row in history]
+        with np.load(out / "model.npz") as f:
+            results.append((without_time, {k: f[k] for k in f.files if k != "__config__"}))
+    for history, weights in results[1:]:
+        assert history == results[0][0], "history.csv (but its seconds column) differs between runs"
+        for name in weights:
+            np.testing.assert_array_equal(weights[name], results[0][1][name], err_msg=name)
+
+
+class BatchMean(nn.Module):
+    """A layer that mixes the samples of a batch (as batch normalization does): subtracts the batch mean."""
+
+    def forward(self, x):
+        return x - x.mean(axis=0)
+
+    def backward(self, dy):
+        return dy - dy.mean(axis=0)
+
+
+def test_a_layer_that_mixes_samples_keeps_the_batch_whole(rng, threads):
+    threads(2)
+    model = nn.Sequential(nn.Flatten(), BatchMean(), nn.Linear(784, 10, rng=rng))
+    x = rng.standard_normal((3 * parallel.CHUNK, 1, 28, 28))
+    net = DataParallel(model)
+    out = net(x)
+    assert net.sizes is None
+    np.testing.assert_array_equal(out, model(x))
+
+
+def test_a_network_of_linear_layers_is_not_cut(rng, threads):
+    threads(2)
     net = DataParallel(models.mlp(rng=rng))
-    net(rng.standard_normal((2 * parallel.MIN_CHUNK, 1, 28, 28)).astype(np.float32))
-    assert net.sizes is None, "BLAS already spreads an MLP's matrix products over the cores"
+    net(rng.standard_normal((3 * parallel.CHUNK, 1, 28, 28)).astype(np.float32))
+    assert net.sizes is None, "a few matrix products cost more in chunks than on the whole batch"
 
 
 def test_replacing_weight_arrays_rebuilds_the_replicas(rng, threads):
+    threads(2)
     model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng)
     net = DataParallel(model)
-    x = rng.standard_normal((2 * parallel.MIN_CHUNK, 1, 28, 28))
+    x = rng.standard_normal((2 * parallel.CHUNK, 1, 28, 28))
     net(x)
     model[7].weight.data = model[7].weight.data * 2  # a new array, not an in-place change
-    split = net(x)
+    chunked = net(x)
     assert net.sizes is not None
-    assert_close(split, model(x), "logits after replacing a weight array", rtol=1e-12)
+    assert_close(chunked, model(x), "logits after replacing a weight array", rtol=1e-12)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
@@ -112,28 +186,18 @@ def test_set_num_threads_rejects_bad_values(bad):
         parallel.set_num_threads(bad)
 
 
-def test_split_inference_in_pieces_equals_one_thread(rng, threads):
-    """Under no_grad each thread runs its chunk in pieces of MIN_CHUNK; the outputs are unchanged."""
-    model = randomize_output_layer(models.cnn(rng=rng, dtype=np.float64), rng).eval()
-    net = DataParallel(model)
-    n = 2 * parallel.MIN_CHUNK + 50  # two chunks of 125: pieces of 100 and 25 each
-    x = rng.standard_normal((n, 1, 28, 28))
-    with nn.no_grad():
-        split = net(x)
-        assert net.sizes == [125, 125]
-        serial = model(x)
-    assert split.shape == serial.shape == (n, 10)
-    assert_close(split, serial, "logits in pieces", rtol=1e-12)
+def test_blas_runs_on_one_thread_inside(rng, monkeypatch):
+    """Whatever BLAS was set to, DataParallel's products run on one thread (they and the bits depend on it)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
 
+    seen = []
 
-def test_one_thread_runs_the_model_itself(rng):
-    before = parallel.get_num_threads()
-    parallel.set_num_threads(1)
-    try:
-        model = models.cnn(rng=rng)
-        net = DataParallel(model)
-        x = rng.standard_normal((4 * parallel.MIN_CHUNK, 1, 28, 28)).astype(np.float32)
-        np.testing.assert_array_equal(net(x), model(x))
-        assert net.sizes is None
-    finally:
-        parallel.set_num_threads(before)
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1))
+            return x
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        DataParallel(nn.Sequential(Spy(), nn.Flatten()))(rng.standard_normal((3, 1, 2, 2)))
+    assert seen == [1]
+

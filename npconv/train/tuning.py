@@ -1,0 +1,195 @@
+"""Choosing how many threads to use, by timing the run's own steps (as cuDNN's autotuner does).
+
+:class:`~npconv.train.parallel.DataParallel` can run a batch's chunks one after
+another or spread over several threads, and every choice gives the same numbers
+bit for bit. Which is fastest depends on the CPU and on what else runs on it. So
+a :class:`ThreadTuner`
+
+* starts with one thread and, at its first check, **tries** each thread count on a
+  few of the run's real steps (they are ordinary training steps: trying costs only
+  the slower candidates' extra time) and keeps the fastest;
+* **re-checks** every :attr:`~ThreadTuner.check_every` steps: if the steps became
+  :attr:`~ThreadTuner.slowdown` times slower than when it chose, or the number of
+  free cores changed, it tries again;
+* takes **more threads than there are free cores** only when they are clearly
+  faster (:data:`CROWDING`): the free cores are this process's cores minus the
+  cores other programs kept busy since the last check, measured from the
+  kernel's CPU counters (:class:`CoreMeter`). (OpenBLAS is never given more than
+  one thread: its waiting threads spin, and on a crowded machine they collapse.
+  Python threads waiting for the interpreter lock sleep instead; whether an extra
+  one pays on a busy machine is measured like everything else.)
+"""
+
+import os
+import statistics
+import time
+
+#: A thread count above the free cores is kept only if its steps take less than
+#: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs.
+CROWDING = 1.15
+
+
+def usable_cores():
+    """The number of cores this process may run on (its CPU affinity where the OS tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class CoreMeter:
+    """How many of this process's cores other programs kept busy between two readings.
+
+    On Linux, ``/proc/stat`` counts the time each core spent busy; the busy time
+    of this process's cores, minus this process's own CPU time, over the wall
+    time between two readings, is the number of cores others used. Elsewhere
+    nothing is known and every core counts as free.
+    """
+
+    #: Shortest interval worth a reading, seconds (the kernel counts in 10 ms ticks).
+    MIN_INTERVAL = 0.1
+
+    def __init__(self, stat_path="/proc/stat"):
+        self.stat_path = stat_path
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        self.cores_count = usable_cores()
+        self._last = self._read()
+        self._others = 0.0
+
+    def _busy_seconds(self):
+        """Busy seconds of this process's cores since boot, or None when unknown."""
+        if self.cores is None:
+            return None
+        wanted = {f"cpu{i}" for i in self.cores}
+        busy = 0
+        try:
+            with open(self.stat_path) as f:
+                for line in f:
+                    fields = line.split()
+                    if fields and fields[0] in wanted:
+                        # user nice system idle iowait irq softirq steal (guest time is inside user and nice;
+                        # steal is time the hypervisor gave to others)
+                        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+                        busy += user + nice + system + irq + softirq + steal
+        except (OSError, ValueError, IndexError):
+            return None
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def _read(self):
+        return time.monotonic(), self._busy_seconds(), time.process_time()
+
+    def others_busy(self):
+        """Cores other programs kept busy since the last reading (0 when unknown).
+
+        A call less than :attr:`MIN_INTERVAL` after the last reading returns that reading again.
+        """
+        now = self._read()
+        (t0, busy0, own0), (t1, busy1, own1) = self._last, now
+        if t1 - t0 < self.MIN_INTERVAL:
+            return self._others
+        self._last = now
+        if busy0 is not None and busy1 is not None:
+            self._others = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+        return self._others
+
+
+class ThreadTuner:
+    """Chooses a thread count for the next step, from the timings of the steps before.
+
+    Call :meth:`threads` before a step and :meth:`record` with its duration after.
+
+    Parameters
+    ----------
+    max_threads : int
+        The most threads ever used (the cores, the chunks of a batch, or a user's limit).
+    meter : CoreMeter, optional
+        Where the cores others keep busy are read; None: every core is free.
+    trial_steps : int
+        Steps timed per candidate when trying (after one warm-up step); the median counts.
+    check_every : int
+        Steps between two checks of the load and of the step time.
+    slowdown : float
+        Try again when the median step of a check is this many times the chosen candidate's time.
+    """
+
+    def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3):
+        self.max_threads = max(1, max_threads)
+        self.meter = meter
+        self.trial_steps = trial_steps
+        self.check_every = check_every
+        self.slowdown = slowdown
+        self.others = None        # cores other programs keep busy, smoothed over the checks
+        self.free = None          # free cores (at least 1) at the last trial; None before the first check
+        self.trials = {}          # candidate -> median seconds of its last trial
+        self.chosen = 1
+        self._queue = []          # (candidate, is_warm_up) still to run in the current trial
+        self._times = []          # durations of the current candidate's trial, or of the steps since the check
+        self._reference = None    # the chosen candidate's step time
+
+    def _free_now(self):
+        """Free cores now, at least 1: the cores minus those others kept busy (smoothed over the checks)."""
+        if self.meter is None:
+            return self.max_threads
+        # Smoothed, so that a core busy now and then does not flip the choice at every check.
+        reading = self.meter.others_busy()
+        self.others = reading if self.others is None else 0.5 * self.others + 0.5 * reading
+        return max(1, round(self.meter.cores_count - self.others))
+
+    def _start_trial(self):
+        self.trials = {}
+        self._times = []
+        self._queue = [(c, warm_up) for c in range(1, self.max_threads + 1)
+                       for warm_up in [True] + [False] * self.trial_steps]
+
+    def _finish(self):
+        """Keep the fastest candidate; one that needs more than the free cores must be clearly faster."""
+        def cost(c):
+            return self.trials[c] * (CROWDING if c > self.free else 1)
+
+        self.chosen = min(self.trials, key=cost)
+        self._reference = self.trials[self.chosen]
+        self._times = []
+
+    def threads(self):
+        """The thread count to run the next step with."""
+        return self._queue[0][0] if self._queue else self.chosen
+
+    @property
+    def trying(self):
+        """Whether a trial is under way."""
+        return bool(self._queue)
+
+    def record(self, seconds):
+        """The duration of the step just run with :meth:`threads` threads."""
+        if self._queue:
+            candidate, warm_up = self._queue.pop(0)
+            if not warm_up:
+                self._times.append(seconds)
+            if not self._queue or self._queue[0][0] != candidate:
+                self.trials[candidate] = statistics.median(self._times)
+                self._times = []
+            if not self._queue:
+                self._finish()
+            return
+        self._times.append(seconds)
+        if len(self._times) < self.check_every or self.max_threads == 1:
+            return
+        typical = statistics.median(self._times)
+        self._times = []
+        free = self._free_now()
+        slower = self._reference is not None and typical > self.slowdown * self._reference
+        # Try again at the first check, when the steps slowed down, or when the free cores changed.
+        if self.free is None or slower or free != self.free:
+            self.free = free
+            self._start_trial()
+        elif typical < self._reference:
+            self._reference = typical  # compare later steps with the best recent ones
+
+    def describe(self):
+        """One line: what was chosen, from which timings."""
+        text = f"{self.chosen} thread{'s' if self.chosen > 1 else ''}"
+        if self.trying:
+            return text + " (trying)"
+        if not self.trials:
+            return text + (" (not tried yet)" if self.max_threads > 1 else "")
+        tried = ", ".join(f"{c}: {1e3 * t:.2f} ms" for c, t in sorted(self.trials.items()))
+        return text + f" (per step, tried {tried}; {self.free} core(s) free)"

@@ -1,0 +1,63 @@
+"""The blocked matrix products of npconv.nn._utils equal the plain ones up to rounding.
+
+Blocks cut a long sum into partial sums (``matmul_t_by_blocks``) or a long
+product into independent column blocks (``matmul_by_blocks``); both are tried
+with blocking switched on and off, on shapes with and without a partial last
+block, against NumPy's plain product in float64.
+"""
+
+import numpy as np
+import pytest
+
+from npconv.nn import _utils
+
+
+@pytest.fixture(params=[True, False], ids=["blocked", "plain"])
+def blocking(request, monkeypatch):
+    monkeypatch.setattr(_utils, "BLOCKED_PRODUCTS", request.param)
+    monkeypatch.setattr(_utils, "BLOCK_MACS", 64)  # tiny blocks, so that small test shapes have many
+    return request.param
+
+
+def assert_close(actual, desired, what):
+    scale = float(np.max(np.abs(desired)))
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=1e-13 * scale, err_msg=f"{what}: blocked / plain")
+
+
+@pytest.mark.parametrize("m, k, length", [(3, 4, 40), (3, 4, 41), (2, 5, 3), (8, 10, 1000), (1, 1, 7)])
+def test_matmul_by_blocks_equals_the_plain_product(rng, blocking, m, k, length):
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, length))
+    out = _utils.matmul_by_blocks(a, b)
+    assert out.shape == (m, length)
+    assert_close(out, a @ b, "a @ b")
+
+
+@pytest.mark.parametrize("m, r, length", [(3, 4, 40), (3, 4, 41), (2, 5, 3), (8, 10, 1000), (1, 1, 7)])
+def test_matmul_t_by_blocks_equals_the_plain_product(rng, blocking, m, r, length):
+    a, b = rng.standard_normal((m, length)), rng.standard_normal((r, length))
+    out = _utils.matmul_t_by_blocks(a, b)
+    assert out.shape == (m, r)
+    assert_close(out, a @ b.T, "a @ b.T")
+
+
+def test_blocked_sums_are_repeatable_and_really_blocked(rng, blocking):
+    """Same inputs, same bits; and with blocks on, the long sum is really added in another order."""
+    a = rng.standard_normal((4, 5000)).astype(np.float32)
+    b = rng.standard_normal((6, 5000)).astype(np.float32)
+    first, second = _utils.matmul_t_by_blocks(a, b), _utils.matmul_t_by_blocks(a, b)
+    np.testing.assert_array_equal(first, second)
+    if blocking:
+        assert not np.array_equal(first, a @ b.T), "float32 partial sums should differ from one long sum somewhere"
+
+
+def test_strided_operands(rng, blocking):
+    """Views (a transposed weight, a slice of a larger buffer) give the same products as copies."""
+    big = rng.standard_normal((7, 90))
+    a, b = big[:3, :5].T, big[:3, 10:80]  # a (5, 3) transposed view, b (3, 70) with a row stride of 90
+    assert_close(_utils.matmul_by_blocks(a, b), np.ascontiguousarray(a) @ np.ascontiguousarray(b), "views")
+    assert_close(_utils.matmul_t_by_blocks(b, b), b @ b.T, "views, a @ a.T")
+
+
+def test_openblas_told_to_use_avx2_kernels_gets_plain_products(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert _utils._blas_has_small_matrix_kernels() is False

@@ -1,0 +1,124 @@
+"""ThreadTuner and CoreMeter (npconv.train.tuning): choosing threads by timing, never more than the free cores."""
+
+import pytest
+
+from npconv.train.tuning import CROWDING, CoreMeter, ThreadTuner
+
+
+class FakeMeter:
+    """A machine of ``cores`` cores where other programs keep ``others`` cores busy."""
+
+    def __init__(self, others=0.0, cores=2):
+        self.others = others
+        self.cores_count = cores
+
+    def others_busy(self):
+        return self.others
+
+
+def run(tuner, step_seconds, steps):
+    """Run ``steps`` steps whose duration is ``step_seconds[threads]``; return the thread counts used."""
+    used = []
+    for _ in range(steps):
+        n = tuner.threads()
+        used.append(n)
+        tuner.record(step_seconds[n])
+    return used
+
+
+def test_one_thread_until_the_first_check_then_tries_each_candidate_and_keeps_the_fastest():
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    assert run(tuner, {1: 0.010, 2: 0.006}, 10) == [1] * 10, "the free cores are not known before the first check"
+    used = run(tuner, {1: 0.010, 2: 0.006}, 8)
+    assert used == [1] * 4 + [2] * 4, "one warm-up and three timed steps per candidate"
+    assert not tuner.trying and tuner.chosen == 2
+    assert tuner.trials == {1: 0.010, 2: 0.006} and tuner.free == 2
+    assert run(tuner, {1: 0.010, 2: 0.006}, 30) == [2] * 30
+
+
+def test_a_slower_second_thread_is_not_kept():
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    run(tuner, {1: 0.008, 2: 0.012}, 10 + 8)
+    assert tuner.chosen == 1
+    assert "tried 1: 8.00 ms, 2: 12.00 ms; 2 core(s) free" in tuner.describe()
+
+
+def test_warm_up_steps_do_not_count():
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=2, check_every=1)
+    tuner.record(0.01)  # the first check: two cores free, a trial starts
+    for seconds in (0.5, 0.010, 0.010, 0.5, 0.006, 0.006):  # each candidate's first step is slow
+        tuner.record(seconds)
+    assert tuner.chosen == 2
+
+
+def test_tries_again_when_the_steps_slow_down():
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, slowdown=1.3)
+    run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
+    assert tuner.chosen == 2
+    # Another program starts: two threads now wait for each other, one thread is unharmed.
+    used = run(tuner, {1: 0.011, 2: 0.030}, 10 + 8 + 5)
+    assert used[:10] == [2] * 10, "nothing changes before the next check"
+    assert used[10:18] == [1] * 4 + [2] * 4, "the check found the steps 5x slower: a new trial"
+    assert used[18:] == [1] * 5 and tuner.chosen == 1
+
+
+def test_more_threads_than_free_cores_only_when_clearly_faster():
+    """Another program keeps a core busy: a second thread must beat one by the CROWDING margin."""
+    meter = FakeMeter(others=1.0)
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    run(tuner, {1: 0.010, 2: 0.010 / CROWDING * 1.05}, 10 + 8)
+    assert tuner.free == 1 and tuner.chosen == 1, "a little faster is not enough to crowd the other program"
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
+    assert tuner.chosen == 2, "much faster: the second thread is kept"
+
+
+def test_tries_again_when_the_free_cores_change():
+    meter = FakeMeter(others=1.0)
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    run(tuner, {1: 0.010, 2: 0.009}, 10 + 8)
+    assert tuner.chosen == 1 and tuner.free == 1
+    assert run(tuner, {1: 0.010, 2: 0.009}, 30) == [1] * 30, "nothing changed: no new trial"
+    meter.others = 0.0  # the other program ends: within two checks the free core is seen and a trial runs
+    used = run(tuner, {1: 0.010, 2: 0.005}, 40)
+    assert 2 in used and tuner.chosen == 2 and tuner.free == 2
+
+
+def test_one_thread_at_most_means_no_trial():
+    tuner = ThreadTuner(1, FakeMeter())
+    assert run(tuner, {1: 0.01}, 60) == [1] * 60
+    assert not tuner.trials
+
+
+def fake_stat(tmp_path, busy, idle, cores=(0, 1)):
+    """A /proc/stat whose listed cores each show ``busy`` and ``idle`` ticks."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{i} {busy} 0 0 {idle} 0 0 0 0 0 0" for i in cores]
+    path = tmp_path / "stat"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_core_meter_counts_the_busy_time_of_others(tmp_path, monkeypatch):
+    import npconv.train.tuning as tuning
+
+    clock = {"wall": 100.0, "own": 5.0}
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(tuning.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(tuning.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    hz = tuning.os.sysconf("SC_CLK_TCK")
+    path = fake_stat(tmp_path, busy=0, idle=0)
+    meter = CoreMeter(str(path))
+    # One second later: each of the 2 cores was busy 0.8 s; this process used 0.6 s of CPU.
+    clock["wall"] += 1.0
+    clock["own"] += 0.6
+    fake_stat(tmp_path, busy=int(0.8 * hz), idle=int(0.2 * hz))
+    assert meter.others_busy() == pytest.approx(1.6 - 0.6, abs=2 / hz)
+    clock["wall"] += 0.01  # too soon for a new reading: the last one again
+    assert meter.others_busy() == pytest.approx(1.0, abs=2 / hz)
+
+
+def test_core_meter_without_proc_stat_sees_every_core_free(tmp_path):
+    meter = CoreMeter(str(tmp_path / "missing"))
+    meter._last = (meter._last[0] - 1.0, *meter._last[1:])  # a second ago
+    assert meter.others_busy() == 0.0
