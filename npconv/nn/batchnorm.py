@@ -65,7 +65,8 @@ class _BatchNorm(Module):
     num_batches_tracked : Buffer () int64 -- 0
 
     Cached by forward: ``xhat`` as a (C, M) matrix, ``gamma / sqrt(var + eps)``
-    (C,) and whether the batch's statistics were used (training mode). Under
+    (C,), whether the batch's statistics were used (training mode) and the
+    order of the matrix's columns (so that ``dy`` is laid out to match). Under
     ``no_grad()`` in evaluation mode nothing is kept and the output is computed
     as ``x * scale + shift`` per channel.
     """
@@ -88,8 +89,13 @@ class _BatchNorm(Module):
         self.running_var = Buffer(xp.ones(num_features, dtype=self.dtype))
         self.num_batches_tracked = Buffer(xp.zeros((), dtype=np.int64))  # a 0-d int64, as PyTorch's
 
-    def _rows(self, a):
-        """``a`` as a (C, M) matrix, one row per channel, and the function that gives a (C, M) result a's shape."""
+    def _layout(self, x):
+        """How ``x``'s values are laid out as the columns of the (C, M) matrix (see :meth:`_rows`)."""
+        return None
+
+    def _rows(self, a, layout):
+        """``a`` as a (C, M) matrix, one row per channel, its columns in the order ``layout`` names
+        (so that ``dy`` lines up with ``x``), and the function that gives a (C, M) result a's shape."""
         raise NotImplementedError
 
     def _gamma_beta(self):
@@ -100,7 +106,8 @@ class _BatchNorm(Module):
     def forward(self, x):
         xp = B.xp
         x = xp.asarray(x, dtype=self.dtype)
-        rows, to_input_shape = self._rows(x)
+        layout = self._layout(x)
+        rows, to_input_shape = self._rows(x, layout)
         gamma, beta = self._gamma_beta()
         if self.training:
             m = rows.shape[1]
@@ -124,7 +131,7 @@ class _BatchNorm(Module):
             x_hat = (rows - self.running_mean.data[:, None]) * inv_std[:, None]
         y = x_hat * gamma[:, None]
         y += beta[:, None]
-        self._save(x_hat, gamma * inv_std, self.training)
+        self._save(x_hat, gamma * inv_std, self.training, layout)
         return to_input_shape(y)
 
     def _track(self, mean, unbiased_var):
@@ -137,8 +144,8 @@ class _BatchNorm(Module):
 
     def backward(self, dy, input_grad=True):
         """Fill ``weight.grad`` and ``bias.grad`` (if ``affine``); return ``dx`` (or None if not ``input_grad``)."""
-        x_hat, scale, batch_statistics = self._saved_tensors()
-        dy_rows, to_input_shape = self._rows(dy)
+        x_hat, scale, batch_statistics, layout = self._saved_tensors()
+        dy_rows, to_input_shape = self._rows(dy, layout)
         m = x_hat.shape[1]
         dbeta = dy_rows.sum(axis=1)
         dgamma = (dy_rows * x_hat).sum(axis=1)
@@ -180,7 +187,7 @@ class BatchNorm1d(_BatchNorm):
     statistics are over N and L (M = N*L), as in PyTorch.
     """
 
-    def _rows(self, a):
+    def _rows(self, a, layout):
         if a.ndim not in (2, 3) or a.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm1d({self.num_features}) expects input (N, {self.num_features}) or "
                              f"(N, {self.num_features}, L), got {a.shape}")
@@ -202,12 +209,16 @@ class BatchNorm2d(_BatchNorm):
     N, H and W (M = N*H*W).
     """
 
-    def _rows(self, a):
+    def _layout(self, x):
+        return "batch-last" if is_batch_last(x) else "nchw"
+
+    def _rows(self, a, layout):
+        """Columns ordered (h, w, n) for a batch-last ``x`` (a Conv2d's output), else (n, h, w)."""
         if a.ndim != 4 or a.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) expects input (N, {self.num_features}, H, W), "
                              f"got {a.shape}")
         n, c, h, w = a.shape
-        if is_batch_last(a):  # stored (C, H, W, N): every channel is one contiguous run already
+        if layout == "batch-last":  # stored (C, H, W, N): every channel is one contiguous run, no copy
             return batch_last(a).reshape(c, h * w * n), lambda rows: batch_first(rows.reshape(c, h, w, n))
         rows = a.transpose(1, 0, 2, 3).reshape(c, n * h * w)  # a copy, channel by channel
         return rows, lambda rows: rows.reshape(c, n, h, w).transpose(1, 0, 2, 3)

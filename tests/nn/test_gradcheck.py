@@ -100,6 +100,34 @@ def test_maxpool2d_gradcheck(rng, kernel_size, stride, hw):
     assert_gradcheck(layer, x, rng, expected_keys={"x"})
 
 
+# --- AvgPool2d ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, None, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 0))],
+                         ids=str)
+def test_avgpool2d_gradcheck(rng, kernel_size, stride, padding):
+    layer = nn.AvgPool2d(kernel_size, stride=stride, padding=padding)
+    assert_gradcheck(layer, rng.standard_normal((2, 3, 7, 5)), rng, expected_keys={"x"})
+
+
+# --- BatchNorm1d, BatchNorm2d ----------------------------------------------------
+
+@pytest.mark.parametrize("layer_class, shape", [(nn.BatchNorm1d, (6, 4)), (nn.BatchNorm1d, (3, 4, 5)),
+                                                (nn.BatchNorm2d, (3, 4, 5, 3))], ids=str)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=lambda a: f"affine={a}")
+def test_batchnorm_gradcheck(rng, layer_class, shape, mode, affine):
+    """In training mode every output depends on every input of its channel (through the batch mean and variance)."""
+    layer = layer_class(shape[1], affine=affine, dtype=F64)
+    if affine:
+        layer.weight.data[...] = rng.standard_normal(shape[1])
+        randomize_bias(layer, rng)
+    layer.running_mean.data[...] = rng.standard_normal(shape[1])
+    layer.running_var.data[...] = rng.uniform(0.5, 2.0, shape[1])
+    layer.train(mode == "train")
+    x = 2 * rng.standard_normal(shape) + 1
+    assert_gradcheck(layer, x, rng, expected_keys={"x", "weight", "bias"} if affine else {"x"})
+
+
 # --- element-wise layers --------------------------------------------------------
 
 def test_relu_gradcheck(rng):
@@ -281,6 +309,24 @@ def test_checker_catches_wrong_gradient(rng, layer_class, wrong):
     assert errors[wrong] > 1e-2, f"{layer_class.__name__}: the checker missed a wrong {wrong!r} gradient: {errors}"
     right = {name: err for name, err in errors.items() if name != wrong}
     assert all(err < TOL for err in right.values()), f"the correct gradients should still pass: {right}"
+
+
+class BatchNormStatisticsAsConstants(nn.BatchNorm1d):
+    """The classic batch-norm bug: backpropagates as if the batch mean and variance were constants."""
+
+    def backward(self, dy, input_grad=True):
+        x_hat, scale, _, layout = self._saved_tensors()
+        self.bias.grad += dy.sum(axis=0)
+        self.weight.grad += (dy * x_hat.T).sum(axis=0)
+        return dy * scale
+
+
+def test_checker_catches_batchnorm_without_the_statistics_terms(rng):
+    layer = BatchNormStatisticsAsConstants(3, dtype=F64)
+    layer.weight.data[...] = rng.standard_normal(3)
+    errors = check_layer(layer, rng.standard_normal((5, 3)), rng)
+    assert errors["x"] > 1e-2, f"the checker missed dx without the mean and variance terms: {errors}"
+    assert errors["weight"] < TOL and errors["bias"] < TOL, f"the parameter gradients are right: {errors}"
 
 
 def test_numerical_gradient_of_known_function():
