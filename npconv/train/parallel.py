@@ -25,8 +25,21 @@ rounding (gradients are summed in a different order). With one thread
 (``set_num_threads(1)``), a batch smaller than ``2 * MIN_CHUNK``, a network
 without Conv2d or MaxPool2d layers (its matrix products already use every core
 through BLAS), a Dropout layer in training mode (its masks must come from one
-generator in one order), or an array backend other than NumPy (a GPU has no
-use for CPU threads), the model runs in the calling thread as it is.
+generator in one order), a batch normalization layer in training mode (see
+below), or an array backend other than NumPy (a GPU has no use for CPU
+threads), the model runs in the calling thread as it is.
+
+**Batch normalization.** In training mode a BatchNorm layer normalizes with the
+mean and variance of the *whole* batch, and every output depends on every
+input of its channel; each chunk's own statistics would be a different
+normalization -- other outputs, other gradients, other running statistics --
+not a rounding difference. Sharing the statistics between threads would need
+the threads to meet inside the layer (sums of every chunk, then the
+normalization), which would make the layers know about threads. So a network
+with batch normalization trains in one thread, where BLAS still spreads its
+matrix products over the cores; it costs nothing at the default batch of 100,
+which runs in one thread anyway. In evaluation mode a BatchNorm layer uses its
+running statistics, the same for every sample, so inference is split as usual.
 """
 
 import copy
@@ -177,7 +190,8 @@ class DataParallel:
 
     # --- when and how to split -------------------------------------------------
     def wants(self, x):
-        """Whether to split this batch: NumPy, several threads, a large batch, image layers, no active dropout."""
+        """Whether to split this batch: NumPy, several threads, a large batch, image layers, no active dropout
+        and no batch normalization in training mode (see the module docstring)."""
         layers = self.model.layers
         if B.xp is not np or _num_threads < 2 or len(x) < 2 * MIN_CHUNK:
             return False
@@ -185,6 +199,8 @@ class DataParallel:
         # the cores; a network of Linear layers is a few matrix products, which BLAS's own
         # threads already share out, and splitting it would only add overhead.
         if not any(isinstance(layer, (nn.Conv2d, nn.MaxPool2d)) for layer in layers):
+            return False
+        if any(isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and layer.training for layer in layers):
             return False
         return not any(isinstance(layer, nn.Dropout) and layer.training and layer.p > 0 for layer in layers)
 

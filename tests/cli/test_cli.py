@@ -135,7 +135,7 @@ def test_mlp_with_adam_and_validation_split(tmp_path):
         (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--epochs", "0"], "--epochs must be an integer >= 1"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
-        (["--model", "resnet"], "invalid choice"),
+        (["--model", "resnet"], "--model must be one of cnn, mlp, lenet5, cnn-bn, or a .toml file, got 'resnet'"),
         (["--dataset", "cifar"], "invalid choice"),
         (["--model", "mlp", "--dropout", "0.2", "--dropout-at", "before-conv"], "before-fc for the mlp model"),
         (["--data-dir", "/nonexistent/folder"], "no such directory"),

@@ -14,7 +14,7 @@ from npconv.train.settings import ARCHITECTURE, SETTINGS, TrainConfig, make_conf
 SAMPLE = {"model": "mlp", "dataset": "fashion-mnist", "data_dir": "/tmp", "epochs": "3", "batch_size": "64",
           "optimizer": "adam", "lr": "0.01", "lr_schedule": "constant", "momentum": "0.5", "weight_decay": "0.001",
           "dropout": "0.2", "dropout_at": "before-pool", "seed": "7", "train_subset": "500", "val_split": "0.1",
-          "normalize": "false", "dtype": "float64"}
+          "normalize": "false", "dtype": "float64", "augment_shift": "2"}
 
 
 def help_text(command):
@@ -71,7 +71,7 @@ def test_defaults_are_npconv_trains():
     ("momentum", 1.0, "momentum must be in [0, 1), got 1.0"),
     ("batch_size", 0, "batch_size must be an integer >= 1, got 0"),
     ("epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
-    ("model", "resnet", "model must be one of cnn, mlp, got 'resnet'"),
+    ("model", "resnet", "model must be one of cnn, mlp, lenet5, cnn-bn, or a .toml file, got 'resnet'"),
     ("normalize", 1, "normalize must be true or false, got 1"),
     ("data_dir", "/no/such/folder", "data_dir /no/such/folder: no such directory"),
 ])
