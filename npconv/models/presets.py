@@ -27,9 +27,9 @@ instead of the Euclidean RBF units; He initialization.
 (:func:`cnn_bn_layers`; its training recipe, measured, is in
 :data:`npconv.train.settings.MODEL_DEFAULTS`)::
 
-    Conv2d(1, 32, 3, padding=1)  -> BatchNorm2d -> ReLU -> MaxPool2d(2)   # 32 x 14 x 14
-    Conv2d(32, 64, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   # 64 x 7 x 7
-    Flatten (3136) -> Linear(3136, 128) -> BatchNorm1d -> ReLU -> Linear(128, 10)
+    Conv2d(1, 16, 3, padding=1)  -> BatchNorm2d -> ReLU -> MaxPool2d(2)   # 16 x 14 x 14
+    Conv2d(16, 32, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   # 32 x 7 x 7
+    Flatten (1568) -> Linear(1568, 128) -> BatchNorm1d -> ReLU -> Linear(128, 10)
 
 ``lenet5`` and ``cnn-bn`` are written in the model-file format
 (:mod:`npconv.models.spec`), so a model file is the way to vary them.
@@ -114,9 +114,9 @@ def lenet5_layers(num_classes=10):
 def cnn_bn_layers(num_classes=10):
     """The ConvNet with batch normalization as layers in the model-file format (see the module docstring)."""
     return [
-        {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
+        {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
         {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
-        {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
+        {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
         {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
         {"type": "flatten"},
         {"type": "linear", "out_features": 128}, {"type": "batchnorm1d"}, {"type": "relu"},
