@@ -236,3 +236,38 @@ def test_scheduler_without_dask_names_the_extra(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "npconv[dask]"' in lines[0] and "--scheduler" in lines[0], lines
     assert not out.exists(), "nothing is written when the executor cannot start"
+
+
+NET = """
+[[layer]]
+type = "conv2d"
+out_channels = 2
+kernel_size = 5
+stride = 3
+[[layer]]
+type = "batchnorm2d"
+[[layer]]
+type = "relu"
+[[layer]]
+type = "flatten"
+[[layer]]
+type = "linear"
+out_features = 10
+"""
+
+
+def test_a_sweep_over_model_files_names_runs_by_file_and_keys_them_by_architecture(tmp_path):
+    (tmp_path / "a.toml").write_text(NET)
+    (tmp_path / "b.toml").write_text(NET.replace("out_channels = 2", "out_channels = 3"))
+    grid = parse_grid({**TINY, "model": f"{tmp_path / 'a.toml'},{tmp_path / 'b.toml'}"})
+    out = tmp_path / "sweep"
+    first = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet)
+    assert [r.status for r in first] == ["completed", "completed"]
+    assert [os.path.basename(r.folder.path)[:2] for r in first] == ["a-", "b-"], "folders named by the file"
+    recorded = json.loads((out / "runs" / os.path.basename(first[0].folder.path) / "config.json").read_text())
+    assert recorded["model_layers"][0]["out_channels"] == 2
+
+    (tmp_path / "a.toml").write_text(NET.replace("out_channels = 2", "out_channels = 4"))
+    second = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet, estimate=False)
+    assert second[0].key != first[0].key and not second[0].reused, "a.toml changed: another run"
+    assert second[1].key == first[1].key and second[1].reused, "b.toml did not change: its run is reused"

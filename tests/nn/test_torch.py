@@ -275,15 +275,39 @@ def torch_mlp(dtype):
     return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10)).to(TORCH_DTYPE[dtype])
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def torch_lenet5(dtype):
+    return tnn.Sequential(
+        tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.AvgPool2d(2), tnn.Conv2d(6, 16, 5), tnn.ReLU(),
+        tnn.AvgPool2d(2), tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+        tnn.Linear(84, 10),
+    ).to(TORCH_DTYPE[dtype])
+
+
+def torch_cnn_bn(dtype):
+    return tnn.Sequential(
+        tnn.Conv2d(1, 16, 3, padding=1), tnn.BatchNorm2d(16), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(16, 32, 3, padding=1), tnn.BatchNorm2d(32), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Flatten(), tnn.Linear(32 * 7 * 7, 128), tnn.BatchNorm1d(128), tnn.ReLU(), tnn.Linear(128, 10),
+    ).to(TORCH_DTYPE[dtype])
+
+
+TORCH_TWINS = {"cnn": torch_cnn, "mlp": torch_mlp, "lenet5": torch_lenet5, "cnn-bn": torch_cnn_bn}
+
+
+def test_every_preset_has_a_torch_twin_here():
+    assert set(TORCH_TWINS) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
 @BOTH_DTYPES
 def test_whole_model_with_loss(rng, name, dtype):
-    """Model + cross-entropy, forward and backward, against the torch model with the same weights."""
-    ours = getattr(models, name)(rng=rng, dtype=dtype)
+    """Model + cross-entropy, forward and backward, against the torch model with the same weights
+    (training mode: batch normalization on the batch's statistics)."""
+    ours = models.build_model(name, rng=rng, dtype=dtype)
     for layer in ours:
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
             layer.bias.data[...] = 0.1 * rng.standard_normal(layer.bias.shape)
-    theirs = {"cnn": torch_cnn, "mlp": torch_mlp}[name](dtype)
+    theirs = TORCH_TWINS[name](dtype)
     copy_weights(ours, theirs)
 
     # MNIST-like: mostly background, a few bright strokes, normalized.
