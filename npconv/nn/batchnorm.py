@@ -33,7 +33,7 @@ class _BatchNorm(Module):
     estimates stand in for the batch's:
     :math:`y = \\gamma (x - \\text{running\\_mean}) / \\sqrt{\\text{running\\_var} + \\epsilon} + \\beta`.
 
-    Backward, per channel, given ``dy`` (derived in docs/math.md, section 8)::
+    Backward, per channel, given ``dy`` (derived in docs/math.md, section 20)::
 
         dbeta  = sum_i dy_i
         dgamma = sum_i dy_i * xhat_i
