@@ -6,6 +6,8 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
   training set, batching included -- written as a user writes it: an
   ``nn.Sequential`` from :mod:`npconv.models` and ``optim.SGD`` for npconv, the
   same ``torch.nn.Sequential`` and ``torch.optim.SGD`` for PyTorch;
+* ``cnn-bn`` training (the strongest preset: conv-BN-ReLU-pool twice, a BN classifier), seconds per epoch,
+  beside PyTorch running the same architecture (no shifts on either side: the same batches);
 * ``cnn`` inference on the 10,000 test images, batch 1000;
 * peak memory (RSS) of ``npconv train`` on MNIST (one epoch, in a child process);
 * the physical floor: the multiply-adds of one ``cnn`` epoch (forward and
@@ -61,6 +63,8 @@ def npconv_epoch(model_name, x, y, steps, rng):
 def torch_twin(model_name):
     import torch.nn as tnn
 
+    if model_name == "cnn-bn":
+        return torch_cnn_bn()
     if model_name == "cnn":
         return tnn.Sequential(
             tnn.Conv2d(1, 8, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
@@ -68,6 +72,17 @@ def torch_twin(model_name):
             tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10),
         )
     return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10))
+
+
+def torch_cnn_bn():
+    """PyTorch's twin of npconv's ``cnn-bn`` preset (npconv/models/presets.py)."""
+    import torch.nn as tnn
+
+    return tnn.Sequential(
+        tnn.Conv2d(1, 16, 3, padding=1), tnn.BatchNorm2d(16), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(16, 32, 3, padding=1), tnn.BatchNorm2d(32), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Flatten(), tnn.Linear(32 * 7 * 7, 128), tnn.BatchNorm1d(128), tnn.ReLU(), tnn.Linear(128, 10),
+    )
 
 
 def torch_epoch(model_name, x, y, steps, rng):
@@ -166,13 +181,16 @@ def main(argv=None):
     x_test = data.to_float(mnist.test_images, mean, std)
     scale = 600 / args.steps
 
-    labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s"]
+    labels = ["cnn training, s/epoch", "mlp training, s/epoch", "cnn inference, 10k images, s",
+              "cnn-bn training, s/epoch"]
     ours_fns = [lambda: npconv_epoch("cnn", x, y, args.steps, np.random.default_rng(0)) * scale,
                 lambda: npconv_epoch("mlp", x, y, args.steps, np.random.default_rng(0)) * scale,
-                lambda: npconv_inference(x_test)]
+                lambda: npconv_inference(x_test),
+                lambda: npconv_epoch("cnn-bn", x, y, args.steps, np.random.default_rng(0)) * scale]
     theirs_fns = [lambda: torch_epoch("cnn", x, y, args.steps, np.random.default_rng(0)) * scale,
                   lambda: torch_epoch("mlp", x, y, args.steps, np.random.default_rng(0)) * scale,
-                  lambda: torch_inference(x_test)]
+                  lambda: torch_inference(x_test),
+                  lambda: torch_epoch("cnn-bn", x, y, args.steps, np.random.default_rng(0)) * scale]
 
     # Rounds, each timing every workload with npconv and then with PyTorch: timings on a
     # shared machine drift over minutes, and interleaving puts both sides under the same

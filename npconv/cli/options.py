@@ -11,7 +11,7 @@ language (:func:`error_message`).
 import argparse
 
 from ..errors import RunFolderTaken, SettingError
-from ..train.settings import SETTINGS
+from ..train.settings import MODEL_DEFAULTS, SETTINGS
 
 #: Parameters of library functions that have a flag of another name.
 _FLAGS = {"out_dir": "--out", "run_dir": "--resume", "plot_path": "--out"}
@@ -43,7 +43,9 @@ def _help(spec):
         return f"{spec.help} (default: {'on' if default else 'off'})"
     if default is None:
         return spec.help
-    return f"{spec.help} (default: {default})"
+    own = "".join(f"; {values[spec.name]} for {model}" for model, values in MODEL_DEFAULTS.items()
+                  if spec.name in values)
+    return f"{spec.help} (default: {default}{own})"
 
 
 def add_train_options(parser):
