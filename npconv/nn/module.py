@@ -56,7 +56,25 @@ def grad_enabled():
     return _grad_enabled
 
 
-class Parameter:
+class _State:
+    """An array a module owns and saves in its ``state_dict``: a :class:`Parameter` or a :class:`Buffer`."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Parameter(_State):
     """A trainable array and the gradient of the loss with respect to it.
 
     Attributes
@@ -68,22 +86,11 @@ class Parameter:
     """
 
     def __init__(self, data):
-        self.data = data
+        super().__init__(data)
         self.grad = B.xp.zeros_like(data)
 
-    @property
-    def shape(self):
-        return self.data.shape
 
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
-
-
-class Buffer:
+class Buffer(_State):
     """A state array saved with the model but not trained (e.g. batch normalization's running mean).
 
     The layer that owns it updates ``data`` in place during a training-mode
@@ -94,20 +101,6 @@ class Buffer:
     data : array
         The values (any dtype: running statistics are floats, a batch count is an int64 scalar).
     """
-
-    def __init__(self, data):
-        self.data = data
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    def __repr__(self):
-        return f"Buffer(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
 class Module:
@@ -206,7 +199,7 @@ class Module:
         Every module then checks the values it was given (:meth:`check_state`:
         a negative running variance, say); any problem is a ``ValueError``.
         """
-        own = {name: v for kind in (Parameter, Buffer) for name, v in self._named(kind)}
+        own = dict(self._named(_State))
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import small_bn_net, write_model_file
+
 from npconv.cli import main
 from npconv.data import load_dataset
 from npconv.data.images import preprocess
@@ -223,30 +225,9 @@ def test_predict_rejects_a_truncated_image(trained_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "not a readable image" in err, err
 
 
-NET = """
-[[layer]]
-type = "conv2d"
-out_channels = 4
-kernel_size = 3
-padding = 1
-[[layer]]
-type = "batchnorm2d"
-[[layer]]
-type = "relu"
-[[layer]]
-type = "maxpool2d"
-kernel_size = 2
-[[layer]]
-type = "flatten"
-[[layer]]
-type = "linear"
-out_features = 10
-"""
-
-
 def test_a_model_file_trains_and_its_run_evaluates_and_predicts_without_it(tmp_path, mnist, capsys):
     net = tmp_path / "net.toml"
-    net.write_text(NET)
+    write_model_file(net, small_bn_net())
     out = tmp_path / "run"
     assert main(["train", "--model", str(net), *SMALL, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -262,7 +243,7 @@ def test_a_model_file_trains_and_its_run_evaluates_and_predicts_without_it(tmp_p
 
 def test_a_bad_model_file_gives_one_line_naming_the_file_and_the_layer(tmp_path):
     net = tmp_path / "net.toml"
-    net.write_text(NET.replace("kernel_size = 3", "kernel_size = 31"))
+    write_model_file(net, [{**small_bn_net()[0], "kernel_size": 31}, *small_bn_net()[1:]])
     result = run_cli("train", "--model", str(net), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr == (f"npconv: error: --model {net}: layer 1 (conv2d): on its 1x28x28 input: height: input "

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from conftest import small_bn_net, write_model_file
+
 from npconv.errors import NpconvError
 from npconv.train import TrainConfig
 from npconv.experiments.results import TIMING_COLUMNS
@@ -238,27 +240,9 @@ def test_scheduler_without_dask_names_the_extra(tmp_path):
     assert not out.exists(), "nothing is written when the executor cannot start"
 
 
-NET = """
-[[layer]]
-type = "conv2d"
-out_channels = 2
-kernel_size = 5
-stride = 3
-[[layer]]
-type = "batchnorm2d"
-[[layer]]
-type = "relu"
-[[layer]]
-type = "flatten"
-[[layer]]
-type = "linear"
-out_features = 10
-"""
-
-
 def test_a_sweep_over_model_files_names_runs_by_file_and_keys_them_by_architecture(tmp_path):
-    (tmp_path / "a.toml").write_text(NET)
-    (tmp_path / "b.toml").write_text(NET.replace("out_channels = 2", "out_channels = 3"))
+    write_model_file(tmp_path / "a.toml", small_bn_net(channels=2))
+    write_model_file(tmp_path / "b.toml", small_bn_net(channels=3))
     grid = parse_grid({**TINY, "model": f"{tmp_path / 'a.toml'},{tmp_path / 'b.toml'}"})
     out = tmp_path / "sweep"
     first = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet)
@@ -267,7 +251,7 @@ def test_a_sweep_over_model_files_names_runs_by_file_and_keys_them_by_architectu
     recorded = json.loads((out / "runs" / os.path.basename(first[0].folder.path) / "config.json").read_text())
     assert recorded["model_layers"][0]["out_channels"] == 2
 
-    (tmp_path / "a.toml").write_text(NET.replace("out_channels = 2", "out_channels = 4"))
+    write_model_file(tmp_path / "a.toml", small_bn_net(channels=4))
     second = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet, estimate=False)
     assert second[0].key != first[0].key and not second[0].reused, "a.toml changed: another run"
     assert second[1].key == first[1].key and second[1].reused, "b.toml did not change: its run is reused"

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import small_bn_net, write_model_file
+
 from npconv.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from npconv.train.runfolder import CHECKPOINT_FILE
 from npconv.cli import main
@@ -146,42 +148,15 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
     assert_same_run(tmp_path / "three", tmp_path / "run")
 
 
-BN_NET = """
-[[layer]]
-type = "conv2d"
-out_channels = 4
-kernel_size = 3
-[[layer]]
-type = "batchnorm2d"
-[[layer]]
-type = "relu"
-[[layer]]
-type = "maxpool2d"
-kernel_size = 2
-[[layer]]
-type = "flatten"
-[[layer]]
-type = "linear"
-out_features = 32
-[[layer]]
-type = "batchnorm1d"
-[[layer]]
-type = "relu"
-[[layer]]
-type = "linear"
-out_features = 10
-"""
-
-
 def test_a_model_file_network_with_batch_norm_and_shifts_resumes_bit_identical_without_its_file(tmp_path):
     """Running statistics and the data generator's shift draws are restored; the .toml is not needed again."""
     net = tmp_path / "bn-net.toml"
-    net.write_text(BN_NET)
+    write_model_file(net, small_bn_net(hidden=32))
     settings = {"model": str(net), "train_subset": 300, "epochs": 3, "batch_size": 30, "augment_shift": 2, "seed": 4}
     run_training(make_config(settings), tmp_path / "reference", **QUIET)
     with pytest.raises(Interrupted):
         run_training(make_config(settings), tmp_path / "run", progress=False, log=_stop_at(1))
-    net.write_text(BN_NET.replace("out_features = 32", "out_features = 8"))  # changed: the run must not read it
+    write_model_file(net, small_bn_net(hidden=8))  # changed: the run must not read it again
     assert resume_training(tmp_path / "run", **QUIET).status == "completed"
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert_same_checkpoint(tmp_path / "reference" / CHECKPOINT_FILE, tmp_path / "run" / CHECKPOINT_FILE)

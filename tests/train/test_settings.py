@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from conftest import write_model_file
+
 from npconv.errors import SettingError
 from npconv.experiments.study import parse_study
 from npconv.experiments.sweep import parse_values
@@ -109,18 +111,8 @@ def test_run_keys_of_the_first_settings_are_stable():
 
 # --- model files and the presets' own defaults ---------------------------------------------------
 
-NET = """
-[[layer]]
-type = "flatten"
-[[layer]]
-type = "linear"
-out_features = 32
-[[layer]]
-type = "relu"
-[[layer]]
-type = "linear"
-out_features = 10
-"""
+NET = [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "relu"},
+       {"type": "linear", "out_features": 10}]
 
 
 def test_a_model_file_is_read_once_and_its_architecture_keys_the_run(tmp_path):
@@ -129,14 +121,14 @@ def test_a_model_file_is_read_once_and_its_architecture_keys_the_run(tmp_path):
     from npconv.experiments.sweep import run_key
 
     path = tmp_path / "net.toml"
-    path.write_text(NET)
+    write_model_file(path, NET)
     config = make_config({"model": str(path)})
     config.validate()
     assert config.model_layers[1] == {"type": "linear", "in_features": 784, "out_features": 32}
     key = run_key(config, "d" * 64)
     assert config.canonical()["model_layers"] == config.model_layers
 
-    path.write_text(NET.replace("out_features = 32", "out_features = 64"))
+    write_model_file(path, [NET[0], {**NET[1], "out_features": 64}, *NET[2:]])
     changed = make_config({"model": str(path)})
     changed.validate()
     assert run_key(changed, "d" * 64) != key, "another architecture in the same file is another run"
@@ -149,7 +141,7 @@ def test_a_model_file_is_read_once_and_its_architecture_keys_the_run(tmp_path):
 
 def test_a_bad_model_file_is_a_setting_error_naming_the_file_and_the_layer(tmp_path):
     path = tmp_path / "net.toml"
-    path.write_text(NET.replace('type = "flatten"', 'type = "relu"'))
+    write_model_file(path, [{"type": "relu"}, *NET[1:]])
     with pytest.raises(SettingError) as e:
         make_config({"model": str(path)}).validate()
     assert e.value.name == "model"
@@ -168,7 +160,7 @@ def test_layers_belong_to_model_files_only():
 ])
 def test_dropout_goes_only_where_the_model_has_such_layers(tmp_path, monkeypatch, model, dropout_at, fits):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "net.toml").write_text(NET)
+    write_model_file(tmp_path / "net.toml", NET)
     config = make_config({"model": model, "dropout": 0.2, "dropout_at": dropout_at})
     if fits:
         config.validate()
