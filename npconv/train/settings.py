@@ -21,9 +21,9 @@ Everything else is derived from this table, never written again:
 Adding a setting is one field here plus the code that uses it.
 
 ``model`` accepts a preset's name or the path of a model file (a ``.toml``
-file that lists layers, :mod:`npconv.models.spec`). :meth:`TrainConfig.validate`
-reads such a file once and keeps its layers, checked and normalized, in the
-config's one field that is not a setting, ``model_layers``: that is what the
+file that lists layers, :mod:`npconv.models.spec`). A :class:`TrainConfig`
+reads such a file when it is made, once, and keeps its layers, checked and
+normalized, in its one field that is not a setting, ``model_layers``: that is what the
 run folder records and builds its model from, so a run (resumed, evaluated,
 trained by a sweep worker on another machine) never reads the file again, and
 a run's key changes when the file's architecture does.
@@ -213,27 +213,36 @@ class TrainConfig:
     augment_shift: int = setting(0, "data augmentation: shift each training image by up to N pixels in each "
                                     "direction, drawn anew every epoch (0: off)", low=0, high=MAX_SHIFT,
                                  keyed_at_default=False, metavar="N")
-    #: Not a setting: the layers of a model file, read and checked by validate(); None for a preset.
+    #: Not a setting: the layers of a model file, read when the config is made; None for a preset.
     model_layers: list | None = field(default=None, metadata={"derived": True})
 
-    def validate(self):
-        """Raise :class:`~npconv.errors.SettingError` naming the first setting out of its range.
+    def __post_init__(self):
+        """A model file is read here, once: its layers, checked and normalized, go into ``model_layers``.
 
-        A model file is read here, once: its layers, checked and normalized, go
-        into ``model_layers`` (a config that already has them, read back from a
-        run folder, does not read the file again).
+        So every config of a model file carries its architecture. A config
+        that already has them (read back from a run folder, or sent to a sweep
+        worker) does not read the file again.
         """
+        if is_model_file(self.model) and self.model_layers is None:
+            classes = data.DATASETS[self.dataset].classes if self.dataset in data.DATASETS else None
+            try:
+                self.model_layers = model_layers(self.model, None, None if classes is None else len(classes))
+            except ModelSpecError as e:
+                raise SettingError("model", str(e)) from None
+
+    def validate(self):
+        """Raise :class:`~npconv.errors.SettingError` naming the first setting out of its range."""
         for spec in SETTINGS.values():
             spec.check(getattr(self, spec.name))
-        num_classes = len(data.DATASETS[self.dataset].classes)
         if not is_model_file(self.model):
             if self.model_layers is not None:
                 raise SettingError("model", f"{self.model} is a preset: model_layers are for a model file only")
-        else:
-            try:  # layers recorded earlier are checked again, never read from the file
-                self.model_layers = model_layers(self.model, self.model_layers, num_classes)
+        else:  # the layers it records, checked again (they may come from a file on disk), never read anew
+            try:
+                self.model_layers = model_layers(self.model, self.model_layers,
+                                                 len(data.DATASETS[self.dataset].classes))
             except ModelSpecError as e:
-                raise SettingError("model", str(e) if self.model_layers is None else f"{self.model}: {e}") from None
+                raise SettingError("model", f"{self.model}: {e}") from None
         if self.dropout > 0 and not dropout_fits(self.model, self.dropout_at, self.model_layers):
             if self.model == "mlp":
                 raise SettingError("dropout_at", f"must be before-fc for the mlp model (it has no conv or pool "
