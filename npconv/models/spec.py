@@ -72,8 +72,10 @@ from ..nn._utils import output_size
 INPUT_SHAPE = (1, 28, 28)
 #: Most layers a model may list.
 MAX_LAYERS = 1000
-#: Most parameters a model may have (400 MB in float32): a guard against a file that asks for absurd sizes.
+#: Most parameters a model may have (400 MB in float32), and most values a layer's output may have per image
+#: (4 MB): guards against a file that asks for absurd sizes, checked before anything is allocated.
 MAX_PARAMETERS = 100_000_000
+MAX_VALUES_PER_IMAGE = 1_000_000
 
 REQUIRED, INFERRED = "required", "inferred"
 
@@ -189,6 +191,9 @@ def check_layers(layers, num_classes=None, input_shape=INPUT_SHAPE):
         parameters += count
         if parameters > MAX_PARAMETERS:
             raise ModelSpecError(f"layer {k} ({layer['type']}): the model has more than {MAX_PARAMETERS} parameters")
+        if math.prod(shape) > MAX_VALUES_PER_IMAGE:
+            raise ModelSpecError(f"layer {k} ({layer['type']}): its output has {math.prod(shape)} values per image, "
+                                 f"more than the {MAX_VALUES_PER_IMAGE} a layer may have")
     if num_classes is not None and shape != (num_classes,):
         last = normalized[-1]["type"]
         raise ModelSpecError(f"layer {len(layers)} ({last}): the model's output is {_shape(shape)}, but the data has "

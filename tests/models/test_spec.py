@@ -95,6 +95,8 @@ BAD_FILES = [
     ("[[layer]]\ntype = 'flatten'\n[[layer]]\ntype = 'linear'\nout_features = 100000\n"
      "[[layer]]\ntype = 'linear'\nout_features = 100000\n",
      "layer 3 (linear): the model has more than 100000000 parameters"),
+    ("[[layer]]\ntype = 'conv2d'\nout_channels = 2000\nkernel_size = 1\n",
+     "layer 1 (conv2d): its output has 1568000 values per image, more than the 1000000 a layer may have"),
     ("layer = []\n", "the layers must be a non-empty list"),
     ("[[layers]]\ntype = 'relu'\n", "unknown top-level key 'layers'; a model file lists [[layer]] tables"),
     ("name = 'x'\n", "unknown top-level key 'name'"),
