@@ -329,6 +329,9 @@ def make_config(settings, where=None):
     values = {}
     for name, value in settings.items():
         spec = SETTINGS.get(name)
+        if name == "model_layers":  # a config's own fields (vars(config)) come back as they were
+            values[name] = value
+            continue
         if spec is None:
             raise SettingError(name, "is not a training setting; known: " + ", ".join(SETTINGS))
         if not spec.has_type(value):
