@@ -34,20 +34,20 @@ Every option and every shape is checked, and a problem names the layer
 ``layer 5 (linear): needs flat input (N, features), gets 64x7x7 images: put a
 flatten layer before it``.
 
-======================  ==============================================================
-``type``                options (default)
-======================  ==============================================================
-``conv2d``              ``out_channels``, ``kernel_size``, ``stride`` (1), ``padding`` (0),
-                        ``in_channels`` (inferred)
-``linear``              ``out_features``, ``in_features`` (inferred)
-``maxpool2d``           ``kernel_size``, ``stride`` (``kernel_size``)
-``avgpool2d``           ``kernel_size``, ``stride`` (``kernel_size``), ``padding`` (0)
-``batchnorm2d``         ``eps`` (1e-5), ``momentum`` (0.1), ``affine`` (true),
-``batchnorm1d``         ``num_features`` (inferred)
-``dropout``             ``p`` (0.5)
-``relu``, ``sigmoid``,  none
+==================================  ======================================================
+``type``                            options (default)
+==================================  ======================================================
+``conv2d``                          ``out_channels``, ``kernel_size``, ``stride`` (1),
+                                    ``padding`` (0), ``in_channels`` (inferred)
+``linear``                          ``out_features``, ``in_features`` (inferred)
+``maxpool2d``                       ``kernel_size``, ``stride`` (``kernel_size``)
+``avgpool2d``                       ``kernel_size``, ``stride`` (``kernel_size``), ``padding`` (0)
+``batchnorm2d``, ``batchnorm1d``    ``eps`` (1e-5), ``momentum`` (0.1), ``affine`` (true),
+                                    ``num_features`` (inferred)
+``dropout``                         ``p`` (0.5)
+``relu``, ``sigmoid``,              none
 ``tanh``, ``flatten``
-======================  ==============================================================
+==================================  ======================================================
 
 ``kernel_size``, ``stride`` and ``padding`` are an integer or a pair
 ``[along H, along W]``. Type names are case-insensitive (``Conv2d`` works).
