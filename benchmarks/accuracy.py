@@ -126,10 +126,12 @@ def main(argv=None):
     epochs = ", ".join(f"{c.model} {c.epochs}" for c in configs)
     print(f"\nMNIST, epochs: {epochs}, npconv train defaults (seed {args.seed}); "
           f"PyTorch {getattr(torch, '__version__', 'absent')}")
-    print("| model | npconv test acc | PyTorch test acc | npconv final train loss | npconv s/epoch | PyTorch s/epoch | time ratio npconv/PyTorch |")
+    print("| model | npconv test acc | PyTorch test acc | npconv final train loss | npconv s/epoch | PyTorch s/epoch "
+          "| time ratio npconv/PyTorch |")
     print("|---|---|---|---|---|---|---|")
     for name, acc, loss, sec, t_acc, t_sec in rows:
-        print(f"| {name} | {100 * acc:.2f} % | {100 * t_acc:.2f} % | {loss:.4f} | {sec:.2f} | {t_sec:.2f} | {sec / t_sec:.2f} |")
+        print(f"| {name} | {100 * acc:.2f} % | {100 * t_acc:.2f} % | {loss:.4f} | {sec:.2f} | {t_sec:.2f} "
+              f"| {sec / t_sec:.2f} |")
     print("summary: " + "; ".join(
         f"{name} {100 * acc:.2f} % (PyTorch {100 * t_acc:.2f} %), {sec:.1f} s/epoch = {sec / t_sec:.2f}x PyTorch"
         for name, acc, _, sec, t_acc, t_sec in rows))
