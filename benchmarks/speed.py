@@ -9,6 +9,8 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
   :class:`~npconv.train.parallel.DataParallel` (fixed chunks, BLAS on one thread,
   threads chosen by timing) and ``optim.SGD``; for PyTorch the same
   ``torch.nn.Sequential`` and ``torch.optim.SGD``, with its default threads;
+* ``cnn-bn`` training (the strongest preset: conv-BN-ReLU-pool twice, a BN classifier), seconds per epoch,
+  beside PyTorch running the same architecture (no shifts on either side: the same batches);
 * ``cnn`` inference on the 10,000 test images, batch 1000 (``no_grad``);
 * peak memory (RSS) of ``npconv train`` on MNIST (one epoch, in a child process);
 * the physical floor: the multiply-adds of one ``cnn`` epoch (forward and backward)
@@ -99,6 +101,10 @@ def torch_twin(model_name):
             tnn.Conv2d(8, 16, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
             tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10)),
         "mlp": lambda: tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10)),
+        "cnn-bn": lambda: tnn.Sequential(  # npconv/models/presets.py's cnn-bn
+            tnn.Conv2d(1, 16, 3, padding=1), tnn.BatchNorm2d(16), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Conv2d(16, 32, 3, padding=1), tnn.BatchNorm2d(32), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Flatten(), tnn.Linear(32 * 7 * 7, 128), tnn.BatchNorm1d(128), tnn.ReLU(), tnn.Linear(128, 10)),
     }
     return twins[model_name]()
 
@@ -193,6 +199,7 @@ WORKLOADS = [
     Workload("cnn training, s/epoch", "cnn", npconv_training, torch_training, loaded=True),
     Workload("mlp training, s/epoch", "mlp", npconv_training, torch_training),
     Workload("cnn inference, 10k images, s", "cnn", npconv_inference, torch_inference, per_epoch=False),
+    Workload("cnn-bn training, s/epoch", "cnn-bn", npconv_training, torch_training),
 ]
 
 

@@ -91,3 +91,35 @@ def fake_gpu(monkeypatch):
         yield fakecupy
     finally:
         backend.use("numpy")
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_model_file(path, layers):
+    """Write ``layers`` (dicts: ``type`` and options) to ``path`` as a TOML model file, as a user writes one.
+
+    Returns the path as a string (what ``--model`` takes).
+    """
+    lines = []
+    for layer in layers:
+        lines += ["[[layer]]", *(f"{key} = {_toml_value(value)}" for key, value in layer.items()), ""]
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def small_bn_net(channels=4, hidden=None):
+    """A small ConvNet with batch normalization as model-file layers: conv 3x3 - BN - ReLU - max-pool - flatten,
+    then (with ``hidden``) Linear - BN1d - ReLU, and a Linear to 10 classes."""
+    layers = [{"type": "conv2d", "out_channels": channels, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
+              {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"}]
+    if hidden:
+        layers += [{"type": "linear", "out_features": hidden}, {"type": "batchnorm1d"}, {"type": "relu"}]
+    return layers + [{"type": "linear", "out_features": 10}]

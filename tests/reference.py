@@ -1,6 +1,7 @@
-"""Naive, loop-based reference implementations of convolution and max pooling.
+"""Naive, loop-based reference implementations of convolution, pooling and batch normalization.
 
-These are the readable versions of :mod:`npconv.nn.conv` and :mod:`npconv.nn.pool`:
+These are the readable versions of :mod:`npconv.nn.conv`, :mod:`npconv.nn.pool`,
+:mod:`npconv.nn.avgpool` and :mod:`npconv.nn.batchnorm`:
 plain loops over output pixels, float64 throughout, no stride tricks, no im2col.
 They are slow and only meant for small test shapes; the fast layers are tested
 against them.
@@ -17,6 +18,8 @@ Conventions (the same as npconv and PyTorch):
 
   (max pooling has no padding: ``OH = (H - KH) // stride + 1``).
 """
+
+import math
 
 import numpy as np
 
@@ -184,3 +187,132 @@ def maxpool_backward(dy, argmax, x_shape):
                     row, col = argmax[ni, ci, i, j]
                     dx[ni, ci, row, col] += dy[ni, ci, i, j]
     return dx
+
+
+def avgpool_forward(x, kernel_size, stride=None, padding=0):
+    """Average pooling; zero padding counts in the average (PyTorch's ``count_include_pad=True``).
+
+    ::
+
+        y[n, c, i, j] = (1 / (KH*KW)) * sum_{u < KH, v < KW} x_p[n, c, i*s_h + u, j*s_w + v]
+
+    Returns
+    -------
+    y : (N, C, OH, OW), float64
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    ph, pw = _pair(padding)
+    oh, ow = conv2d_output_size(h, w, (kh, kw), (sh, sw), (ph, pw))
+    xp = _pad(x, ph, pw)
+    y = np.zeros((n, c, oh, ow), dtype=np.float64)
+    for ni in range(n):
+        for ci in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    total = 0.0
+                    for u in range(kh):
+                        for v in range(kw):
+                            total += xp[ni, ci, i * sh + u, j * sw + v]
+                    y[ni, ci, i, j] = total / (kh * kw)
+    return y
+
+
+def avgpool_backward(dy, x_shape, kernel_size, stride=None, padding=0):
+    """Every entry of a window receives an equal share of the window's gradient::
+
+        dx_p[n, c, i*s_h + u, j*s_w + v] += dy[n, c, i, j] / (KH*KW)     for every u < KH, v < KW
+
+    and ``dx`` is ``dx_p`` without the padding.
+
+    Returns
+    -------
+    dx : x_shape, float64
+    """
+    dy = np.asarray(dy, dtype=np.float64)
+    n, c, h, w = x_shape
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    ph, pw = _pair(padding)
+    _, _, oh, ow = dy.shape
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.float64)
+    for ni in range(n):
+        for ci in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    for u in range(kh):
+                        for v in range(kw):
+                            dxp[ni, ci, i * sh + u, j * sw + v] += dy[ni, ci, i, j] / (kh * kw)
+    return dxp[:, :, ph : ph + h, pw : pw + w]
+
+
+def _channel_indices(shape):
+    """For (N, C) or (N, C, H, W) arrays: per channel, the index of every value that belongs to it."""
+    per_channel = [[] for _ in range(shape[1])]
+    for index in np.ndindex(*shape):
+        per_channel[index[1]].append(index)
+    return per_channel
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """Batch normalization in training mode, one channel at a time, with plain loops.
+
+    For each channel, over its M values (all of the batch's, and every pixel's for images)::
+
+        mean = sum(x) / M
+        var  = sum((x - mean)^2) / M          (biased)
+        y    = gamma * (x - mean) / sqrt(var + eps) + beta
+
+    Returns
+    -------
+    y : x's shape, float64
+    mean, var : (C,) float64 -- the batch statistics (``var`` biased)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.zeros_like(x)
+    channels = _channel_indices(x.shape)
+    mean, var = np.zeros(len(channels)), np.zeros(len(channels))
+    for c, indices in enumerate(channels):
+        m = len(indices)
+        mean[c] = sum(x[i] for i in indices) / m
+        var[c] = sum((x[i] - mean[c]) ** 2 for i in indices) / m
+        for i in indices:
+            y[i] = gamma[c] * (x[i] - mean[c]) / math.sqrt(var[c] + eps) + beta[c]
+    return y, mean, var
+
+
+def batchnorm_backward(dy, x, gamma, eps=1e-5):
+    """Gradients of training-mode batch normalization, by the chain rule one stage at a time.
+
+    Not the compact formula npconv uses: this walks back through the forward's
+    stages (xhat, then var, then mean), as a computational graph does::
+
+        dxhat_i = dy_i * gamma
+        dvar    = sum_i dxhat_i * (x_i - mean) * (-1/2) * (var + eps)^(-3/2)
+        dmean   = sum_i dxhat_i * (-1 / sqrt(var + eps))  +  dvar * sum_i (-2 (x_i - mean)) / M
+        dx_i    = dxhat_i / sqrt(var + eps) + dvar * 2 (x_i - mean) / M + dmean / M
+        dgamma  = sum_i dy_i * xhat_i,    dbeta = sum_i dy_i
+
+    Returns
+    -------
+    dx : x's shape, dgamma : (C,), dbeta : (C,), all float64
+    """
+    dy, x = np.asarray(dy, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    dx = np.zeros_like(x)
+    channels = _channel_indices(x.shape)
+    dgamma, dbeta = np.zeros(len(channels)), np.zeros(len(channels))
+    for c, indices in enumerate(channels):
+        m = len(indices)
+        mean = sum(x[i] for i in indices) / m
+        var = sum((x[i] - mean) ** 2 for i in indices) / m
+        std = math.sqrt(var + eps)
+        dxhat = {i: dy[i] * gamma[c] for i in indices}
+        dvar = sum(dxhat[i] * (x[i] - mean) for i in indices) * -0.5 * (var + eps) ** -1.5
+        dmean = sum(-dxhat[i] / std for i in indices) + dvar * sum(-2 * (x[i] - mean) for i in indices) / m
+        for i in indices:
+            dx[i] = dxhat[i] / std + dvar * 2 * (x[i] - mean) / m + dmean / m
+            dgamma[c] += dy[i] * (x[i] - mean) / std
+            dbeta[c] += dy[i]
+    return dx, dgamma, dbeta

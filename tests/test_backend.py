@@ -73,6 +73,9 @@ LAYERS = {
     "Tanh": (lambda dt: nn.Tanh(), (5, 7)),
     "Flatten": (lambda dt: nn.Flatten(), (5, 2, 3, 3)),
     "Dropout": (lambda dt: nn.Dropout(0.3, rng=np.random.default_rng(3)), (5, 40)),
+    "AvgPool2d": (lambda dt: nn.AvgPool2d(2, padding=1), (5, 2, 6, 6)),
+    "BatchNorm2d": (lambda dt: nn.BatchNorm2d(2, dtype=dt), (5, 2, 6, 6)),
+    "BatchNorm1d": (lambda dt: nn.BatchNorm1d(7, dtype=dt), (5, 7)),
 }
 
 

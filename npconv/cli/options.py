@@ -11,7 +11,7 @@ language (:func:`error_message`).
 import argparse
 
 from ..errors import RunFolderTaken, SettingError
-from ..train.settings import SETTINGS
+from ..train.settings import MODEL_DEFAULTS, SETTINGS
 
 #: Parameters of library functions that have a flag of another name.
 _FLAGS = {"out_dir": "--out", "run_dir": "--resume", "plot_path": "--out"}
@@ -32,13 +32,20 @@ def error_message(error):
     return str(error)
 
 
+def _choices(spec):
+    """``cnn|mlp|...|FILE.toml``: a setting's choices as a metavar."""
+    return "|".join(spec.choices) + (f"|FILE{spec.file_suffix}" if spec.file_suffix else "")
+
+
 def _help(spec):
     default = "all" if spec.default is None and spec.name == "train_subset" else spec.default
     if spec.kind is bool:
         return f"{spec.help} (default: {'on' if default else 'off'})"
     if default is None:
         return spec.help
-    return f"{spec.help} (default: {default})"
+    own = "".join(f"; {values[spec.name]} for {model}" for model, values in MODEL_DEFAULTS.items()
+                  if spec.name in values)
+    return f"{spec.help} (default: {default}{own})"
 
 
 def add_train_options(parser):
@@ -49,8 +56,10 @@ def add_train_options(parser):
             name = f"--no-{spec.name.replace('_', '-')}" if off else spec.flag
             parser.add_argument(name, dest=spec.name, action="store_const", const=not off,
                                 help=f"{'do not ' if off else ''}{spec.help}")
-        elif spec.choices is not None:
+        elif spec.choices is not None and not spec.file_suffix:
             parser.add_argument(spec.flag, dest=spec.name, choices=spec.choices, help=_help(spec))
+        elif spec.choices is not None:  # a choice or a file: checked by the settings, not by argparse
+            parser.add_argument(spec.flag, dest=spec.name, metavar=_choices(spec), help=_help(spec))
         else:
             kind = str if spec.kind is str else spec.kind
             parser.add_argument(spec.flag, dest=spec.name, type=kind, metavar=spec.metavar or "X", help=_help(spec))
@@ -60,7 +69,7 @@ def add_grid_options(parser):
     """One grid option per training setting: a comma-separated list of values (``--lr 0.01,0.1``)."""
     for spec in SETTINGS.values():
         if spec.choices is not None:
-            what = "|".join(spec.choices)
+            what = _choices(spec)
         elif spec.kind is bool:
             what = "true|false"
         else:

@@ -1,8 +1,8 @@
 """``npconv train``, ``npconv evaluate`` and ``npconv predict``."""
 
 from ..errors import SettingError
-from ..train import TrainConfig, resume_training, run_training
-from ..train.settings import SETTINGS
+from ..train import resume_training, run_training
+from ..train.settings import SETTINGS, make_config
 from .options import add_train_options, settings_given
 
 
@@ -39,7 +39,7 @@ def cmd_train(args):
     if args.resume is not None:
         summary = resume_training(args.resume, epochs=given.get("epochs"), settings=given, progress=not args.quiet)
     else:
-        summary = run_training(TrainConfig(**given), args.out, progress=not args.quiet)
+        summary = run_training(make_config(given), args.out, progress=not args.quiet)
     print(f"final test accuracy {100 * summary.test_acc:.2f}%  "
           f"({summary.seconds_per_epoch:.1f} s/epoch)  -> {summary.out_dir}")
 

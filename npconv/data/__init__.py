@@ -5,11 +5,13 @@
   their checksums, :func:`load_dataset`.
 - :mod:`npconv.data.loader` -- uint8 images to float (N, 1, H, W), splits,
   subsets, shuffled minibatches.
+- :mod:`npconv.data.augment` -- random shifts of training images.
 
 Every problem with a data file raises :class:`npconv.errors.DataError` whose
 message starts with the path at fault.
 """
 
+from .augment import random_shift
 from .datasets import DATASETS, Dataset, load_dataset
 from .idx import read_idx, write_idx
 from .loader import (
@@ -33,4 +35,5 @@ __all__ = [
     "random_subset",
     "iterate_minibatches",
     "DataLoader",
+    "random_shift",
 ]

@@ -202,16 +202,17 @@ def iterate_minibatches(x, y, batch_size, shuffle=False, rng=None):
     return _batches(x, y, n, batch_size, shuffle, rng)
 
 
-def _batches(x, y, n, batch_size, shuffle, rng):
+def _batches(x, y, n, batch_size, shuffle, rng, augment=None):
     # A separate generator function, so that the argument checks above run
     # at the call rather than at the first next().
     order = rng.permutation(n) if shuffle else None
     for start in range(0, n, batch_size):
         if order is None:
-            yield x[start : start + batch_size], y[start : start + batch_size]
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         else:
             idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
+            xb, yb = x[idx], y[idx]
+        yield (xb if augment is None else augment(xb, rng)), yb
 
 
 class DataLoader:
@@ -231,7 +232,11 @@ class DataLoader:
     shuffle : bool
         New random order each epoch.
     rng : numpy.random.Generator, optional
-        Required when ``shuffle`` is true.
+        Required when ``shuffle`` is true, or with ``augment``.
+    augment : callable, optional
+        ``augment(xb, rng) -> xb``, applied to each batch after it is drawn
+        (e.g. :func:`npconv.data.augment.random_shift`), drawing from ``rng``
+        after the epoch's shuffle: the epochs stay reproducible from the seed.
 
     Examples
     --------
@@ -241,22 +246,23 @@ class DataLoader:
     (3, [4, 4, 2])
     """
 
-    def __init__(self, x, y, batch_size, shuffle=False, rng=None):
+    def __init__(self, x, y, batch_size, shuffle=False, rng=None, augment=None):
         self.num_samples = _check_pair(x, y)
         _check_batch_size(batch_size)
-        if shuffle:
+        if shuffle or augment is not None:
             _check_rng(rng)
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.rng = rng
+        self.augment = augment
 
     def __len__(self):
         """Number of batches per epoch, ``ceil(N / batch_size)``."""
         return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self):
-        return iterate_minibatches(self.x, self.y, self.batch_size, self.shuffle, self.rng)
+        return _batches(self.x, self.y, self.num_samples, self.batch_size, self.shuffle, self.rng, self.augment)
 
 
 def _check_pair(x, y):

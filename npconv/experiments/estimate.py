@@ -44,8 +44,8 @@ def time_steps(config, dataset, steps=TIMED_STEPS):
     dtype = np.dtype(config.dtype)
     x = data.to_float(dataset.train_images[:n], 0.5, 0.25, dtype)
     y = dataset.train_labels[:n]
-    model = build_model(config.model, config.dropout, config.dropout_at, num_classes=len(dataset.classes),
-                        rng=rng, dtype=dtype)
+    model = build_model(config.model, config.dropout, config.dropout_at, layers=config.model_layers,
+                        num_classes=len(dataset.classes), rng=rng, dtype=dtype)
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     optimizer = make_optimizer(config, model.parameters())
     # A setting that will diverge may overflow here already; only its time matters.

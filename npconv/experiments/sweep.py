@@ -14,7 +14,10 @@ Every setting can be swept: a grid's keys are the settings of
 
 **Run keys.** A run is named by the SHA-256 of its full configuration (as
 canonical JSON), the dataset's SHA-256 and npconv's version (:func:`run_key`);
-its folder is ``MODEL-`` plus the key's first 12 hex digits. A run whose
+its folder is ``MODEL-`` plus the key's first 12 hex digits (``MODEL`` a model file's
+name without ``.toml``). The key of a model-file run hashes the file's layers too
+(:meth:`~npconv.train.settings.TrainConfig.canonical`), so it changes when the
+file's architecture changes. A run whose
 folder already holds a summary with status ``completed`` or ``diverged`` is not
 trained again, so an interrupted sweep picks up where it stopped, and sweeps
 (or studies) writing into the same ``OUT`` share their common runs.
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 
 from .. import __version__, data
 from ..errors import NpconvError, SettingError
+from ..models import model_label
 from ..train.interrupt import Interrupted
 from ..train.run import check_subset
 from ..train.runfolder import RunFolder
@@ -68,8 +72,8 @@ def parse_values(name, text):
         if item == "":
             raise SettingError(name, f": empty value in {text!r}")
         value = spec.parse(item)
-        if spec.choices is not None and value not in spec.choices:
-            raise SettingError(name, f": {item!r} is not one of " + ", ".join(spec.choices))
+        if spec.choices is not None and not spec.is_choice(value):
+            raise SettingError(name, f": {item!r} is not {spec.accepted()}")
         if value not in values:
             values.append(value)
     return values
@@ -163,8 +167,8 @@ def plan(configs, out_dir, datasets=None):
             continue
         seen.add(key)
         val_size = int(round(n * config.val_split))  # about what data.train_val_split holds out
-        run = Run(config, key, RunFolder(os.path.join(out_dir, "runs", f"{config.model}-{key[:12]}")),
-                  dataset.sha256, n - val_size, val_size, len(dataset.test_labels))
+        folder = RunFolder(os.path.join(out_dir, "runs", f"{model_label(config.model)}-{key[:12]}"))
+        run = Run(config, key, folder, dataset.sha256, n - val_size, val_size, len(dataset.test_labels))
         summary = _summary_or_none(run.folder)
         if summary is not None and summary.done:
             run.status, run.summary, run.reused = summary.status, summary, True

@@ -10,6 +10,13 @@ A layer is a :class:`Module` with two methods:
   (same shape as ``x``). It never recomputes what forward kept, and never
   changes a weight: only an optimizer (:mod:`npconv.optim`) does that.
 
+A layer may also own **buffers** (:class:`Buffer`): state that is not
+trained but belongs to the model, such as batch normalization's running
+statistics. The layer updates them itself in a training-mode forward pass;
+they are saved and loaded with the parameters (:meth:`Module.state_dict`, under
+PyTorch's names), and optimizers never see them (``parameters()`` does not list
+them).
+
 Gradients accumulate (``grad += ...``) as in PyTorch, so call the optimizer's
 ``zero_grad()`` before each backward pass. Layers with parameters also accept
 ``backward(dy, input_grad=False)``: fill the parameters' gradients but skip
@@ -49,7 +56,25 @@ def grad_enabled():
     return _grad_enabled
 
 
-class Parameter:
+class _State:
+    """An array a module owns and saves in its ``state_dict``: a :class:`Parameter` or a :class:`Buffer`."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Parameter(_State):
     """A trainable array and the gradient of the loss with respect to it.
 
     Attributes
@@ -61,26 +86,29 @@ class Parameter:
     """
 
     def __init__(self, data):
-        self.data = data
+        super().__init__(data)
         self.grad = B.xp.zeros_like(data)
 
-    @property
-    def shape(self):
-        return self.data.shape
 
-    @property
-    def dtype(self):
-        return self.data.dtype
+class Buffer(_State):
+    """A state array saved with the model but not trained (e.g. batch normalization's running mean).
 
-    def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+    The layer that owns it updates ``data`` in place during a training-mode
+    forward pass; it has no gradient and no optimizer touches it.
+
+    Attributes
+    ----------
+    data : array
+        The values (any dtype: running statistics are floats, a batch count is an int64 scalar).
+    """
 
 
 class Module:
     """Base class of every layer, loss and container.
 
-    Subclasses set their parameters and sub-modules as attributes in
-    ``__init__``; :meth:`named_parameters` finds them in definition order.
+    Subclasses set their parameters, buffers and sub-modules as attributes in
+    ``__init__``; :meth:`named_parameters` and :meth:`named_buffers` find them
+    in definition order.
     """
 
     training = True
@@ -115,28 +143,63 @@ class Module:
             if isinstance(value, Module):
                 yield name, value
 
+    def modules(self):
+        """This module and every module below it, depth first, in definition order."""
+        return [module for _, module in self._prefixed_modules()]
+
+    def _prefixed_modules(self, prefix=""):
+        """``(prefix, module)`` for this module and every one below it; ``prefix`` starts each of its names."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child._prefixed_modules(prefix + name + ".")
+
+    def _named(self, kind, prefix=""):
+        """``(dotted_name, obj)`` of every attribute of type ``kind``, own ones first, then each child's."""
+        for name, value in vars(self).items():
+            if isinstance(value, kind):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child._named(kind, prefix + name + ".")
+
     def named_parameters(self, prefix=""):
         """All parameters as ``(dotted_name, Parameter)``, in definition order.
 
         The names are PyTorch's ``state_dict`` keys, e.g. ``"0.weight"``.
         """
-        for name, value in vars(self).items():
-            if isinstance(value, Parameter):
-                yield prefix + name, value
-        for name, child in self.children():
-            yield from child.named_parameters(prefix + name + ".")
+        return self._named(Parameter, prefix)
 
     def parameters(self):
         """All parameters in definition order (what an optimizer takes)."""
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix=""):
+        """All buffers as ``(dotted_name, Buffer)``, e.g. ``("1.running_mean", ...)``, in definition order."""
+        return self._named(Buffer, prefix)
+
+    def buffers(self):
+        """All buffers in definition order."""
+        return [b for _, b in self.named_buffers()]
+
     def state_dict(self):
-        """``{name: array}`` of every parameter's values (the arrays themselves, not copies)."""
-        return {name: p.data for name, p in self.named_parameters()}
+        """``{name: array}`` of every parameter's and buffer's values (the arrays themselves, not copies).
+
+        In PyTorch's order: a module's own parameters, then its own buffers,
+        then each child's, so ``"1.weight", "1.bias", "1.running_mean", "1.running_var",
+        "1.num_batches_tracked"`` for a batch normalization layer at index 1.
+        """
+        state = {}
+        for prefix, module in self._prefixed_modules():
+            for kind in (Parameter, Buffer):
+                state.update((prefix + name, v.data) for name, v in vars(module).items() if isinstance(v, kind))
+        return state
 
     def load_state_dict(self, state):
-        """Copy values into the parameters; names, shapes and dtypes must match exactly."""
-        own = dict(self.named_parameters())
+        """Copy values into the parameters and buffers; names, shapes and dtypes must match exactly.
+
+        Every module then checks the values it was given (:meth:`check_state`:
+        a negative running variance, say); any problem is a ``ValueError``.
+        """
+        own = dict(self._named(_State))
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
@@ -148,17 +211,25 @@ class Module:
             if value.dtype != p.data.dtype:
                 raise ValueError(f"{name}: dtype {value.dtype} does not fit the model's {p.data.dtype}")
             p.data[...] = B.to_device(value)  # a host array (from a file) goes to the backend's device
+        for prefix, module in self._prefixed_modules():
+            module.check_state(prefix)
+
+    def check_state(self, prefix):
+        """Raise ``ValueError`` if loaded values cannot be right for this layer (names start with ``prefix``).
+
+        Nothing to check by default; batch normalization checks its running statistics.
+        """
 
     # --- modes -----------------------------------------------------------
     def train(self, mode=True):
-        """Training mode (dropout active); returns ``self``."""
+        """Training mode (dropout active, batch normalization on batch statistics); returns ``self``."""
         self.training = mode
         for _, child in self.children():
             child.train(mode)
         return self
 
     def eval(self):
-        """Evaluation mode (dropout is the identity); returns ``self``."""
+        """Evaluation mode (dropout is the identity, batch normalization uses running statistics); returns ``self``."""
         return self.train(False)
 
     def zero_grad(self):

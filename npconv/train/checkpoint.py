@@ -5,7 +5,8 @@ A run writes ``checkpoint.npz`` into its folder at the end of every epoch
 state at that epoch boundary:
 
 ======================  ======================================================
-``model.<name>``        every parameter (``model.0.weight``, ...)
+``model.<name>``        every parameter and buffer (``model.0.weight``,
+                        ``model.1.running_mean``, ``model.1.num_batches_tracked``, ...)
 ``optimizer.<key>``     the optimizer's state (``optimizer.step_count``,
                         ``optimizer.momentum.0``, ``optimizer.exp_avg.0``, ...)
 ``__checkpoint__``      a 0-d unicode array holding JSON: ``format``, ``epoch``
@@ -15,8 +16,8 @@ state at that epoch boundary:
                         random generator still in use (``rng.bit_generator.state``)
 ======================  ======================================================
 
-Restoring all of it -- weights, optimizer buffers and step count, the data and
-dropout generators -- and continuing at ``epoch + 1`` repeats exactly the
+Restoring all of it -- weights, batch normalization's running statistics,
+optimizer buffers and step count, the data and dropout generators -- and continuing at ``epoch + 1`` repeats exactly the
 computations an uninterrupted run makes, so the result is bit-identical.
 
 Checkpoints are files like model files: loaded with the same untrusting reader
@@ -131,8 +132,10 @@ def load_checkpoint(path):
     model_state, optimizer_state = {}, {}
     for key, array in arrays.items():
         if key.startswith(_MODEL_PREFIX):
-            if array.dtype.kind != "f" or not np.isfinite(array).all():
-                bad(f"array {key!r} is not finite floating-point weights")
+            # Weights and running statistics are finite floats; a count (num_batches_tracked) is an integer.
+            # Names, shapes and exact dtypes are checked against the run's model in restore().
+            if array.dtype.kind not in "fiu" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+                bad(f"array {key!r} is not finite floating-point weights or an integer count")
             model_state[key[len(_MODEL_PREFIX):]] = array
         elif key.startswith(_OPTIMIZER_PREFIX):
             optimizer_state[key[len(_OPTIMIZER_PREFIX):]] = array

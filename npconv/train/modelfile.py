@@ -2,12 +2,20 @@
 
 Layout of the npz archive (plain arrays only, so it loads with ``allow_pickle=False``):
 
-* one float array per parameter, under its PyTorch-style name (``"0.weight"``, ...);
-* ``"__config__"``: a 0-d unicode string holding JSON -- the model's
-  architecture settings (those marked ``architecture`` in
-  :mod:`npconv.train.settings`: model, dropout, dropout location, dtype), the
-  number and names of the classes, the dataset, and the input normalization
-  used in training.
+* one array per parameter and buffer, under its PyTorch-style ``state_dict``
+  name (``"0.weight"``, ``"1.running_mean"``, ``"1.num_batches_tracked"``, ...);
+* ``"__config__"``: a 0-d unicode string holding JSON -- the ``format``
+  (``npconv-model-2``), the model's architecture settings (those marked
+  ``architecture`` in :mod:`npconv.train.settings`: model, dropout, dropout
+  location, dtype), the layers of a model described by a model file
+  (``model_layers``, :mod:`npconv.models.spec`; null for a preset), the number
+  and names of the classes, the dataset, and the input normalization used in
+  training.
+
+The model is rebuilt from the file alone: a model-file model from the layers
+it recorded, never from the ``.toml`` file, which may have changed or be gone.
+Files of the first format, ``npconv-model-1`` (presets only, no buffers), load
+as before.
 
 Model files get shared between people, so a file is never trusted: the archive
 is read by :func:`npconv.io.npz.read_npz` (no pickles, every header checked
@@ -22,27 +30,30 @@ import numpy as np
 from .. import backend as B
 from ..errors import ModelFileError, SettingError
 from ..io.npz import json_entry, one_line, parse_json_entry, read_npz, write_npz
-from ..models import build_model
+from ..models import ModelSpecError, build_model, check_layers, is_model_file
 from .settings import ARCHITECTURE, SETTINGS
 
 CONFIG_KEY = "__config__"
-FORMAT = "npconv-model-1"
+FORMAT = "npconv-model-2"
+#: The formats this version reads: ``npconv-model-1`` is ``-2`` without ``model_layers`` (and without buffers).
+READABLE_FORMATS = ("npconv-model-1", FORMAT)
 
 #: Largest number of classes a model file may declare.
 MAX_CLASSES = 10_000
 
 
 #: What a model file records beside the architecture settings: the classes, and how inputs were prepared.
-MODEL_FILE_KEYS = (*ARCHITECTURE, "num_classes", "classes", "dataset", "normalize_mean", "normalize_std")
+MODEL_FILE_KEYS = (*ARCHITECTURE, "model_layers", "num_classes", "classes", "dataset", "normalize_mean",
+                   "normalize_std")
 
 
 def model_config(run_config):
     """The part of a run's ``config.json`` that its model file records (:data:`MODEL_FILE_KEYS`)."""
-    return {key: run_config[key] for key in MODEL_FILE_KEYS}
+    return {key: run_config.get(key) for key in MODEL_FILE_KEYS}
 
 
 def save_model(path, model, config):
-    """Write ``model``'s weights and ``config`` (a JSON-able dict) to ``path`` atomically.
+    """Write ``model``'s weights and buffers and ``config`` (a JSON-able dict) to ``path`` atomically.
 
     ``config`` must hold at least the architecture settings
     (:data:`~npconv.train.settings.ARCHITECTURE`: model, dropout, dropout_at, dtype).
@@ -52,12 +63,16 @@ def save_model(path, model, config):
     write_npz(path, arrays)
 
 
-def check_model_config(config, where, error):
+def check_model_config(config, where, error, stored_values=None):
     """Check the architecture of a model config from a file; return build_model's arguments.
 
     The architecture settings (:data:`npconv.train.settings.ARCHITECTURE`) are
     checked as a training run checks them; ``dropout`` and ``dropout_at`` may be
-    absent (no dropout), ``model`` and ``dtype`` may not.
+    absent (no dropout), ``model`` and ``dtype`` may not. A model-file model
+    must record its layers (``model_layers``), which are checked as a model
+    file is; ``stored_values``, the number of values the file holds, bounds the
+    parameters they may declare, so that a hostile config cannot make npconv
+    allocate more than the file itself holds.
     """
     spec = {}
     for name in ARCHITECTURE:
@@ -71,15 +86,30 @@ def check_model_config(config, where, error):
     num_classes = config.get("num_classes", 10)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
         raise error(f"{where}: 'num_classes' must be an integer from 1 to {MAX_CLASSES}, got {num_classes!r}")
-    return dict(name=spec.pop("model"), num_classes=num_classes, **spec)
+    layers = config.get("model_layers")
+    if is_model_file(spec["model"]) or layers is not None:
+        if not is_model_file(spec["model"]):
+            raise error(f"{where}: 'model_layers' is for a model-file model, but the model is {spec['model']!r}")
+        if layers is None:
+            raise error(f"{where}: the model {spec['model']} was described by a model file, but its layers "
+                        "('model_layers') are not recorded")
+        try:
+            checked = check_layers(layers, num_classes)
+        except ModelSpecError as e:
+            raise error(f"{where}: its recorded layers do not work: {e}") from None
+        if stored_values is not None and checked.num_parameters > stored_values:
+            raise error(f"{where}: its layers declare {checked.num_parameters} parameters, but the file holds "
+                        f"only {stored_values} values")
+        layers = checked.layers
+    return dict(name=spec.pop("model"), num_classes=num_classes, layers=layers, **spec)
 
 
 def build_checked_model(arrays, config, where, error):
     """Rebuild the model ``config`` describes and load ``arrays`` into it, checking everything."""
-    spec = check_model_config(config, where, error)
+    spec = check_model_config(config, where, error, stored_values=sum(a.size for a in arrays.values()))
     try:
         model = build_model(
-            spec["name"], spec["dropout"], spec["dropout_at"], num_classes=spec["num_classes"],
+            spec["name"], spec["dropout"], spec["dropout_at"], layers=spec["layers"], num_classes=spec["num_classes"],
             rng=np.random.default_rng(0), dtype=spec["dtype"],
         )
         model.load_state_dict(arrays)
@@ -99,8 +129,9 @@ def load_model(path):
     if CONFIG_KEY not in arrays:
         raise ModelFileError(f"{path}: not an npconv model file (no {CONFIG_KEY} entry)")
     config = parse_json_entry(arrays.pop(CONFIG_KEY), f"{path}: its {CONFIG_KEY} entry", ModelFileError)
-    if config.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unknown model file format {config.get('format')!r} (expected {FORMAT})")
+    if config.get("format") not in READABLE_FORMATS:
+        raise ModelFileError(f"{path}: unknown model file format {config.get('format')!r} "
+                             f"(expected one of {', '.join(READABLE_FORMATS)})")
     for key in ("normalize_mean", "normalize_std"):
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -41,9 +41,20 @@ layer not known to treat each sample on its own (batch normalization in
 training mode, for one, computes statistics over the whole batch), when it has
 no Conv2d or MaxPool2d layer (a few matrix products on the whole batch are
 cheaper than on chunks), or with an array backend other than NumPy (a GPU has
-no use for CPU threads). With a
-Dropout layer active, the chunks run one after another, never on threads: the
+no use for CPU threads). With a Dropout layer active, the chunks run one after another, never on threads: the
 masks come from one generator and must be drawn in chunk order.
+
+**Batch normalization.** In training mode a BatchNorm layer normalizes with the
+mean and variance of the *whole* batch, and every output depends on every
+input of its channel; each chunk's own statistics would be a different
+normalization -- other outputs, other gradients, other running statistics --
+not a rounding difference. Sharing the statistics between threads would need
+the threads to meet inside the layer (sums of every chunk, then the
+normalization), which would make the layers know about threads. So a network
+with batch normalization in training mode is never cut into chunks (at the
+default batch of 100 it then runs as one step, its matrix products on one BLAS
+thread). In evaluation mode a BatchNorm layer uses its running statistics, the
+same for every sample, so inference is cut as usual.
 """
 
 import contextlib
@@ -73,7 +84,16 @@ PIECE = 100
 
 #: Layers that compute each sample on its own, so a batch can be cut into chunks
 #: (Dropout too: its masks are independent per element).
-PER_SAMPLE = (nn.Conv2d, nn.MaxPool2d, nn.Linear, nn.Flatten, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Dropout)
+PER_SAMPLE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Linear, nn.Flatten, nn.ReLU, nn.Sigmoid, nn.Tanh,
+              nn.Dropout)
+
+
+def _per_sample(layer):
+    """Whether ``layer`` computes each sample on its own: one of :data:`PER_SAMPLE`, or a batch
+    normalization in evaluation mode (it then uses its running statistics, the same for every sample)."""
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return not layer.training
+    return isinstance(layer, PER_SAMPLE)
 
 _max_threads = usable_cores()
 _executor = None
@@ -277,7 +297,7 @@ class DataParallel:
         if B.xp is not np or len(x) <= size:
             return None
         layers = list(_layers(self.model))
-        if not all(isinstance(layer, PER_SAMPLE) for layer in layers):
+        if not all(_per_sample(layer) for layer in layers):
             return None
         # A network of Linear layers is a few matrix products on the whole batch: cut into
         # chunks it only makes more calls (the study's mlp: +30 % CPU time per step).

@@ -10,7 +10,8 @@ caller such as a sweep can mark it and go on.
 
 All randomness comes from one seed: :class:`numpy.random.SeedSequence` ``(seed)``
 is split into independent streams for the initial weights, the data (subset,
-validation split, per-epoch shuffling) and the dropout masks, so the same seed
+validation split, per-epoch shuffling, the shifts of ``augment_shift``) and the
+dropout masks, so the same seed
 on the same machine gives the same ``history.csv`` bit for bit (but for the
 ``seconds`` column, which is a wall-clock time) -- also when the run was
 interrupted and resumed at any epoch boundary.
@@ -25,7 +26,7 @@ import numpy as np
 
 from .. import __version__, data, nn, optim
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
-from ..models import build_model
+from ..models import build_model, model_label
 from .checkpoint import restore
 from .health import HealthMonitor, advise, probe_batch
 from .interrupt import Interrupted, deferred_interrupts
@@ -40,14 +41,15 @@ def seed_streams(seed):
     """Three independent generators from one seed: ``(init_rng, data_rng, dropout_rng)``.
 
     ``init`` draws the initial weights; ``data`` the training subset, the
-    validation split and each epoch's shuffle; ``dropout`` the dropout masks.
+    validation split, each epoch's shuffle and each batch's shifts (with
+    ``augment_shift``); ``dropout`` the dropout masks.
     """
     return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
 
 
 def default_out_dir(config, root="runs"):
     """A new folder name under ``root``: ``runs/cnn-mnist-20261127-101500`` (suffixed if taken)."""
-    stem = os.path.join(root, f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stem = os.path.join(root, f"{model_label(config.model)}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     out, n = stem, 1
     while os.path.exists(out):
         n += 1
@@ -129,11 +131,15 @@ def _prepare(config):
         val = (data.to_float(val_images, mean, std, dtype), val_labels)
     x_train = data.to_float(train_images, mean, std, dtype)
     x_test = data.to_float(dataset.test_images, mean, std, dtype)
-    batches = data.DataLoader(x_train, train_labels, config.batch_size, shuffle=True, rng=data_rng)
+    augment = None
+    if config.augment_shift:  # shifted images are filled with the background: a black pixel, standardized
+        background = data.to_float(np.zeros((1, 1, 1), np.uint8), mean, std, dtype).item()
+        augment = lambda xb, rng: data.random_shift(xb, config.augment_shift, background, rng)  # noqa: E731
+    batches = data.DataLoader(x_train, train_labels, config.batch_size, shuffle=True, rng=data_rng, augment=augment)
 
     num_classes = len(dataset.classes)
     model = build_model(
-        config.model, config.dropout, config.dropout_at, num_classes=num_classes,
+        config.model, config.dropout, config.dropout_at, layers=config.model_layers, num_classes=num_classes,
         rng=init_rng, dtype=dtype,
     )
     # One generator for every dropout layer, separate from the data's.
@@ -241,8 +247,9 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
                                          f"already completed, got {config.epochs}")
 
         run = _prepare(config)
+        recorded = {**asdict(config), **saved}  # a setting added since the run started: at its default
         changed = [k for k in run.full_config
-                   if k not in ("epochs", "npconv_version") and run.full_config[k] != saved.get(k)]
+                   if k not in ("epochs", "npconv_version") and run.full_config[k] != recorded.get(k)]
         if changed:
             raise CheckpointError(
                 f"{folder.path}: {', '.join(changed)} differ from when the run started "

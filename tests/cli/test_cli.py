@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import small_bn_net, write_model_file
+
 from npconv.cli import main
 from npconv.data import load_dataset
 from npconv.data.images import preprocess
@@ -135,7 +137,7 @@ def test_mlp_with_adam_and_validation_split(tmp_path):
         (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--epochs", "0"], "--epochs must be an integer >= 1"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
-        (["--model", "resnet"], "invalid choice"),
+        (["--model", "resnet"], "--model must be one of cnn, mlp, lenet5, cnn-bn, or a .toml file, got 'resnet'"),
         (["--dataset", "cifar"], "invalid choice"),
         (["--model", "mlp", "--dropout", "0.2", "--dropout-at", "before-conv"], "before-fc for the mlp model"),
         (["--data-dir", "/nonexistent/folder"], "no such directory"),
@@ -221,3 +223,29 @@ def test_predict_rejects_a_truncated_image(trained_run, tmp_path, capsys):
     assert main(["predict", str(trained_run / "model.npz"), str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a readable image" in err, err
+
+
+def test_a_model_file_trains_and_its_run_evaluates_and_predicts_without_it(tmp_path, mnist, capsys):
+    net = tmp_path / "net.toml"
+    write_model_file(net, small_bn_net())
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(net), *SMALL, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == str(net) and config["model_layers"][1]["type"] == "batchnorm2d"
+    net.unlink()  # the run folder and model.npz record the architecture itself
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.npz")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"accuracy {100 * summary['test_acc']:.2f}%" in capsys.readouterr().out
+    Image.fromarray(mnist.test_images[0]).save(tmp_path / "digit.png")
+    assert main(["predict", str(out / "model.npz"), str(tmp_path / "digit.png")]) == 0
+
+
+def test_a_bad_model_file_gives_one_line_naming_the_file_and_the_layer(tmp_path):
+    net = tmp_path / "net.toml"
+    write_model_file(net, [{**small_bn_net()[0], "kernel_size": 31}, *small_bn_net()[1:]])
+    result = run_cli("train", "--model", str(net), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr == (f"npconv: error: --model {net}: layer 1 (conv2d): on its 1x28x28 input: height: input "
+                             "size 28 (padded 30) is smaller than the kernel size 31\n")
+    assert not (tmp_path / "run").exists()

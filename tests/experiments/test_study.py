@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import small_bn_net, write_model_file
+
 from npconv.errors import NpconvError
 from npconv.experiments.study import Published, config_id, load_study, shrink, study_cells
 from npconv.experiments.sweep import run_sweep
@@ -173,3 +175,15 @@ def test_study_again_reuses_every_run(tiny_study):
     again = run_cli("study", "--config", str(folder / "tiny.toml"), "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr
     assert "10 runs reused" in (out / "REPORT.md").read_text() or "(10 reused" in (out / "REPORT.md").read_text()
+
+
+def test_a_study_compares_presets_and_model_files(tmp_path):
+    net = write_model_file(tmp_path / "net.toml", small_bn_net())
+    path = tmp_path / "study.toml"
+    path.write_text(TINY_STUDY.replace('models = ["cnn", "mlp"]', f'models = ["lenet5", "cnn-bn", "{net}"]'))
+    cells = [c for c in study_cells(load_study(path)) if c.section == "models"]
+    configs = {c.row: c.config for c in cells if c.seed == 0}
+    assert set(configs) == {"lenet5", "cnn-bn", net}
+    assert configs["cnn-bn"].augment_shift == 2, "a preset's own defaults fill what the baseline does not set"
+    assert configs["cnn-bn"].epochs == 2, "the baseline's settings win over a preset's defaults"
+    assert configs[net].model_layers[1]["type"] == "batchnorm2d", "a model file's config carries its layers"

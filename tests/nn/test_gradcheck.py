@@ -100,6 +100,34 @@ def test_maxpool2d_gradcheck(rng, kernel_size, stride, hw):
     assert_gradcheck(layer, x, rng, expected_keys={"x"})
 
 
+# --- AvgPool2d ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, None, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 0))],
+                         ids=str)
+def test_avgpool2d_gradcheck(rng, kernel_size, stride, padding):
+    layer = nn.AvgPool2d(kernel_size, stride=stride, padding=padding)
+    assert_gradcheck(layer, rng.standard_normal((2, 3, 7, 5)), rng, expected_keys={"x"})
+
+
+# --- BatchNorm1d, BatchNorm2d ----------------------------------------------------
+
+@pytest.mark.parametrize("layer_class, shape", [(nn.BatchNorm1d, (6, 4)), (nn.BatchNorm1d, (3, 4, 5)),
+                                                (nn.BatchNorm2d, (3, 4, 5, 3))], ids=str)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=lambda a: f"affine={a}")
+def test_batchnorm_gradcheck(rng, layer_class, shape, mode, affine):
+    """In training mode every output depends on every input of its channel (through the batch mean and variance)."""
+    layer = layer_class(shape[1], affine=affine, dtype=F64)
+    if affine:
+        layer.weight.data[...] = rng.standard_normal(shape[1])
+        randomize_bias(layer, rng)
+    layer.running_mean.data[...] = rng.standard_normal(shape[1])
+    layer.running_var.data[...] = rng.uniform(0.5, 2.0, shape[1])
+    layer.train(mode == "train")
+    x = 2 * rng.standard_normal(shape) + 1
+    assert_gradcheck(layer, x, rng, expected_keys={"x", "weight", "bias"} if affine else {"x"})
+
+
 # --- element-wise layers --------------------------------------------------------
 
 def test_relu_gradcheck(rng):
@@ -165,7 +193,8 @@ def sampled_gradcheck(model, x, rng, samples_per_array=12, h=1e-6):
     The full numerical gradient of the cnn would take ~100k forward passes; a
     random sample of entries of every array checks each one with a few dozen.
     The loss is ``sum(model(x) * dy)`` for a random ``dy``, as in ``check_layer``.
-    Returns ``{name: (relative error, norm of the sampled analytic gradient)}``.
+    Returns ``{name: (relative error, norm of the sampled analytic gradient,
+    largest sampled numeric gradient)}``.
     """
     dy = rng.standard_normal(model(x).shape)
 
@@ -181,25 +210,34 @@ def sampled_gradcheck(model, x, rng, samples_per_array=12, h=1e-6):
         picks = rng.choice(array.size, size=min(samples_per_array, array.size), replace=False)
         numeric = numerical_gradient(f, array, h, indices=picks)
         sampled = analytic.reshape(-1)[picks]
-        results[name] = (relative_error(sampled, numeric), float(np.linalg.norm(sampled)))
+        results[name] = (relative_error(sampled, numeric), float(np.linalg.norm(sampled)),
+                         float(np.max(np.abs(numeric))))
     return results
 
 
-@pytest.mark.parametrize("builder", [models.cnn, models.mlp], ids=lambda b: b.__name__)
-def test_model_gradcheck_sampled(rng, builder):
-    model = builder(rng=rng, dtype=F64)
+@pytest.mark.parametrize("name", models.MODELS)
+def test_model_gradcheck_sampled(rng, name):
+    """Every preset, in training mode (batch normalization on the batch's statistics)."""
+    model = models.build_model(name, rng=rng, dtype=F64)
     randomize_output_layer(model, rng)
     for layer in model:
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
             randomize_bias(layer, rng)
-    x = rng.standard_normal((2, 1, 28, 28))
+    x = rng.standard_normal((3, 1, 28, 28))
     results = sampled_gradcheck(model, x, rng)
     assert set(results) == {"x"} | {name for name, _ in model.named_parameters()}
-    bad = {name: err for name, (err, _) in results.items() if not err < TOL}
-    assert not bad, f"{builder.__name__}: relative error above {TOL:g} for {bad}"
+    # A bias right before a batch normalization has no effect at all (the normalization subtracts every
+    # constant per channel): both gradients must be zero, up to rounding, and the relative error means nothing.
+    before_bn = {f"{i}.bias" for i in range(len(model) - 1)
+                 if isinstance(model[i + 1], (nn.BatchNorm1d, nn.BatchNorm2d))}
+    for bias in before_bn:
+        _, analytic_norm, numeric_max = results.pop(bias)
+        assert analytic_norm < 1e-12 and numeric_max < 1e-7, f"{name}: {bias} gets gradient through a batch norm"
+    bad = {layer: err for layer, (err, _, _) in results.items() if not err < TOL}
+    assert not bad, f"{name}: relative error above {TOL:g} for {bad}"
     # A check of all-zero gradients proves nothing: most samples must carry gradient.
-    empty = [name for name, (_, norm) in results.items() if norm == 0]
-    assert not empty, f"{builder.__name__}: sampled analytic gradient is all zero for {empty}"
+    empty = [layer for layer, (_, norm, _) in results.items() if norm == 0]
+    assert not empty, f"{name}: sampled analytic gradient is all zero for {empty}"
 
 
 # --- losses -------------------------------------------------------------------
@@ -281,6 +319,24 @@ def test_checker_catches_wrong_gradient(rng, layer_class, wrong):
     assert errors[wrong] > 1e-2, f"{layer_class.__name__}: the checker missed a wrong {wrong!r} gradient: {errors}"
     right = {name: err for name, err in errors.items() if name != wrong}
     assert all(err < TOL for err in right.values()), f"the correct gradients should still pass: {right}"
+
+
+class BatchNormStatisticsAsConstants(nn.BatchNorm1d):
+    """The classic batch-norm bug: backpropagates as if the batch mean and variance were constants."""
+
+    def backward(self, dy, input_grad=True):
+        x_hat, scale, _, layout = self._saved_tensors()
+        self.bias.grad += dy.sum(axis=0)
+        self.weight.grad += (dy * x_hat.T).sum(axis=0)
+        return dy * scale
+
+
+def test_checker_catches_batchnorm_without_the_statistics_terms(rng):
+    layer = BatchNormStatisticsAsConstants(3, dtype=F64)
+    layer.weight.data[...] = rng.standard_normal(3)
+    errors = check_layer(layer, rng.standard_normal((5, 3)), rng)
+    assert errors["x"] > 1e-2, f"the checker missed dx without the mean and variance terms: {errors}"
+    assert errors["weight"] < TOL and errors["bias"] < TOL, f"the parameter gradients are right: {errors}"
 
 
 def test_numerical_gradient_of_known_function():

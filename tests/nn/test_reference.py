@@ -211,12 +211,43 @@ def test_maxpool2d_output_size_drops_partial_windows(rng):
     assert y.shape == (1, 1, 3, 2), f"output shape {y.shape}, expected (1, 1, 3, 2)"
 
 
+# --- AvgPool2d against the reference -------------------------------------------------------
+
+AVGPOOL_CONFIGS = [(2, None, 0), (2, 1, 0), (3, None, 1), (3, 2, 1), (2, 3, 0), ((2, 3), (1, 2), (1, 0))]
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding", AVGPOOL_CONFIGS, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_avgpool2d_matches_reference(rng, kernel_size, stride, padding, layout):
+    x = rng.standard_normal((2, 3, 7, 6))
+    pool = nn.AvgPool2d(kernel_size, stride=stride, padding=padding)
+    y = pool(in_layout(x, layout))
+    assert_close(y, reference.avgpool_forward(x, kernel_size, stride, padding), "AvgPool2d forward")
+    dy = rng.standard_normal(y.shape)
+    dx = pool.backward(in_layout(dy, layout))
+    assert dx.shape == x.shape, f"dx shape {dx.shape} != x shape {x.shape}"
+    assert_close(dx, reference.avgpool_backward(dy, x.shape, kernel_size, stride, padding), "AvgPool2d dx")
+    if layout == "batch-last":  # the layout of a Conv2d's output is kept both ways: the batch moves fastest
+        assert y.strides[0] == y.itemsize and dx.strides[0] == dx.itemsize, (y.strides, dx.strides)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"kernel_size": 2, "padding": 2}, "padding"),
+                                           ({"kernel_size": 2, "stride": 0}, "stride"),
+                                           ({"kernel_size": 9}, "smaller than the kernel size")], ids=str)
+def test_avgpool2d_rejects_bad_options(rng, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nn.AvgPool2d(**kwargs)(rng.standard_normal((1, 1, 6, 6)))
+
+
 # --- backward before forward ------------------------------------------------------------
 
 LAYER_FACTORIES = {
     "Linear": lambda: nn.Linear(3, 2, rng=np.random.default_rng(0)),
     "Conv2d": lambda: nn.Conv2d(1, 2, 3, rng=np.random.default_rng(0)),
     "MaxPool2d": lambda: nn.MaxPool2d(2),
+    "AvgPool2d": lambda: nn.AvgPool2d(2),
+    "BatchNorm1d": lambda: nn.BatchNorm1d(2),
+    "BatchNorm2d": lambda: nn.BatchNorm2d(2),
     "ReLU": nn.ReLU,
     "Sigmoid": nn.Sigmoid,
     "Tanh": nn.Tanh,
@@ -320,6 +351,9 @@ DTYPE_LAYERS = {
     "Linear": (lambda dt: nn.Linear(12, 5, rng=np.random.default_rng(0), dtype=dt), (4, 12)),
     "Conv2d": (lambda dt: nn.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(0), dtype=dt), (2, 2, 6, 6)),
     "MaxPool2d": (lambda dt: nn.MaxPool2d(2), (2, 2, 6, 6)),
+    "AvgPool2d": (lambda dt: nn.AvgPool2d(3, stride=2, padding=1), (2, 2, 6, 6)),
+    "BatchNorm1d": (lambda dt: nn.BatchNorm1d(12, dtype=dt), (4, 12)),
+    "BatchNorm2d": (lambda dt: nn.BatchNorm2d(2, dtype=dt), (2, 2, 6, 6)),
     "ReLU": (lambda dt: nn.ReLU(), (2, 2, 6, 6)),
     "Sigmoid": (lambda dt: nn.Sigmoid(), (2, 2, 6, 6)),
     "Tanh": (lambda dt: nn.Tanh(), (2, 2, 6, 6)),
@@ -356,7 +390,8 @@ def test_losses_keep_the_output_dtype(rng, dtype):
 @pytest.mark.parametrize("factory", [
     lambda rng, dt: nn.Linear(3, 2, rng=rng, dtype=dt),
     lambda rng, dt: nn.Conv2d(1, 2, 3, rng=rng, dtype=dt),
-], ids=["Linear", "Conv2d"])
+    lambda rng, dt: nn.BatchNorm2d(2, dtype=dt),
+], ids=["Linear", "Conv2d", "BatchNorm2d"])
 def test_parameter_dtypes(rng, factory):
     for requested, expected in [(None, F32), (np.float32, F32), (np.float64, F64), ("float64", F64)]:
         layer = factory(rng, requested)

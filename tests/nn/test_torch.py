@@ -9,7 +9,7 @@ Skipped cleanly when torch is not installed.
 import numpy as np
 import pytest
 
-from npconv import models, nn
+from npconv import models, nn, optim
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -34,8 +34,8 @@ def assert_matches(mine, theirs, what, dtype):
 
 
 def copy_weights(ours, theirs):
-    """Copy every npconv parameter into the torch module of the same state_dict key."""
-    state = {name: torch.from_numpy(p.data.copy()) for name, p in ours.named_parameters()}
+    """Copy every npconv parameter and buffer into the torch module of the same state_dict key."""
+    state = {name: torch.from_numpy(np.array(value)) for name, value in ours.state_dict().items()}
     theirs.load_state_dict(state, strict=True)
 
 
@@ -140,6 +140,86 @@ def test_default_dropout_scales_like_torch_in_float64(rng, torch, p):
     np.testing.assert_allclose(dh, ht.grad.numpy(), rtol=1e-12, atol=0, err_msg="npconv / torch dx")
 
 
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, None, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 0))],
+                         ids=str)
+@BOTH_DTYPES
+def test_avgpool2d(rng, kernel_size, stride, padding, dtype):
+    compare_module(nn.AvgPool2d(kernel_size, stride=stride, padding=padding),
+                   tnn.AvgPool2d(kernel_size, stride=stride, padding=padding), rng.standard_normal((2, 3, 7, 6)), rng,
+                   dtype, f"AvgPool2d({kernel_size}, stride={stride}, padding={padding})")
+
+
+BATCHNORMS = [(nn.BatchNorm1d, tnn.BatchNorm1d, (8, 5)), (nn.BatchNorm1d, tnn.BatchNorm1d, (4, 5, 3)),
+              (nn.BatchNorm2d, tnn.BatchNorm2d, (4, 5, 3, 6))]
+
+
+@pytest.mark.parametrize("ours, theirs, shape", BATCHNORMS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@BOTH_DTYPES
+def test_batchnorm(rng, ours, theirs, shape, mode, dtype):
+    mine = ours(shape[1], dtype=dtype)
+    torch_bn = theirs(shape[1], dtype=TORCH_DTYPE[dtype])
+    mine.weight.data[...] = rng.standard_normal(shape[1])
+    mine.bias.data[...] = rng.standard_normal(shape[1])
+    mine.running_mean.data[...] = rng.standard_normal(shape[1])
+    mine.running_var.data[...] = rng.uniform(0.5, 2, shape[1])
+    mine.train(mode == "train")
+    torch_bn.train(mode == "train")
+    compare_module(mine, torch_bn, 3 * rng.standard_normal(shape) + 1, rng, dtype, f"{ours.__name__} {mode}")
+    for name, value in torch_bn.state_dict().items():  # the running statistics moved the same way
+        assert_matches(mine.state_dict()[name], value, f"{ours.__name__} {name}", dtype)
+
+
+def bn_convnet(ours, dtype, rng=None):
+    """conv - BN2d - ReLU - max-pool - flatten - linear - BN1d - ReLU - linear, in npconv or torch."""
+    if ours:
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, rng=rng, dtype=dtype), nn.BatchNorm2d(4, dtype=dtype), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 5 * 5, 12, rng=rng, dtype=dtype),
+            nn.BatchNorm1d(12, momentum=0.3, dtype=dtype), nn.ReLU(), nn.Linear(12, 10, rng=rng, dtype=dtype))
+    return tnn.Sequential(
+        tnn.Conv2d(1, 4, 3, padding=1), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+        tnn.Linear(100, 12), tnn.BatchNorm1d(12, momentum=0.3), tnn.ReLU(), tnn.Linear(12, 10)).to(TORCH_DTYPE[dtype])
+
+
+@BOTH_DTYPES
+def test_batchnorm_network_trains_like_torch(rng, dtype):
+    """Five SGD steps of a network with both batch norms: at every step the logits, the loss, dx and every
+    parameter gradient agree, and after them every weight and running statistic, and the eval-mode output."""
+    ours, theirs = bn_convnet(True, dtype, rng), bn_convnet(False, dtype)
+    copy_weights(ours, theirs)
+    opt = optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loss_fn = nn.SoftmaxCrossEntropyLoss()
+    for step in range(5):
+        x = rng.standard_normal((6, 1, 10, 10)).astype(dtype)
+        labels = rng.integers(0, 10, size=6)
+        opt.zero_grad()
+        logits = ours(x)
+        loss = loss_fn(logits, labels)
+        dx = ours.backward(loss_fn.backward())
+        opt_t.zero_grad()
+        xt = torch.tensor(x, requires_grad=True)
+        logits_t = theirs(xt)
+        loss_t = tnn.functional.cross_entropy(logits_t, torch.from_numpy(labels))
+        loss_t.backward()
+        assert_matches(logits, logits_t, f"step {step} logits", dtype)
+        assert_matches(loss, loss_t, f"step {step} loss", dtype)
+        assert_matches(dx, xt.grad, f"step {step} dx", dtype)
+        torch_params = dict(theirs.named_parameters())
+        for name, p in ours.named_parameters():
+            assert_matches(p.grad, torch_params[name].grad, f"step {step} grad of {name}", dtype)
+        opt.step()
+        opt_t.step()
+    state = ours.state_dict()
+    assert list(state) == list(theirs.state_dict()), "the same state_dict names in the same order"
+    for name, value in theirs.state_dict().items():
+        assert_matches(state[name], value, f"after 5 steps: {name}", dtype)
+    x = rng.standard_normal((3, 1, 10, 10)).astype(dtype)
+    with nn.no_grad(), torch.no_grad():
+        assert_matches(ours.eval()(x), theirs.eval()(torch.from_numpy(x)), "eval-mode logits", dtype)
+
+
 # --- losses -----------------------------------------------------------------------
 
 @BOTH_DTYPES
@@ -195,15 +275,39 @@ def torch_mlp(dtype):
     return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 128), tnn.ReLU(), tnn.Linear(128, 10)).to(TORCH_DTYPE[dtype])
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def torch_lenet5(dtype):
+    return tnn.Sequential(
+        tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.AvgPool2d(2), tnn.Conv2d(6, 16, 5), tnn.ReLU(),
+        tnn.AvgPool2d(2), tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+        tnn.Linear(84, 10),
+    ).to(TORCH_DTYPE[dtype])
+
+
+def torch_cnn_bn(dtype):
+    return tnn.Sequential(
+        tnn.Conv2d(1, 16, 3, padding=1), tnn.BatchNorm2d(16), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(16, 32, 3, padding=1), tnn.BatchNorm2d(32), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Flatten(), tnn.Linear(32 * 7 * 7, 128), tnn.BatchNorm1d(128), tnn.ReLU(), tnn.Linear(128, 10),
+    ).to(TORCH_DTYPE[dtype])
+
+
+TORCH_TWINS = {"cnn": torch_cnn, "mlp": torch_mlp, "lenet5": torch_lenet5, "cnn-bn": torch_cnn_bn}
+
+
+def test_every_preset_has_a_torch_twin_here():
+    assert set(TORCH_TWINS) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
 @BOTH_DTYPES
 def test_whole_model_with_loss(rng, name, dtype):
-    """Model + cross-entropy, forward and backward, against the torch model with the same weights."""
-    ours = getattr(models, name)(rng=rng, dtype=dtype)
+    """Model + cross-entropy, forward and backward, against the torch model with the same weights
+    (training mode: batch normalization on the batch's statistics)."""
+    ours = models.build_model(name, rng=rng, dtype=dtype)
     for layer in ours:
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
             layer.bias.data[...] = 0.1 * rng.standard_normal(layer.bias.shape)
-    theirs = {"cnn": torch_cnn, "mlp": torch_mlp}[name](dtype)
+    theirs = TORCH_TWINS[name](dtype)
     copy_weights(ours, theirs)
 
     # MNIST-like: mostly background, a few bright strokes, normalized.

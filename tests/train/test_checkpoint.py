@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import small_bn_net, write_model_file
+
 from npconv.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from npconv.train.runfolder import CHECKPOINT_FILE
 from npconv.cli import main
@@ -19,6 +21,7 @@ from npconv.train.interrupt import Interrupted
 from npconv.models import build_model
 from npconv.optim import SGD, Adam
 from npconv.train import TrainConfig, resume_training, run_training
+from npconv.train.settings import make_config
 from npconv.train.loop import EpochStats
 
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -145,6 +148,24 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
     assert_same_run(tmp_path / "three", tmp_path / "run")
 
 
+def test_a_model_file_network_with_batch_norm_and_shifts_resumes_bit_identical_without_its_file(tmp_path):
+    """Running statistics and the data generator's shift draws are restored; the .toml is not needed again."""
+    net = tmp_path / "bn-net.toml"
+    write_model_file(net, small_bn_net(hidden=32))
+    settings = {"model": str(net), "train_subset": 300, "epochs": 3, "batch_size": 30, "augment_shift": 2, "seed": 4}
+    run_training(make_config(settings), tmp_path / "reference", **QUIET)
+    with pytest.raises(Interrupted):
+        run_training(make_config(settings), tmp_path / "run", progress=False, log=_stop_at(1))
+    write_model_file(net, small_bn_net(hidden=8))  # changed: the run must not read it again
+    assert resume_training(tmp_path / "run", **QUIET).status == "completed"
+    assert_same_run(tmp_path / "reference", tmp_path / "run")
+    assert_same_checkpoint(tmp_path / "reference" / CHECKPOINT_FILE, tmp_path / "run" / CHECKPOINT_FILE)
+    with np.load(tmp_path / "run" / "model.npz") as z:
+        assert int(z["1.num_batches_tracked"]) == 30 and z["6.running_var"].shape == (32,)
+    net.unlink()
+    assert main(["evaluate", str(tmp_path / "run" / "model.npz")]) == 0
+
+
 # --- the checkpoint file itself ----------------------------------------------------------------
 
 
@@ -226,6 +247,25 @@ def test_checkpoint_that_does_not_fit_the_model_or_optimizer(tmp_path):
         restore(checkpoint, other, Adam(other.parameters()), {})
     with pytest.raises(CheckpointError, match="no PCG64 state for the 'dropout' random generator"):
         restore(checkpoint, other, SGD(other.parameters(), lr=0.1, momentum=0.9), {"dropout": np.random.default_rng()})
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("model.1.num_batches_tracked", np.array(2.0, np.float32), "1.num_batches_tracked: dtype float32 does not fit"),
+    ("model.1.running_var", -np.ones(16, np.float32), "1.running_var must hold finite values >= 0"),
+    ("model.1.running_mean", np.full(16, np.inf, np.float32), "is not finite floating-point weights"),
+    ("model.1.running_mean", np.array(["x"] * 16), "is not finite floating-point weights or an integer count"),
+])
+def test_a_checkpoint_with_bad_running_statistics_is_refused(tmp_path, name, value, match):
+    model = build_model("cnn-bn", rng=np.random.default_rng(0))
+    opt = SGD(model.parameters(), lr=0.1)
+    path = _save(tmp_path / "c.npz", model, opt, {})
+    with np.load(path) as z:
+        arrays = {**{k: z[k] for k in z.files}, name: value}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    fresh = build_model("cnn-bn", rng=np.random.default_rng(1))
+    with pytest.raises(CheckpointError, match=match.replace("(", r"\(")):
+        restore(load_checkpoint(path), fresh, SGD(fresh.parameters(), lr=0.1), {})
 
 
 # --- divergence --------------------------------------------------------------------------------

@@ -246,3 +246,99 @@ def test_fuzz_npy_headers(tmp_path, header_dtype, header_shape, payload, name):
         load_checkpoint(path)
     except CheckpointError as e:
         assert str(e).startswith(f"{path}: ")
+
+
+# --- buffers and models described by layers ------------------------------------------------------
+
+BN_CONFIG = {**MODEL_CONFIG, "model": "cnn-bn"}
+NET_LAYERS = [{"type": "flatten"}, {"type": "linear", "out_features": 16}, {"type": "batchnorm1d"},
+              {"type": "relu"}, {"type": "linear", "out_features": 10}]
+NET_CONFIG = {**MODEL_CONFIG, "model": "nets/small.toml", "model_layers": NET_LAYERS}
+
+
+def trained_bn_model(name="cnn-bn", layers=None):
+    """A model whose running statistics have moved away from their start (a few training-mode forwards)."""
+    rng = np.random.default_rng(0)
+    model = build_model(name, layers=layers, rng=rng)
+    for _ in range(3):
+        model(rng.standard_normal((8, 1, 28, 28)).astype(np.float32) * 2 + 0.5)
+    return model
+
+
+def bn_arrays(**changes):
+    return {**{k: v.copy() for k, v in trained_bn_model().state_dict().items()}, **changes}
+
+
+def test_buffers_round_trip_and_the_loaded_model_predicts_the_same(tmp_path, rng):
+    model = trained_bn_model()
+    save_model(tmp_path / "bn.npz", model, BN_CONFIG)
+    loaded, config = load_model(tmp_path / "bn.npz")
+    assert config["format"] == FORMAT == "npconv-model-2"
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[name], value, err_msg=name)
+    assert int(loaded.state_dict()["1.num_batches_tracked"]) == 3
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.eval()(x), model.eval()(x))
+
+
+def test_a_model_file_model_is_rebuilt_from_its_recorded_layers_alone(tmp_path, rng):
+    """The .toml named in the config does not exist: the layers recorded in the file are all it takes."""
+    model = trained_bn_model(NET_CONFIG["model"], NET_LAYERS)
+    save_model(tmp_path / "net.npz", model, NET_CONFIG)
+    loaded, config = load_model(tmp_path / "net.npz")
+    assert config["model_layers"] == NET_LAYERS
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.eval()(x), model.eval()(x))
+
+
+def test_a_file_of_the_first_format_still_loads(tmp_path):
+    arrays = {**mlp_arrays(), CONFIG_KEY: np.array(json.dumps({"format": "npconv-model-1", **MODEL_CONFIG}))}
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez(f, **arrays)
+    model, config = load_model(tmp_path / "old.npz")
+    assert config["model"] == "mlp"
+    np.testing.assert_array_equal(model.state_dict()["3.weight"], mlp_arrays()["3.weight"])
+
+
+def _bn(config=BN_CONFIG, drop=(), **changes):
+    def make(path):
+        return write_npz(path, {k: v for k, v in bn_arrays(**changes).items() if k not in drop}, config)
+    return make
+
+
+def _net(config):
+    def make(path):
+        model = build_model("net.toml", layers=NET_LAYERS, rng=np.random.default_rng(0))
+        return write_npz(path, {k: v.copy() for k, v in model.state_dict().items()}, config)
+    return make
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (_bn(**{"1.running_mean": np.zeros(32, np.float32)}), "1.running_mean: shape (32,) does not fit"),
+        (_bn(**{"1.running_var": np.ones(16, np.float64)}), "1.running_var: dtype float64 does not fit"),
+        (_bn(**{"1.num_batches_tracked": np.array(3.0, np.float32)}), "1.num_batches_tracked: dtype float32"),
+        (_bn(**{"1.num_batches_tracked": np.array([3], np.int64)}), "1.num_batches_tracked: shape (1,)"),
+        (_bn(**{"5.running_var": -np.ones(32, np.float32)}), "5.running_var must hold finite values >= 0"),
+        (_bn(**{"10.running_mean": np.full(128, np.nan, np.float32)}), "10.running_mean holds a value that is not"),
+        (_bn(**{"1.num_batches_tracked": np.array(-1, np.int64)}), "num_batches_tracked must be >= 0"),
+        (_bn(drop=["5.running_var"]), "missing ['5.running_var']"),
+        (_bn(**{"1.running_mean": np.array(["x"] * 16)}), "1.running_mean: dtype <U1 does not fit"),
+        (_net({**NET_CONFIG, "model_layers": None}), "its layers ('model_layers') are not recorded"),
+        (_net({**MODEL_CONFIG, "model_layers": NET_LAYERS}), "'model_layers' is for a model-file model"),
+        (_net({**NET_CONFIG, "model_layers": [{"type": "flatten"}, {"type": "linear", "out_features": 100_000},
+                                              {"type": "linear", "out_features": 10}]}),
+         "its layers declare 79500010 parameters, but the file holds only"),
+        (_net({**NET_CONFIG, "model_layers": [{"type": "linear", "out_features": 10}]}),
+         "its recorded layers do not work: layer 1 (linear): needs flat input"),
+        (_net({**NET_CONFIG, "model_layers": "flatten"}), "its recorded layers do not work"),
+        (_net({**NET_CONFIG, "model_layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10}]}),
+         "unexpected ['2.bias', '2.num_batches_tracked'"),
+    ],
+    ids=["buffer-shape", "buffer-dtype", "count-float", "count-shape", "negative-var", "nan-mean", "negative-count",
+         "missing-buffer", "string-buffer", "layers-not-recorded", "layers-for-a-preset", "layers-declare-too-much",
+         "layers-do-not-work", "layers-not-a-list", "layers-do-not-fit-arrays"],
+)
+def test_bad_buffers_and_bad_recorded_layers_are_refused(tmp_path, make, match):
+    assert_model_file_error(make(tmp_path / "model.npz"), match)

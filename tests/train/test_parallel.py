@@ -161,6 +161,28 @@ def test_a_layer_that_mixes_samples_keeps_the_batch_whole(rng, threads):
     np.testing.assert_array_equal(out, model(x))
 
 
+def test_batch_norm_trains_on_the_whole_batch_in_one_thread_and_is_split_for_inference(rng, threads):
+    """Chunks would each normalize with their own mean and variance: not the same computation. So a network
+    with batch normalization is not split in training mode; in eval mode its running statistics are the same
+    for every sample, and the split result equals the one-thread result."""
+    threads(2)
+    model = models.build_model("cnn-bn", rng=rng, dtype=np.float64)
+    net = DataParallel(model)
+    x = rng.standard_normal((3 * parallel.PIECE, 1, 28, 28))
+    one_thread = models.build_model("cnn-bn", rng=np.random.default_rng(5), dtype=np.float64)
+    one_thread.load_state_dict({k: v.copy() for k, v in model.state_dict().items()})
+    y = net(x)
+    assert net.sizes is None, "batch normalization in training mode: no split"
+    np.testing.assert_array_equal(y, one_thread(x))
+    for name, value in one_thread.state_dict().items():  # the running statistics moved the same way
+        np.testing.assert_array_equal(model.state_dict()[name], value, err_msg=name)
+    net.eval()
+    with nn.no_grad():
+        y = net(x)
+        assert net.sizes is not None, "in eval mode the batch is split"
+        assert_close(y, one_thread.eval()(x), "eval logits", rtol=1e-12)
+
+
 def test_a_network_of_linear_layers_is_not_cut(rng, threads):
     threads(2)
     net = DataParallel(models.mlp(rng=rng))
