@@ -35,6 +35,8 @@ from ..errors import CheckpointError, SettingError
 from ..models import DROPOUT_LOCATIONS, MODELS
 
 DTYPES = ("float32", "float64")
+PIXEL_RANGES = ("0-1", "0-255")
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,24 @@ class TrainConfig:
     dtype: str = setting("float32", "floating-point type of weights and activations", choices=DTYPES,
                          architecture=True, cost=True)
 
+    # Implementation choices other from-scratch codes make (npconv/studies/collapse.toml sweeps them to find
+    # which one makes the course study's runs collapse). The defaults are npconv's own choices; at their
+    # defaults they stay out of run keys, so runs made before they existed keep their keys.
+    init_std: float | None = setting(
+        None, "standard deviation of Gaussian initial weights (default: He-uniform, sized by each layer's fan-in)",
+        low=0, low_open=True, keyed_at_default=False, metavar="X")
+    zero_classifier: bool = setting(True, "start the output layer at zero (else it is initialized like the others)",
+                                    keyed_at_default=False)
+    pixel_range: str = setting("0-1", "pixel scale before standardization (0-255 only with normalize off)",
+                               choices=PIXEL_RANGES, keyed_at_default=False)
+    loss_reduction: str = setting("mean", "the loss of a batch: the mean or the sum of its examples' losses",
+                                  choices=REDUCTIONS, keyed_at_default=False)
+    weight_decay_reduction: str = setting(
+        "mean", "weight decay as an L2 term in the loss counted once per batch (mean) or once per example (sum)",
+        choices=REDUCTIONS, keyed_at_default=False)
+    stable_softmax: bool = setting(True, "subtract each row's maximum before exp in the loss's softmax (else exp "
+                                         "can overflow)", keyed_at_default=False)
+
     def validate(self):
         """Raise :class:`~npconv.errors.SettingError` naming the first setting out of its range."""
         for spec in SETTINGS.values():
@@ -192,6 +212,9 @@ class TrainConfig:
         if self.model == "mlp" and self.dropout > 0 and self.dropout_at != "before-fc":
             raise SettingError("dropout_at", f"must be before-fc for the mlp model (it has no conv or pool layers), "
                                              f"got {self.dropout_at!r}")
+        if self.pixel_range != "0-1" and self.normalize:
+            raise SettingError("pixel_range", f"{self.pixel_range} needs normalize off: standardizing the pixels "
+                                              "removes their scale")
 
     def canonical(self):
         """The settings as a dict, every value of its field's type (``lr = 1`` is ``1.0``): what run keys hash.
@@ -212,10 +235,13 @@ class TrainConfig:
         """The config saved in a run folder's ``config.json`` (types checked here, ranges by :meth:`validate`).
 
         ``where`` names the file in messages. Extra keys (the dataset's digest,
-        the normalization, ...) are ignored.
+        the normalization, ...) are ignored; a setting that is not keyed at its
+        default (one added later) may be missing and then has its default.
         """
         kwargs = {}
         for name, spec in SETTINGS.items():
+            if name not in settings and not spec.keyed_at_default:
+                continue  # a setting added later: a run made before it existed had its default
             if name not in settings:
                 raise CheckpointError(f"{where}: the setting {name!r} is missing")
             if not spec.has_type(settings[name]):
