@@ -13,6 +13,9 @@ import argparse
 from ..errors import RunFolderTaken, SettingError
 from ..train.settings import SETTINGS
 
+#: Exit status of a user error (argparse's own).
+EXIT_USAGE = 2
+
 #: Parameters of library functions that have a flag of another name.
 _FLAGS = {"out_dir": "--out", "run_dir": "--resume", "plot_path": "--out"}
 
@@ -48,7 +51,8 @@ def add_train_options(parser):
             off = spec.default
             name = f"--no-{spec.name.replace('_', '-')}" if off else spec.flag
             parser.add_argument(name, dest=spec.name, action="store_const", const=not off,
-                                help=f"{'do not ' if off else ''}{spec.help}")
+                                help=f"{'do not ' if off else ''}{spec.help} (default: {spec.name} "
+                                     f"{'on' if off else 'off'})")
         elif spec.choices is not None:
             parser.add_argument(spec.flag, dest=spec.name, choices=spec.choices, help=_help(spec))
         else:
