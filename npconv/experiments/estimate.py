@@ -49,7 +49,8 @@ def time_steps(config, dataset, steps=TIMED_STEPS):
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     optimizer = make_optimizer(config, model.parameters())
     # A setting that will diverge may overflow here already; only its time matters.
-    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+    with threadpool_limits(limits=1, user_api="blas"), \
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         started = None
         for step in range(steps + 1):
             if step == 1:  # the first step warms caches up and is not counted
