@@ -78,7 +78,8 @@ def _interrupted_message(e):
         return message
     if not e.epoch:
         return f"{message} before the first epoch finished: no checkpoint to resume from"
-    return f"{message} after epoch {e.epoch}; continue with: npconv train --resume {e.out_dir}"
+    # Kept short: with npconv train's default folder (runs/cnn-mnist-20261127-101500) it fits in 100 columns.
+    return f"{message} after epoch {e.epoch}: npconv train --resume {e.out_dir}"
 
 
 def entry_point():
