@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from .. import __version__, data
 from ..errors import NpconvError, SettingError
+from ..io import locked_by
 from ..train.interrupt import Interrupted
 from ..train.run import check_subset
 from ..train.runfolder import CHECKPOINT_FILE, RunFolder
@@ -178,11 +179,12 @@ def plan(configs, out_dir, datasets=None):
 
 def read_state(run):
     """Set a run's status from its folder: done (completed, diverged), ``interrupted`` (a checkpoint to resume
-    from), else left as it is."""
+    from, and no process training it now), else left as it is."""
     summary = _summary_or_none(run.folder)
     if summary is not None and summary.done:
         run.status, run.summary = summary.status, summary
-    elif os.path.exists(run.folder.file(CHECKPOINT_FILE)):  # cut off midway (Ctrl-C, a crash, kill -9)
+    elif os.path.exists(run.folder.file(CHECKPOINT_FILE)) and not locked_by(run.folder.path):
+        # cut off midway (Ctrl-C, a crash, kill -9); a locked one is being trained by another sweep
         run.status, run.summary, run.epochs_done = "interrupted", summary, _epochs_done(run.folder)
 
 

@@ -287,3 +287,19 @@ def test_scheduler_without_dask_names_the_extra(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "npconv[dask]"' in lines[0] and "--scheduler" in lines[0], lines
     assert not out.exists(), "nothing is written when the executor cannot start"
+
+
+def test_a_run_another_sweep_finished_meanwhile_is_not_trained_again(tmp_path, uninterrupted):
+    import shutil
+
+    from npconv.experiments.executors import train_task
+
+    name = sorted(os.listdir(uninterrupted / "runs"))[0]
+    folder = tmp_path / name
+    shutil.copytree(uninterrupted / "runs" / name, folder)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+              if k in TrainConfig.__dataclass_fields__}
+    result = train_task(config, str(folder))
+    assert result["status"] == "completed" and "files" not in result
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before, "the finished run was touched"
