@@ -176,10 +176,14 @@ def plot_compare(groups, path):
                 if len(histories) > 1:
                     ax.fill_between(epochs, [scale * (m - s) for m, s in zip(mean, std)],
                                     [scale * (m + s) for m, s in zip(mean, std)], color=f"C{i}", alpha=0.15, lw=0)
+        longest = max(len(r.history) for g in chunk for r in g.records)
         for ax, (_, title, _) in zip(axes, PANELS):
             ax.set(xlabel="epoch", title=title)
             ax.grid(alpha=0.3)
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            if longest == 1:
+                ax.set_xticks([1])  # one epoch: one tick, not a fractional axis around it
+            else:
+                ax.xaxis.get_major_locator().set_params(integer=True)
         handles, labels = axes[0].get_legend_handles_labels()
         row.legend(handles, labels, loc="outside right upper", fontsize=8)
     with atomic_write(path) as f:

@@ -204,3 +204,15 @@ def test_the_shipped_collapse_studies_share_their_baseline_runs_with_the_default
         assert section.kind == "ablation" and [c["study"] for c in section.options["cases"]] == [93.82, 9.82, 9.80]
         ours = [c for c in study_cells(study) if c.row[0] == 0]  # the first variant: npconv's own choices
         assert ours and all(config_id(c.config) in default for c in ours), "the same runs as the default study's"
+
+
+def test_figures_of_a_one_epoch_quick_look_draw_points(tmp_path):
+    """A quick look's curves have one epoch: markers, one tick, no fractional axis and no error."""
+    from npconv.experiments.report.figures import plot_curves_band
+    from npconv.train.loop import EpochStats
+
+    one = [[EpochStats(1, 2.29, 0.2, 2.28, 0.25, 0.2)], [EpochStats(1, 2.3, 0.22, 2.27, 0.3, 0.2)]]
+    for series in ([("", one)], [("cnn", one), ("mlp", one)]):
+        path = tmp_path / f"{len(series)}.png"
+        plot_curves_band(series, path, "quick")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

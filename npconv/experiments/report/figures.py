@@ -21,15 +21,17 @@ def _save(fig, path):
 
 #: The one line-style key of every figure: train solid, test dashed.
 STYLES = {"train": "-", "test": "--"}
+#: ... and, for an axis of single points where no line shows, circles for train and squares for test.
+MARKERS = {"train": "o", "test": "s"}
 KEY = "solid: train, dashed: test"
 
 
 def plot_curves_band(series, path, title):
     """Loss and accuracy against epoch (mean over seeds, ±1 std band) for each ``(label, histories)``.
 
-    Train is solid and test dashed (:data:`KEY`); each series has its colour,
-    and a single series gets one colour for train and another for test. An
-    axis with one epoch shows its points as large markers.
+    Train is solid and test dashed (:data:`KEY`), with circles and squares;
+    each series has its colour, and a single series gets one colour for train
+    and another for test. An axis with one epoch shows its points as large markers.
     """
     plt = _plt()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -41,16 +43,20 @@ def plot_curves_band(series, path, title):
                 continue
             split = key.split("_")[0]
             color = f"C{i}" if len(series) > 1 else ("C0" if split == "train" else "C1")
-            ax.plot(epochs, [scale * m for m in mean], STYLES[split], marker="o", ms=7 if len(epochs) == 1 else 3,
-                    color=color, label=f"{label} {split}" if label else split)
+            ax.plot(epochs, [scale * m for m in mean], STYLES[split], marker=MARKERS[split],
+                    ms=7 if len(epochs) == 1 else 3, color=color, label=f"{label} {split}" if label else split)
             ax.fill_between(epochs, [scale * (m - s) for m, s in zip(mean, std)],
                             [scale * (m + s) for m, s in zip(mean, std)], color=color, alpha=0.15, lw=0)
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"Loss ({KEY})")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"Accuracy ({KEY})")
+    longest = max((len(h) for _, histories in series for h in histories), default=0)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if longest == 1:
+            ax.set_xticks([1])  # one epoch: one tick, not a fractional axis around it
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
     _save(fig, path)
 
