@@ -261,7 +261,8 @@ def test_a_signal_after_the_run_completed_exits_0_as_the_summary_says(tmp_path, 
 
     monkeypatch.setattr(RunFolder, "write_curves", curves_then_ctrl_c)
     out = tmp_path / "run"
-    assert main(["train", "--model", "mlp", "--train-subset", "200", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    args = ["train", "--model", "mlp", "--train-subset", "200", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
     captured = capsys.readouterr()
     assert captured.err == "npconv: SIGINT arrived after the run completed; nothing was lost\n", captured.err
     assert captured.out.splitlines()[-1].startswith("final test accuracy ")
