@@ -274,34 +274,41 @@ class ReportWriter:
                 f"✓: as the study (a collapse where it collapsed, else within ±{tolerance:g} points of its figure); "
                 "✗: not. A variant *reproduces* a collapse when it collapses there and is ✓ in every case the study "
                 "did not see collapse.", "", f"![{section.title}]({rel})", ""]
-        shares = self._one_class_scores(published)
+        ours = sorted({round(100 * t.values[0], 2) for row in tests for t in row
+                       if t and len(set(t.values)) == 1 and collapsed(t, False, self.chance)})
+        shares = self._one_class_scores(published, ours)
         if shares:
             out += [shares, ""]
         out += [self.find(section, f) for f in result.findings]
         return out
 
-    def _one_class_scores(self, published):
-        """A sentence on which single class each collapsed figure of the study is the share of, or None."""
+    def _one_class_scores(self, published, ours):
+        """Which single class the study's collapsed figures, and ours (``ours``: figures in % that every seed of a
+        collapsed setting gave alike), are the share of, as a sentence; None when there is nothing to say."""
         from ... import data
         from ...train.settings import make_config
 
-        collapsed_figures = [p for p in published if p is not None and p < self.chance + CHANCE_MARGIN_PP]
-        if not collapsed_figures:
+        theirs = [p for p in published if p is not None and p < self.chance + CHANCE_MARGIN_PP]
+        if not theirs:
             return None
         try:
             dataset = data.load_dataset(make_config(self.study.baseline).dataset)
         except Exception:  # noqa: BLE001 - the data are only needed for this remark; without them it is left out
             return None
         counts = [int(n) for n in np.bincount(dataset.test_labels, minlength=len(dataset.classes))]
-        found = one_class_scores(counts, collapsed_figures, list(dataset.classes))
-        parts = [f"{p:.2f} % is {' or '.join(f)}" for p, f in zip(collapsed_figures, found) if f]
+        classes = list(dataset.classes)
+        parts = [f"{p:.2f} % is {' or '.join(f)}" for p, f in zip(theirs, one_class_scores(counts, theirs, classes))
+                 if f]
         if not parts:
             return None
         text = ("A network that gives every test image the same class scores that class's share of the test set: "
-                + "; ".join(parts) + ".")
-        if len(parts) == len(collapsed_figures):
-            text += (" Each collapsed figure of the study equals such a share, as a network with one answer for all "
-                     "would score.")
+                "the study's " + "; ".join(parts) + ".")
+        if len(parts) == len(theirs):
+            text += " Each collapsed figure of the study equals such a share."
+        same = [f"{p:.2f} %, {' or '.join(f)}" for p, f in zip(ours, one_class_scores(counts, ours, classes)) if f]
+        if same:
+            text += (" Our collapsed settings whose seeds all scored alike did so too: "
+                     + "; ".join(same) + ".")
         return text
 
     # -- the whole report
