@@ -22,10 +22,11 @@ uniform and the initial loss is exactly :math:`\\ln K`. Training is not stuck:
 the classifier's own gradient :math:`dy^T h` is non-zero from the first step,
 and the layers below receive gradient from the second step on.
 
-Other codes initialize otherwise -- Gaussian weights of one fixed size, an
-output layer like the others -- and :func:`reinitialize` does that to a built
-model (``npconv train --init-std 0.01 --no-zero-classifier``), so the
-choices can be compared (``npconv/studies/collapse.toml``).
+Other codes initialize otherwise -- Gaussian weights of one fixed size
+(:func:`normal`), an output layer like the others -- and
+:func:`npconv.models.initialization.reinitialize` does that to a built model
+(``npconv train --init-std 0.01 --no-zero-classifier``), so the choices can
+be compared (``npconv/studies/collapse.toml``).
 """
 
 import numpy as np
@@ -57,29 +58,3 @@ def normal(shape, std, rng, dtype):
     layer by about ``std * sqrt(fan_in / 2)`` through ReLUs.
     """
     return B.xp.asarray(rng.normal(0.0, std, size=shape), dtype=dtype)
-
-
-def layers_with_weights(model):
-    """The layers of ``model`` (a Sequential) that have a ``weight``: its Linear and Conv2d layers, in order."""
-    return [layer for layer in model if hasattr(layer, "weight")]
-
-
-def reinitialize(model, rng, *, std=None, zero_output=True):
-    """Initialize ``model``'s weights again, another way than its layers did.
-
-    ``std``, if given, draws every weight from :func:`normal` (biases stay
-    zero); otherwise the weights keep their He-uniform values. Then the output
-    layer (the last with weights) is set to zero when ``zero_output``, or, when
-    it was zero, gets He-uniform weights like the others. Draws from ``rng``
-    only what it changes, in layer order.
-    """
-    layers = layers_with_weights(model)
-    if std is not None:
-        for layer in layers:
-            w = layer.weight.data
-            w[...] = normal(w.shape, std, rng, w.dtype)
-    out = layers[-1].weight.data
-    if zero_output:
-        out[...] = 0
-    elif std is None and not out.any():
-        out[...] = he_uniform(out.shape, int(np.prod(out.shape[1:])), rng, out.dtype)

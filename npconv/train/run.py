@@ -26,7 +26,7 @@ import numpy as np
 from .. import __version__, data, nn, optim
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model
-from ..nn.init import reinitialize
+from ..models.initialization import reinitialize
 from ..text import plural
 from .checkpoint import restore
 from .health import HealthMonitor, advise, probe_batch

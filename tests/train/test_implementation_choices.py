@@ -12,7 +12,7 @@ import pytest
 
 from npconv.errors import SettingError
 from npconv.inference import Classifier
-from npconv.nn.init import layers_with_weights
+from npconv.models.initialization import layers_with_weights
 from npconv.train import TrainConfig, run_training
 from npconv.train.run import _prepare
 from npconv.train.settings import SETTINGS

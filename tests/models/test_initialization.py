@@ -1,9 +1,9 @@
-"""Initialization: He-uniform by default, and the other ways codes initialize, for comparison."""
+"""Initializing a built model as other codes do: Gaussian weights, an output layer like the others."""
 
 import numpy as np
 
 from npconv.models import cnn
-from npconv.nn.init import layers_with_weights, reinitialize
+from npconv.models.initialization import layers_with_weights, reinitialize
 
 
 def test_gaussian_weights_have_the_asked_std_and_the_output_layer_stays_zero(rng):
