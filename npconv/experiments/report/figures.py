@@ -2,6 +2,7 @@
 an ablation's variants case by case."""
 
 from ...io import atomic_write
+from .verdicts import CHANCE_MARGIN_PP
 from .points import row_key
 from .stats import mean_curve
 
@@ -115,23 +116,32 @@ def plot_grid(section, points, path):
 
 
 def plot_ablation(section, points, path, chance_pct):
-    """One panel per case: each variant's test accuracy (mean ± std over seeds), the study's as a dashed line."""
+    """One panel per case: each variant's test accuracy (mean ± std over seeds); the study's figure dashed, with
+    the band of ``tolerance_pp`` around it shaded, and chance dotted. A variant whose every seed diverged is
+    marked so where its bar would be."""
     plt = _plt()
     variants, cases = section.options["variants"], section.options["cases"]
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases) + 2.5, 0.45 * len(variants) + 1.6),
+    tolerance = section.options["tolerance_pp"]
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases) + 2.5, 0.45 * len(variants) + 1.8),
                              sharey=True, squeeze=False)
     ys = list(range(len(variants)))[::-1]
     for c, (ax, case) in enumerate(zip(axes[0], cases)):
         stats = [points[(v, c)].stat("test_acc") for v in range(len(variants))]
         ax.barh(ys, [100 * s.mean if s else 0 for s in stats], xerr=[100 * s.std if s else 0 for s in stats],
                 color=[f"C{v % 10}" for v in range(len(variants))], capsize=3)
+        for y, v in zip(ys, range(len(variants))):
+            if points[(v, c)].all_diverged:
+                ax.text(2, y, "diverged", va="center", fontsize=8)
+        title = case["label"]
         if case.get("study") is not None:
-            ax.axvline(case["study"], color="k", ls="--", lw=1, label=f"study: {case['study']:.2f} %")
-        ax.axvline(chance_pct, color="0.5", ls=":", lw=1, label=f"chance: {chance_pct:.0f} %")
-        ax.set(xlim=(0, 100), xlabel="test accuracy (%)", title=case["label"])
+            ax.axvline(case["study"], color="k", ls="--", lw=1)
+            if case["study"] >= chance_pct + CHANCE_MARGIN_PP:  # "near the study": shaded
+                ax.axvspan(case["study"] - tolerance, case["study"] + tolerance, color="0.85", zorder=0)
+            title += f" (study: {case['study']:.2f} %)"
+        ax.axvline(chance_pct, color="0.5", ls=":", lw=1)
+        ax.set(xlim=(0, 100), xlabel="test accuracy (%)", title=title)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels([v["label"] for v in variants], fontsize=8)
-    fig.suptitle(section.title)
+    fig.suptitle(f"{section.title} (dashed: the study, shaded: ±{tolerance:g} points of it, dotted: chance)")
     _save(fig, path)

@@ -264,8 +264,13 @@ class ReportWriter:
         for v, variant in enumerate(variants):
             cells = []
             for c in range(len(cases)):
-                note = pts[(v, c)].status_note()
-                figure = pct(tests[v][c]) if tests[v][c] else ""
+                point = pts[(v, c)]
+                n = len(point.statuses)
+                ended = [f"{point.statuses.count(s)}/{n} {s}" for s in dict.fromkeys(point.statuses)
+                         if s != "completed"]
+                test = tests[v][c]
+                figure = pct(stat(test.values)) if test else ""  # its seeds are counted in the note
+                note = ", ".join(ended)
                 cells.append(" ".join(x for x in (figure, f"({note})" if figure and note else note,
                                                   marks[result.matches[v][c]].strip()) if x) or "—")
             rows.append([variant["label"], *cells, ", ".join(cases[c]["label"] for c in result.reproduces[v]) or "—"])
