@@ -28,6 +28,8 @@ _EXPORTS = {
     "resume_training": "npconv.train",
     "save_model": "npconv.train",
     "load_model": "npconv.train",
+    "classify": "npconv.inference",
+    "Classifier": "npconv.inference",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,17 +1,28 @@
-"""Using a trained model: classify image files, evaluate a model file on a test set.
+"""Using a trained model: classify images, evaluate a model file on a test set.
 
 Each image is first made the way the training images were made
 (:func:`npconv.data.images.preprocess`: ink, crop, fit, centre by mass), then
-gets the same [0, 1] scaling and normalization the model was trained with.
+gets the same pixel scaling the model was trained with (recorded in its model
+file). In one call::
+
+    import npconv
+    for p in npconv.classify("runs/cnn-mnist-20261127-101500/model.npz", ["seven.png", "photo.jpg"]):
+        print(p.image, p.label, f"{p.probability:.3f}", "not sure" if p.not_sure else "")
+
+:class:`Classifier` loads the model once, for many calls (a server, a loop).
+A prediction is flagged *not sure* when its top probability is below
+:data:`LOW_CONFIDENCE`.
 """
 
+import glob
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import data, nn
 from .data import to_float
-from .data.images import DIGIT_BOX, SIZE, preprocess
+from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
 from .errors import NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
@@ -21,10 +32,152 @@ from .train.parallel import DataParallel
 #: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
 #: choice less than even odds, so it is more likely wrong than right about it.
 LOW_CONFIDENCE = 0.5
+#: Images classified per forward pass (bounds the memory of a folder of thousands of images).
+BATCH = 1000
+#: What a folder given to :func:`image_files` is searched for (lower-case extensions).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
 
 def fit_for(config):
     """The box an image's content is fitted into: 20 for digits (MNIST), the whole 28 for Fashion-MNIST."""
     return SIZE if config.get("dataset") == "fashion-mnist" else DIGIT_BOX
+
+
+def class_names(config):
+    """The names of a model's classes (``"0"`` ... ``"9"`` for MNIST), from its model file's config."""
+    return list(config.get("classes") or [str(i) for i in range(config["num_classes"])])
+
+
+@dataclass
+class Prediction:
+    """What a model says about one image.
+
+    Attributes
+    ----------
+    image : str -- the image's path (or the name it was given)
+    index : int -- the predicted class's index
+    label : str -- its name (``"7"``; ``"Sneaker"`` for Fashion-MNIST)
+    probability : float -- its probability
+    probabilities : dict -- every class name -> its probability, in class order
+    """
+
+    image: str
+    index: int
+    label: str
+    probability: float
+    probabilities: dict
+
+    @property
+    def not_sure(self):
+        """The top probability is below :data:`LOW_CONFIDENCE`."""
+        return self.probability < LOW_CONFIDENCE
+
+    def top(self, k):
+        """The ``k`` most likely classes as ``(label, probability)``, most likely first."""
+        return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
+
+    def to_json(self):
+        return {"image": self.image, "class": self.label, "index": self.index, "probability": self.probability,
+                "not_sure": self.not_sure, "probabilities": dict(self.probabilities)}
+
+
+class Classifier:
+    """A model file loaded once, to classify images as often as needed.
+
+    Parameters
+    ----------
+    model_file : str or os.PathLike
+        A ``model.npz`` written by ``npconv train`` (or :func:`npconv.save_model`).
+
+    Raises :class:`~npconv.errors.ModelFileError` for a file that is not a usable model.
+    """
+
+    def __init__(self, model_file):
+        self.model_file = os.fspath(model_file)
+        model, self.config = load_model(self.model_file)
+        self.model = DataParallel(model.eval())
+        self.classes = class_names(self.config)
+
+    def inputs(self, images):
+        """The network's input for uint8 28x28 images (N, 28, 28): scaled as in training, (N, 1, 28, 28)."""
+        return to_float(np.asarray(images), self.config.get("normalize_mean"), self.config.get("normalize_std"),
+                        np.dtype(self.config["dtype"]))
+
+    def probabilities(self, images):
+        """Class probabilities (N, K) of preprocessed uint8 images (N, 28, 28), in batches of :data:`BATCH`."""
+        out = []
+        with nn.no_grad():
+            for start in range(0, len(images), BATCH):
+                out.append(softmax(self.model(self.inputs(images[start : start + BATCH]))))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def preprocess(self, image, name=None):
+        """One image (a path or the file's bytes) made like the training data: uint8 (28, 28)."""
+        return preprocess(image, fit_for(self.config), name)
+
+    def predictions(self, images, names):
+        """A :class:`Prediction` per preprocessed image (N, 28, 28), named by ``names``."""
+        probs = self.probabilities(images)
+        out = []
+        for name, p in zip(names, probs):
+            k = int(p.argmax())
+            out.append(Prediction(name, k, self.classes[k], float(p[k]),
+                                  {c: float(v) for c, v in zip(self.classes, p)}))
+        return out
+
+    def classify(self, images, names=None):
+        """A :class:`Prediction` for each image (paths, or the files' bytes), in order.
+
+        ``names`` name the images in the results and in errors (default: the
+        paths; ``image 1``, ``image 2``, ... for bytes). Raises
+        :class:`~npconv.data.images.ImageError` naming the first image that
+        cannot be read.
+        """
+        images = list(images)
+        if names is None:
+            names = [os.fspath(im) if not isinstance(im, (bytes, bytearray, memoryview)) else f"image {i}"
+                     for i, im in enumerate(images, start=1)]
+        arrays = [self.preprocess(im, name) for im, name in zip(images, names)]
+        return self.predictions(np.stack(arrays) if arrays else np.zeros((0, SIZE, SIZE), np.uint8), names)
+
+
+def classify(model_file, images):
+    """Classify images with a model file, in one call: a :class:`Prediction` per image, in order.
+
+    ``images`` are paths or the files' bytes (PNG, JPEG, ...: whatever Pillow
+    reads); each is preprocessed as MNIST's digits were made
+    (:mod:`npconv.data.images`). ``model_file`` is a ``model.npz``. To classify
+    many batches with one model, load it once with :class:`Classifier`.
+    """
+    return Classifier(model_file).classify(images)
+
+
+def image_files(arguments):
+    """The image files named by ``arguments``: paths, folders (their images, sorted) and glob patterns.
+
+    A folder stands for the files in it whose extension is one of
+    :data:`IMAGE_EXTENSIONS` (not its sub-folders); a pattern with ``*``, ``?``
+    or ``[`` that is not itself an existing file stands for the files it
+    matches, sorted; anything else is taken as it is (and fails later if it is
+    not a readable image). A path named twice is kept once. Raises
+    :class:`ImageError` for a folder with no images or a pattern that matches nothing.
+    """
+    found = []
+    for arg in map(os.fspath, arguments):
+        if os.path.isdir(arg):
+            inside = sorted(os.path.join(arg, name) for name in os.listdir(arg)
+                            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(arg, name)))
+            if not inside:
+                raise ImageError(f"{arg}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            found += inside
+        elif glob.has_magic(arg) and not os.path.exists(arg):
+            matches = sorted(p for p in glob.glob(arg) if os.path.isfile(p))
+            if not matches:
+                raise ImageError(f"{arg}: no file matches this pattern")
+            found += matches
+        else:
+            found.append(arg)
+    return list(dict.fromkeys(found))
 
 
 def predict_images(model, config, paths):
@@ -32,7 +185,8 @@ def predict_images(model, config, paths):
     images = np.stack([preprocess(p, fit_for(config)) for p in paths])
     x = to_float(images, config.get("normalize_mean"), config.get("normalize_std"), np.dtype(config["dtype"]))
     model.eval()
-    return softmax(model(x))
+    with nn.no_grad():
+        return softmax(model(x))
 
 
 def confusion_matrix(labels, predictions, num_classes):
@@ -44,7 +198,11 @@ def confusion_matrix(labels, predictions, num_classes):
 
 @dataclass
 class Evaluation:
-    """A model file evaluated on a test set: loss, accuracy, every prediction and the true labels."""
+    """A model file evaluated on a test set: loss, accuracy, every prediction and the true labels.
+
+    ``warning`` is one line when the test set is not the data the model was
+    trained on (another dataset, or data whose SHA-256 differs), else None.
+    """
 
     dataset: str
     loss: float
@@ -52,10 +210,31 @@ class Evaluation:
     predictions: np.ndarray
     labels: np.ndarray
     num_classes: int
+    warning: str | None = None
+
+
+def data_mismatch(config, dataset):
+    """One line saying how ``dataset`` differs from the data the model (its file's ``config``) was trained on.
+
+    None when they are the same, or when the model file does not say (files
+    written before npconv recorded the dataset's digest only compare names).
+    """
+    trained_on = config.get("dataset")
+    if trained_on is not None and trained_on != dataset.name:
+        return f"the model was trained on {trained_on}, not {dataset.name}: its accuracy here means little"
+    digest = config.get("dataset_sha256")
+    if digest is not None and digest != dataset.sha256:
+        return (f"the model was trained on other {trained_on or 'data'} (SHA-256 {digest[:12]}...) than this "
+                f"({dataset.sha256[:12]}...)")
+    return None
 
 
 def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000):
-    """Load the model file at ``path`` and evaluate it on a test set (default: the dataset it was trained on)."""
+    """Load the model file at ``path`` and evaluate it on a test set (default: the dataset it was trained on).
+
+    The result's ``warning`` says so when the test set is not from the data
+    the model was trained on (:func:`data_mismatch`).
+    """
     model, config = load_model(path)
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
     if len(loaded.classes) != config["num_classes"]:
@@ -64,4 +243,10 @@ def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000):
                  np.dtype(config["dtype"]))
     loss, acc, predictions = evaluate(DataParallel(model), nn.SoftmaxCrossEntropyLoss(), x, loaded.test_labels,
                                       batch_size)
-    return Evaluation(loaded.name, loss, acc, predictions, loaded.test_labels, config["num_classes"])
+    return Evaluation(loaded.name, loss, acc, predictions, loaded.test_labels, config["num_classes"],
+                      data_mismatch(config, loaded))
+
+
+__all__ = ["BATCH", "Classifier", "Evaluation", "IMAGE_EXTENSIONS", "LOW_CONFIDENCE", "Prediction", "class_names",
+           "classify", "confusion_matrix", "data_mismatch", "evaluate_model_file", "fit_for", "image_files",
+           "predict_images"]

@@ -8,8 +8,13 @@ one in which a run failed (an unexpected error, recorded in the run's
 """
 
 import sys
+import time
 
 from ..errors import NpconvError
+from ..experiments.compare import MAX_CURVES
+from ..experiments.executors import default_workers
+from ..experiments.runlist import MAX_DEPTH
+from ..text import WIDTH, plural, shorten, shorten_start
 from ..train.settings import SETTINGS
 from .options import add_grid_options, positive_int
 
@@ -18,8 +23,8 @@ EXIT_RUNS_FAILED = 1
 
 def _add_executor_options(p):
     p.add_argument("--workers", type=positive_int, metavar="N",
-                   help="local worker processes, one BLAS thread each (default: the number of cores; "
-                        "1 trains in this process with a progress bar)")
+                   help=f"local worker processes, one BLAS thread each (default: the number of cores, "
+                        f"{default_workers()} here; 1 trains in this process with a progress bar)")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help='run every training run as a task on this Dask distributed scheduler instead '
                         '(needs pip install "npconv[dask]")')
@@ -51,16 +56,30 @@ def add_commands(sub):
     st.add_argument("--show-config", action="store_true", help="print the study file (to copy and edit) and exit")
     st.add_argument("--out", metavar="DIR", default="study", help="study folder (default: %(default)s)")
     st.add_argument("--epochs", type=positive_int, metavar="N",
-                    help="a quick look: N epochs instead of the baseline's (a grid's epochs scale alike)")
-    st.add_argument("--train-subset", type=positive_int, metavar="N", help="a quick look: train every run on N images")
-    st.add_argument("--seeds", metavar="N[,...]", help="replace the study's seeds")
+                    help="a quick look: N epochs instead of the baseline's (a grid's epochs scale alike; "
+                         "default: the study file's, 10 in the default study)")
+    st.add_argument("--train-subset", type=positive_int, metavar="N",
+                    help="a quick look: train every run on N images (default: all)")
+    st.add_argument("--seeds", metavar="N[,...]",
+                    help="replace the study's seeds (default: the study file's, 0,1,2 in the default study)")
     _add_executor_options(st)
 
-    c = sub.add_parser("compare", help="overlaid curves and a table for finished runs",
-                       description="Print a Markdown table of the runs and plot their curves together. A sweep or "
-                                   "study folder stands for all its runs.")
-    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("--out", metavar="FILE.png", default="compare.png", help="the plot (default: %(default)s)")
+    c = sub.add_parser(
+        "compare", help="overlaid curves and a table for finished runs",
+        description="Print a Markdown table of the runs and plot their curves together into --out. A sweep or "
+                    "study folder, or a folder of run folders such as runs/, stands for all its finished runs. Runs "
+                    "that differ only in their seed are one curve: the mean over the seeds, with a band for their "
+                    f"spread. Each panel holds at most {MAX_CURVES} curves; more settings get more rows of panels.")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder, or a folder of runs")
+    c.add_argument("--out", metavar="FILE.png", default="compare.png",
+                   help="where the plot is written, a PNG (default: %(default)s)")
+
+    r = sub.add_parser("runs", help="list the runs in a folder, newest first",
+                       description="One line per run folder found in DIR (and its sub-folders, "
+                                   f"{MAX_DEPTH} levels down): status, model, dataset, epochs done, test accuracy, "
+                                   "when it last wrote, folder. Newest first.")
+    r.add_argument("folder", nargs="?", default="runs", metavar="DIR",
+                   help="where to look (default: %(default)s, where npconv train writes)")
 
 
 def _progress_log(args):
@@ -82,11 +101,11 @@ def _final_line(runs, out):
     counts = {}
     for r in runs:
         counts[r.status] = counts.get(r.status, 0) + 1
-    print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"  -> {out}")
+    print(f"{plural(len(runs), 'run')}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"  -> {out}")
     failed = counts.get("failed", 0) + counts.get("pending", 0) + counts.get("interrupted", 0)
     if failed:
-        print(f"npconv: {failed} runs did not finish; see error.txt in their folders and run the command again",
-              file=sys.stderr)
+        print(f"npconv: {plural(failed, 'run')} did not finish; see error.txt in their folders and run the "
+              "command again", file=sys.stderr)
         return EXIT_RUNS_FAILED
     return 0
 
@@ -122,9 +141,50 @@ def cmd_study(args):
 def cmd_compare(args):
     from ..experiments.compare import compare
 
-    sys.stdout.write(compare(args.runs, args.out))
+    result = compare(args.runs, args.out)
+    if result.skipped:
+        names = ", ".join(result.skipped)
+        print(shorten(f"npconv: skipped {plural(len(result.skipped), 'unfinished run')} (no summary.json): {names}"),
+              file=sys.stderr)
+    if result.duplicates:
+        names = ", ".join(result.duplicates)
+        print(shorten(f"npconv: counted once {plural(len(result.duplicates), 'run')} found twice: {names}"),
+              file=sys.stderr)
+    sys.stdout.write(result.table)
     print(f"curves: {args.out}")
     return 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "study": cmd_study, "compare": cmd_compare}
+def format_runs(entries):
+    """The lines of ``npconv runs``: a header, then one line per run, each within the line width."""
+    head = ["status", "model", "dataset", "epochs", "test acc", "when"]
+    rows = [[e.status, e.model, e.dataset, f"{e.epochs_done}/{e.epochs if e.epochs is not None else '?'}",
+             "" if e.test_acc is None else f"{100 * e.test_acc:.2f}%",
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(e.when))] for e in entries]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    fixed = sum(widths) + 2 * len(widths)
+
+    def line(cells, folder):
+        text = "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths))
+        return f"{text}  {shorten_start(folder, max(WIDTH - fixed, 12))}"
+
+    return [line(head, "folder")] + [line(row, e.path) for row, e in zip(rows, entries)]
+
+
+def cmd_runs(args):
+    from ..experiments.runlist import list_runs
+
+    entries = list_runs(args.folder)
+    if not entries:
+        print(f"no runs in {args.folder}")
+        return 0
+    for text in format_runs(entries):
+        print(text)
+    counts = {}
+    for e in entries:
+        counts[e.status] = counts.get(e.status, 0) + 1
+    print(f"{plural(len(entries), 'run')}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+COMMANDS = {"sweep": cmd_sweep, "study": cmd_study, "compare": cmd_compare, "runs": cmd_runs}

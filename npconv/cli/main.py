@@ -15,11 +15,9 @@ from .. import __version__
 from ..errors import NpconvError
 from ..train.interrupt import Interrupted, stop_on_signals
 from ..train.loop import TrainingDiverged
-from ..train.runfolder import CHECKPOINT_FILE
 from . import experiments, serve, train
-from .options import error_message
+from .options import EXIT_USAGE, error_message
 
-EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
@@ -53,15 +51,24 @@ def main(argv=None):
         with stop_on_signals():
             status = COMMANDS[args.command](args)
     except TrainingDiverged as e:
-        print(f"npconv: error: {e}", file=sys.stderr)
+        print(f"npconv: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except NpconvError as e:
         print(f"npconv: error: {error_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
+        completed = train.completed_run(args)
+        if completed is not None:  # the signal came after the end: the run is whole, and the exit status says so
+            print(train.final_line(completed))
+            print(f"npconv: {_signal_name(e)} arrived after the run completed; nothing was lost", file=sys.stderr)
+            return 0
         print(f"npconv: {_interrupted_message(e)}", file=sys.stderr)
         return e.exit_status if isinstance(e, Interrupted) else EXIT_INTERRUPTED
     return status or 0
+
+
+def _signal_name(e):
+    return e.signal_name if isinstance(e, Interrupted) else "SIGINT"
 
 
 def _interrupted_message(e):
@@ -71,9 +78,9 @@ def _interrupted_message(e):
     if e.out_dir is None:
         return message
     if not e.epoch:
-        return f"{message} before the first epoch finished; there is no checkpoint to resume from"
-    return (f"{message} after epoch {e.epoch}; its checkpoint is in {os.path.join(e.out_dir, CHECKPOINT_FILE)}; "
-            f"continue with: npconv train --resume {e.out_dir}")
+        return f"{message} before the first epoch finished: no checkpoint to resume from"
+    # Kept short: with npconv train's default folder (runs/cnn-mnist-20261127-101500) it fits in 100 columns.
+    return f"{message} after epoch {e.epoch}: npconv train --resume {e.out_dir}"
 
 
 def entry_point():

@@ -13,6 +13,9 @@ import argparse
 from ..errors import RunFolderTaken, SettingError
 from ..train.settings import MODEL_DEFAULTS, SETTINGS
 
+#: Exit status of a user error (argparse's own).
+EXIT_USAGE = 2
+
 #: Parameters of library functions that have a flag of another name.
 _FLAGS = {"out_dir": "--out", "run_dir": "--resume", "plot_path": "--out"}
 
@@ -55,7 +58,8 @@ def add_train_options(parser):
             off = spec.default
             name = f"--no-{spec.name.replace('_', '-')}" if off else spec.flag
             parser.add_argument(name, dest=spec.name, action="store_const", const=not off,
-                                help=f"{'do not ' if off else ''}{spec.help}")
+                                help=f"{'do not ' if off else ''}{spec.help} (default: {spec.name} "
+                                     f"{'on' if off else 'off'})")
         elif spec.choices is not None and not spec.file_suffix:
             parser.add_argument(spec.flag, dest=spec.name, choices=spec.choices, help=_help(spec))
         elif spec.choices is not None:  # a choice or a file: checked by the settings, not by argparse

@@ -1,9 +1,21 @@
 """``npconv train``, ``npconv evaluate`` and ``npconv predict``."""
 
-from ..errors import SettingError
-from ..train import resume_training, run_training
+import csv
+import io
+import json
+import sys
+
+import numpy as np
+
+from ..errors import NpconvError, SettingError
+from ..inference import LOW_CONFIDENCE
+from ..train import RunFolder, resume_training, run_training
+from ..train.run import default_out_dir
 from ..train.settings import SETTINGS, make_config
-from .options import add_train_options, settings_given
+from ..text import WIDTH, shorten_start
+from .options import EXIT_USAGE, add_train_options, positive_int, settings_given
+
+FORMATS = ("table", "json", "csv")
 
 
 def _add_data_options(p):
@@ -29,9 +41,19 @@ def add_commands(sub):
     _add_data_options(e)
     e.add_argument("--batch-size", type=int, default=1000, metavar="N", help="default: %(default)s")
 
-    p = sub.add_parser("predict", help="classify image files")
+    p = sub.add_parser(
+        "predict", help="classify image files",
+        description="Classify images (PNG, JPEG, ...; a folder stands for its images, a quoted pattern such as "
+                    "'digits/*.png' for the files it matches). Each image is preprocessed as MNIST's digits were "
+                    "made: cropped to its ink, fitted into 20x20, centred by mass in 28x28. A prediction whose top "
+                    f"probability is below {LOW_CONFIDENCE} is flagged 'not sure'.")
     p.add_argument("model_file", metavar="MODEL.npz")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, a folder of images or a pattern")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table: one line per image, for reading; json, csv: every class's probability "
+                        "(default: %(default)s)")
+    p.add_argument("--top", type=positive_int, default=3, metavar="K",
+                   help="table: show the K most likely classes with their probabilities (default: %(default)s)")
 
 
 def cmd_train(args):
@@ -39,9 +61,33 @@ def cmd_train(args):
     if args.resume is not None:
         summary = resume_training(args.resume, epochs=given.get("epochs"), settings=given, progress=not args.quiet)
     else:
-        summary = run_training(make_config(given), args.out, progress=not args.quiet)
-    print(f"final test accuracy {100 * summary.test_acc:.2f}%  "
-          f"({summary.seconds_per_epoch:.1f} s/epoch)  -> {summary.out_dir}")
+        config = make_config(given)
+        config.validate()
+        if args.out is None:  # named here, so that a signal after the run completed finds it (completed_run)
+            args.out = default_out_dir(config)
+        summary = run_training(config, args.out, progress=not args.quiet)
+    print(final_line(summary))
+
+
+def final_line(summary):
+    return (f"final test accuracy {100 * summary.test_acc:.2f}%  ({summary.seconds_per_epoch:.1f} s/epoch)"
+            f"  -> {summary.out_dir}")
+
+
+def completed_run(args):
+    """The :class:`Summary` of the run ``npconv train`` completed, or None (another command, or not completed).
+
+    A signal that arrives after a run completed -- its model and summary are
+    written -- interrupts nothing: the command then exits 0, as the summary says.
+    """
+    if args.command != "train":
+        return None
+    folder = args.resume if args.resume is not None else args.out
+    try:
+        summary = RunFolder(folder).read_summary() if folder is not None else None
+    except NpconvError:
+        return None
+    return summary if summary is not None and summary.status == "completed" else None
 
 
 def format_confusion(m):
@@ -57,6 +103,8 @@ def cmd_evaluate(args):
     if args.batch_size < 1:
         raise SettingError("batch_size", f"must be an integer >= 1, got {args.batch_size}")
     result = evaluate_model_file(args.model_file, args.dataset, args.data_dir, args.batch_size)
+    if result.warning:
+        print(f"npconv: warning: {result.warning}", file=sys.stderr)
     print(f"{result.dataset} test set: {len(result.labels)} images  loss {result.loss:.4f}  "
           f"accuracy {100 * result.accuracy:.2f}%")
     print("confusion matrix (rows: true class, columns: predicted class)")
@@ -64,15 +112,66 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from ..inference import predict_images
-    from ..train.modelfile import load_model
+    from ..data.images import ImageError
+    from ..inference import Classifier, image_files
 
-    model, config = load_model(args.model_file)
-    classes = config.get("classes") or [str(i) for i in range(config["num_classes"])]
-    probs = predict_images(model, config, args.images)
-    for path, p in zip(args.images, probs):
-        k = int(p.argmax())
-        print(f"{path}: {k} ({classes[k]}) p={p[k]:.4f}  probabilities: " + " ".join(f"{v:.4f}" for v in p))
+    classifier = Classifier(args.model_file)
+    arrays, names, failed = [], [], 0
+    for path in image_files(args.images):
+        try:
+            arrays.append(classifier.preprocess(path))
+            names.append(path)
+        except ImageError as e:  # one line per image that cannot be read; the others are still classified
+            print(f"npconv: error: {e}", file=sys.stderr)
+            failed += 1
+    predictions = classifier.predictions(np.stack(arrays), names) if arrays else []
+    formats = {"table": format_table, "json": format_json, "csv": format_csv}
+    if predictions:
+        sys.stdout.write(formats[args.format](predictions, classifier.classes, args.top))
+    return EXIT_USAGE if failed else 0
+
+
+def format_table(predictions, classes, top=3):
+    """One line per image: the image, its class, the probability, the next most likely classes, a flag.
+
+    Every line fits in :data:`WIDTH` columns: a long path is shortened from
+    its start, and the list of next classes stops where the line would end.
+    """
+    class_width = max(5, *(len(c) for c in classes))
+    flagged = any(p.not_sure for p in predictions)
+    note = "  not sure" if flagged else ""
+    image_width = min(max(5, *(len(p.image) for p in predictions)), WIDTH // 3)
+    lines = [f"{'image':<{image_width}}  {'class':<{class_width}}  {'p':>6}" + ("  next" if top > 1 else "")]
+    for p in predictions:
+        head = f"{shorten_start(p.image, image_width):<{image_width}}  {p.label:<{class_width}}  {p.probability:6.4f}"
+        tail = "  not sure" if p.not_sure else ""
+        room = WIDTH - len(head) - len(note)
+        others = ""
+        for label, value in p.top(top)[1:]:
+            item = f"  {label} {value:.4f}"
+            if len(others) + len(item) > room:
+                break
+            others += item
+        lines.append(head + others + tail)
+    if flagged:
+        lines.append(f"not sure: the top probability is below {LOW_CONFIDENCE} (the first choice is more likely wrong "
+                     "than right)")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def format_json(predictions, classes, top=None):
+    """A JSON array: per image its class, probability, ``not_sure`` flag and every class's probability."""
+    return json.dumps([p.to_json() for p in predictions], indent=2) + "\n"
+
+
+def format_csv(predictions, classes, top=None):
+    """CSV: ``image,class,probability,not_sure`` and one column per class with its probability."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", "class", "probability", "not_sure", *classes])
+    for p in predictions:
+        writer.writerow([p.image, p.label, repr(p.probability), p.not_sure, *map(repr, p.probabilities.values())])
+    return buf.getvalue()
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}

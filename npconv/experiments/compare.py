@@ -1,82 +1,208 @@
-"""``npconv compare``: overlaid curves and one table for any finished runs.
+"""``npconv compare``: one table and one figure for any finished runs, however many.
 
-Each run is labelled by the settings in which the runs differ (``lr=0.01
-seed=1``), or by its folder's name when they differ in none. A sweep or study
-folder (one with a ``runs/`` folder) stands for all its runs.
+Runs that differ only in their seed are one *setting*: a row of the table
+(mean ± standard deviation over the seeds) and one curve per panel (the mean,
+with a band of ±1 standard deviation). Each setting is labelled by the
+settings in which they differ (``lr=0.01 weight_decay=0.005``) -- or, when
+that is too long (a study varies many), by those that differ from the most
+common value -- and by its folder's name when they differ in none.
+
+The figure has four panels per row -- train loss, test loss, train
+accuracy, test accuracy -- each with at most :data:`MAX_CURVES` curves, one
+colour per setting and the legend to the right of the row; more settings
+get more rows, in the order of the table. A sweep or study folder, or a
+folder of run folders such as ``runs/``, stands for all its finished runs
+(those without a ``summary.json`` -- still training, or killed -- are skipped
+and named). A run found twice (the same settings and seed in two folders) is
+counted once.
 """
 
 import os
+from dataclasses import dataclass, field
 
 from ..errors import NpconvError, SettingError
 from ..io import atomic_write
-from ..train.runfolder import RunFolder, find_runs
+from ..train.runfolder import RunFolder, is_run_folder
 from ..train.settings import SETTINGS
-from .results import num, pct
+from .report.stats import fmt, mean_curve, pct, stat
+from .runlist import find_run_folders
+
+#: Curves per panel at most (matplotlib's ten distinct default colours); more settings get more rows of panels.
+MAX_CURVES = 10
+#: A label longer than this names only the settings that differ from their most common value.
+LABEL_WIDTH = 45
+PANELS = (("train_loss", "train loss", 1), ("test_loss", "test loss", 1), ("train_acc", "train accuracy (%)", 100),
+          ("test_acc", "test accuracy (%)", 100))
 
 
-def expand_run_dirs(paths):
-    """Run folders from the arguments; a folder holding ``runs/`` (a sweep) gives all its runs, sorted."""
-    folders = []
-    for path in paths:
-        found = find_runs(path)
-        folders += found if found else [os.fspath(path)]  # not a run: read_run says why
-    return folders
+@dataclass
+class Setting:
+    """The runs of one setting (they differ only in their seed): their records and the setting's label."""
+
+    settings: dict
+    records: list = field(default_factory=list)
+    label: str = ""
+
+    def stat(self, name):
+        return stat([getattr(r.summary, name) for r in self.records])
+
+    @property
+    def seeds(self):
+        return [r.config.get("seed") for r in self.records]
 
 
-def labels_for(records):
-    """A short label per run: the settings that differ between the runs, else the folder name."""
-    differing = [name for name in SETTINGS if len({repr(r.config.get(name)) for r in records}) > 1]
-    if not differing:
-        return [os.path.basename(os.path.normpath(r.path)) for r in records]
-    return [" ".join(f"{name}={r.config.get(name)}" for name in differing) for r in records]
+@dataclass
+class Comparison:
+    """What :func:`compare` found: the table (Markdown), the settings compared, the unfinished runs skipped and
+    the folders that repeat a run already counted."""
+
+    table: str
+    settings: list
+    skipped: list
+    duplicates: list = field(default_factory=list)
 
 
-def compare_table(records, labels):
-    """A GitHub Markdown table: one row per run."""
-    head = ["run", "folder", "epochs", "train loss", "train acc %", "test loss", "test acc %", "seconds / epoch",
+def run_folders(paths):
+    """``(folders, skipped)``: the run folders the arguments name, and the unfinished ones left out.
+
+    A run folder is taken as it is (unfinished, it is an error when read); a
+    folder holding runs (``runs/``, a sweep or study folder) stands for its
+    finished runs, and its unfinished ones are returned in ``skipped``.
+    """
+    folders, skipped = [], []
+    for path in map(os.fspath, paths):
+        found = [] if is_run_folder(path) else find_run_folders(path)
+        if not found:
+            folders.append(path)  # a run folder, or not a run at all: reading it says which
+            continue
+        for folder in found:
+            has_summary = os.path.isfile(RunFolder(folder).file("summary.json"))
+            (folders if has_summary else skipped).append(folder)
+    return list(dict.fromkeys(folders)), skipped
+
+
+def _settings_of(record):
+    """A run's settings from its ``config.json``; a setting it predates has its default."""
+    return {name: record.config.get(name, spec.default) for name, spec in SETTINGS.items()}
+
+
+def _order(value):
+    """A sort key for setting values of any type: numbers by size, then everything else by its text."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if number else (1, 0, str(value))
+
+
+def group_by_setting(records):
+    """``(settings, duplicates)``: the records grouped into :class:`Setting` s (all settings equal but the seed),
+    ordered by the settings that vary, each with its runs by seed; and the folders left out because they hold
+    a run already counted (the same settings and seed, e.g. a sweep's run copied into ``runs/``)."""
+    groups, seen, duplicates = {}, set(), []
+    for r in records:
+        settings = _settings_of(r)
+        run = repr(sorted((k, repr(v)) for k, v in r.config.items() if k != "npconv_version"))
+        if run in seen:
+            duplicates.append(r.path)
+            continue
+        seen.add(run)
+        key = repr(sorted((k, repr(v)) for k, v in settings.items() if k != "seed"))
+        groups.setdefault(key, Setting({k: v for k, v in settings.items() if k != "seed"})).records.append(r)
+    out = list(groups.values())
+    varying = [n for n in SETTINGS if n != "seed" and len({repr(g.settings[n]) for g in out}) > 1]
+    out.sort(key=lambda g: [_order(g.settings[n]) for n in varying])
+    for g in out:
+        g.records.sort(key=lambda r: (_order(r.config.get("seed")), r.path))
+    _label(out)
+    return out, duplicates
+
+
+def _label(groups):
+    """Give each setting its label (see the module docstring)."""
+    varying = [n for n in SETTINGS if n != "seed" and len({repr(g.settings[n]) for g in groups}) > 1]
+    modes = {}
+    for name in varying:
+        values = [repr(g.settings[name]) for g in groups]
+        modes[name] = max(dict.fromkeys(values), key=values.count)
+    for g in groups:
+        full = " ".join(f"{n}={g.settings[n]}" for n in varying)
+        if not varying:
+            g.label = os.path.basename(os.path.normpath(g.records[0].path))
+        elif len(full) <= LABEL_WIDTH:
+            g.label = full
+        else:
+            g.label = " ".join(f"{n}={g.settings[n]}" for n in varying if repr(g.settings[n]) != modes[n]) \
+                or "the most common settings"
+
+
+def compare_table(groups):
+    """A GitHub Markdown table: one row per setting, figures as mean ± std over its seeds."""
+    head = ["setting", "runs", "epochs", "train loss", "train acc %", "test loss", "test acc %", "seconds / epoch",
             "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r, label in zip(records, labels):
-        s = r.summary
+    for g in groups:
+        if len(g.records) == 1:
+            runs = g.records[0].path
+        else:
+            runs = f"{len(g.records)} runs (seeds {', '.join(map(str, g.seeds))})"
+        statuses = [r.status for r in g.records]
+        status = ", ".join(s if statuses.count(s) == len(statuses) else f"{s} ({statuses.count(s)})"
+                           for s in dict.fromkeys(statuses))
+        epochs = sorted({r.summary.epochs for r in g.records})
         lines.append("| " + " | ".join([
-            label, r.path, str(s.epochs), num(s.train_loss, empty="—"), pct(s.train_acc, "—"),
-            num(s.test_loss, empty="—"), pct(s.test_acc, "—"), num(s.seconds_per_epoch, 1, "—"), r.status,
+            g.label, runs, "–".join(map(str, epochs[::len(epochs) - 1] if len(epochs) > 1 else epochs)),
+            fmt(g.stat("train_loss"), digits=4), pct(g.stat("train_acc")), fmt(g.stat("test_loss"), digits=4),
+            pct(g.stat("test_acc")), fmt(g.stat("seconds_per_epoch"), digits=2), status,
         ]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_compare(records, labels, path):
-    """Train and test loss, train and test accuracy against epoch, one color per run."""
-    from ..train.curves import plt
+def plot_compare(groups, path):
+    """Rows of four panels (train/test loss, train/test accuracy), at most :data:`MAX_CURVES` settings a row."""
+    from ..train.curves import plt  # matplotlib, imported only to draw
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (r, label) in enumerate(zip(records, labels)):
-        epochs = [h.epoch for h in r.history]
-        color = f"C{i % 10}"
-        ax_loss.plot(epochs, [h.train_loss for h in r.history], "-", color=color, label=f"{label} train")
-        ax_loss.plot(epochs, [h.test_loss for h in r.history], "--", color=color, label=f"{label} test")
-        ax_acc.plot(epochs, [100 * h.train_acc for h in r.history], "-", color=color, label=f"{label} train")
-        ax_acc.plot(epochs, [100 * h.test_acc for h in r.history], "--", color=color, label=f"{label} test")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: test)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy (solid: train, dashed: test)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    chunks = [groups[i:i + MAX_CURVES] for i in range(0, len(groups), MAX_CURVES)]
+    fig = plt.figure(figsize=(17, 3.4 * len(chunks)), layout="constrained")
+    rows = fig.subfigures(len(chunks), 1) if len(chunks) > 1 else [fig]
+    for row, chunk in zip(rows, chunks):
+        axes = row.subplots(1, len(PANELS))
+        for i, g in enumerate(chunk):
+            histories = [r.history for r in g.records]
+            ended = {r.status for r in g.records}
+            label = g.label if ended == {"completed"} else f"{g.label} ({', '.join(sorted(ended))})"
+            for ax, (key, title, scale) in zip(axes, PANELS):
+                epochs, mean, std = mean_curve(histories, key)
+                single = len(epochs) == 1  # one epoch: a line would be invisible, so a marker shows it
+                ax.plot(epochs, [scale * m for m in mean], "-", marker="o", ms=6 if single else 3, color=f"C{i}",
+                        label=label)
+                if len(histories) > 1:
+                    ax.fill_between(epochs, [scale * (m - s) for m, s in zip(mean, std)],
+                                    [scale * (m + s) for m, s in zip(mean, std)], color=f"C{i}", alpha=0.15, lw=0)
+        longest = max(len(r.history) for g in chunk for r in g.records)
+        for ax, (_, title, _) in zip(axes, PANELS):
+            ax.set(xlabel="epoch", title=title)
+            ax.grid(alpha=0.3)
+            if longest == 1:
+                ax.set_xticks([1])  # one epoch: one tick, not a fractional axis around it
+            else:
+                ax.xaxis.get_major_locator().set_params(integer=True)
+        handles, labels = axes[0].get_legend_handles_labels()
+        row.legend(handles, labels, loc="outside right upper", fontsize=8)
     with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
 def compare(paths, plot_path="compare.png"):
-    """Read the runs, write the plot; returns the Markdown table. Unfinished runs are an error."""
-    folders = expand_run_dirs(paths)
+    """Read the runs, write the plot; returns a :class:`Comparison`.
+
+    An unfinished run named on its own is an error; unfinished runs inside a
+    folder of runs are skipped (``Comparison.skipped``).
+    """
+    folders, skipped = run_folders(paths)
     if not folders:
-        raise NpconvError("no run folders to compare")
-    records = [RunFolder(folder).read() for folder in folders]
-    labels = labels_for(records)
+        raise NpconvError("no finished runs to compare" + (f" ({len(skipped)} unfinished)" if skipped else ""))
     plot_dir = os.path.dirname(os.path.abspath(plot_path))
     if not os.path.isdir(plot_dir):
         raise SettingError("plot_path", f"{plot_path}: no such folder {plot_dir}")
-    plot_compare(records, labels, plot_path)
-    return compare_table(records, labels)
+    groups, duplicates = group_by_setting([RunFolder(folder).read() for folder in folders])
+    plot_compare(groups, plot_path)
+    return Comparison(compare_table(groups), groups, skipped, duplicates)

@@ -49,7 +49,8 @@ def time_steps(config, dataset, steps=TIMED_STEPS):
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     optimizer = make_optimizer(config, model.parameters())
     # A setting that will diverge may overflow here already; only its time matters.
-    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+    with threadpool_limits(limits=1, user_api="blas"), \
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         started = None
         for step in range(steps + 1):
             if step == 1:  # the first step warms caches up and is not counted
@@ -71,11 +72,15 @@ def time_steps(config, dataset, steps=TIMED_STEPS):
 
 
 def run_seconds(run, step_s, eval_s):
-    """Estimated seconds of one :class:`~npconv.experiments.sweep.Run` from its setting's step and eval times."""
+    """Estimated seconds of one :class:`~npconv.experiments.sweep.Run` from its setting's step and eval times.
+
+    A run cut off midway counts only the epochs it has left (it resumes after ``run.epochs_done``).
+    """
     config = run.config
     steps = math.ceil(run.train_size / config.batch_size)
     evaluated = run.test_size + run.val_size
-    return config.epochs * (steps * step_s + evaluated / 1000 * eval_s) + RUN_OVERHEAD_SECONDS
+    epochs = config.epochs - getattr(run, "epochs_done", 0)
+    return epochs * (steps * step_s + evaluated / 1000 * eval_s) + RUN_OVERHEAD_SECONDS
 
 
 def makespan(durations, slots):
@@ -95,6 +100,6 @@ def estimate_sweep(runs, datasets, slots):
         if setting not in timings:
             timings[setting] = time_steps(run.config, datasets[(run.config.dataset, run.config.data_dir)])
     durations = [run_seconds(run, *timings[_cost_setting(run.config)]) for run in runs]
-    what = (f"from timing {TIMED_STEPS} batches of each of {len(timings)} model setting"
-            f"{'s' if len(timings) != 1 else ''} on this machine")
+    settings = "the one model setting" if len(timings) == 1 else f"each of {len(timings)} model settings"
+    what = f"from timing {TIMED_STEPS} batches of {settings} on this machine"
     return makespan(durations, slots), what

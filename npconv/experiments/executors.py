@@ -1,11 +1,22 @@
 """Where a sweep's runs are trained: this process, local worker processes, or a Dask cluster.
 
-Every executor runs the same task, :func:`train_in_temp`: it trains one
-:class:`~npconv.train.settings.TrainConfig` into a private temporary folder, with one
-BLAS thread (threadpoolctl), and returns the folder's files as bytes. The
-submitting process writes them into the run folder
-(:func:`npconv.experiments.sweep.store_result`), so the files are the same whichever
-executor ran the task, and Dask workers need not share a file system with it.
+Every executor runs the same task, :func:`train_task`: it trains one
+:class:`~npconv.train.settings.TrainConfig` with one BLAS thread
+(threadpoolctl), into one of two places:
+
+* **the run's own folder**, for this process and local worker processes: the
+  run is an ordinary run folder from its first epoch on, locked while it
+  trains, so a run cut off midway -- Ctrl-C, a crash, ``kill -9`` -- leaves the
+  checkpoint of its last completed epoch there, and the next sweep *resumes*
+  it (:func:`npconv.train.resume_training`) instead of starting it again;
+* **a temporary folder of the worker's machine**, for a Dask cluster, whose
+  workers need not share a file system with this process: the task returns
+  the folder's files and this process writes them into the run folder
+  (:func:`npconv.experiments.sweep.store_result`). A run to be resumed
+  travels the other way: this process sends its files with the task.
+
+Either way the run folder ends with the same files, bit for bit but for the
+wall-clock seconds, and a resumed run ends exactly as an uninterrupted one.
 
 * :class:`InProcess` -- one run after another in this process, with the
   current run's progress bar (``--workers 1``).
@@ -40,16 +51,23 @@ import numpy as np
 
 from .. import __version__
 from ..errors import NpconvError, SettingError
-from ..train.runfolder import CONFIG_FILE
+from ..train.runfolder import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
 
 
-def train_in_temp(config_dict, progress=False, log_epochs=False):
-    """Train one run in a temporary folder; return its outcome and files.
+def train_task(config_dict, run_dir=None, resume_files=None, progress=False, log_epochs=False):
+    """Train (or resume) one run; return its outcome, and its files when it trained elsewhere.
 
     Parameters
     ----------
     config_dict : dict
         The :class:`~npconv.train.settings.TrainConfig` fields.
+    run_dir : str, optional
+        Train in this run folder (local executors): resume the run it holds
+        if it has a checkpoint, else start it (clearing what an earlier
+        attempt left). None: train in a temporary folder and return its files.
+    resume_files : dict, optional
+        With ``run_dir`` None: the files (name -> bytes) of a run to resume,
+        from its folder's :meth:`~npconv.train.runfolder.RunFolder.files`.
     progress : bool
         Show the per-epoch progress bar (in-process runs only).
     log_epochs : bool
@@ -58,43 +76,85 @@ def train_in_temp(config_dict, progress=False, log_epochs=False):
     Returns
     -------
     dict
-        ``status`` (``completed``, ``diverged`` or ``failed``), ``message``
-        (why it diverged or failed), ``traceback`` (failed runs), ``files``
-        (file name -> bytes: ``config.json``, ``history.csv``, ...),
-        ``npconv_version`` and ``host`` of the machine that trained it.
+        ``status`` (``completed``, ``diverged``, ``interrupted`` or
+        ``failed``), ``message`` (why it diverged or failed), ``traceback``
+        (failed runs), ``resumed_from`` (the epoch it resumed after, or None),
+        ``files`` (file name -> bytes, only for a run trained in a temporary
+        folder), ``npconv_version`` and ``host`` of the machine that trained it.
     """
     from threadpoolctl import threadpool_limits
 
-    from ..train import TrainConfig, TrainingDiverged, parallel, run_training
-    from ..train.runfolder import RunFolder
+    from ..train import parallel
+    from ..train.interrupt import stop_on_signals
 
-    def log(line):
-        if log_epochs and line.startswith("epoch"):  # the "training ... -> /tmp/..." line names a temp folder
-            print("  " + line, flush=True)
-
-    result = {"status": "completed", "message": None, "files": {}, "npconv_version": __version__,
+    result = {"status": "completed", "message": None, "resumed_from": None, "npconv_version": __version__,
               "host": socket.gethostname()}
     # A diverging run overflows before its loss turns non-finite; that is
     # reported as status "diverged", so NumPy's overflow warnings are only noise.
     # One thread per run: the workers already use the cores, each on its own run.
+    # SIGTERM (a local worker asked to stop) ends the run as Ctrl-C does: with its checkpoint kept.
     threads_before = parallel.get_num_threads()
     parallel.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory(prefix="npconv-run-") as tmp, \
-            np.errstate(over="ignore", invalid="ignore"):
-        try:
-            result["status"] = run_training(TrainConfig(**config_dict), tmp, progress=progress, log=log).status
-        except TrainingDiverged as e:
-            result.update(status="diverged", message=str(e))
-        except Exception as e:  # noqa: BLE001 - any failure of one run is recorded; the sweep goes on
-            message = str(e) if isinstance(e, NpconvError) else f"{type(e).__name__}: {e}"
-            result.update(status="failed", message=" ".join(message.split()), traceback=traceback.format_exc())
-        result["files"] = RunFolder(tmp).files()
-    parallel.set_num_threads(threads_before)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"), stop_on_signals((signal.SIGTERM,)), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if run_dir is not None:
+                _train_in(run_dir, config_dict, result, progress, log_epochs)
+            else:
+                with tempfile.TemporaryDirectory(prefix="npconv-run-") as tmp:
+                    from ..train.runfolder import RunFolder
+
+                    if resume_files and CHECKPOINT_FILE in resume_files:
+                        RunFolder(tmp).store(resume_files)
+                    _train_in(tmp, config_dict, result, progress, log_epochs)
+                    result["files"] = RunFolder(tmp).files()
+    finally:
+        parallel.set_num_threads(threads_before)
     return result
 
 
+def _train_in(folder_path, config_dict, result, progress, log_epochs):
+    """Train the run in ``folder_path``, resuming it from its checkpoint when it has one; fills ``result``."""
+    from ..train import TrainConfig, TrainingDiverged, resume_training, run_training
+    from ..train.runfolder import RunFolder
+
+    def log(line):
+        if log_epochs and line.startswith(("epoch", "resuming")):  # "training ... -> ..." names the folder
+            print("  " + line, flush=True)
+
+    folder = RunFolder(folder_path)
+    try:
+        done = folder.read_summary() if os.path.exists(folder.file(SUMMARY_FILE)) else None
+        if done is not None and done.done:  # finished meanwhile by another sweep into the same folder
+            result.update(status=done.status, message=done.message)
+            return
+        try:
+            if os.path.exists(folder.file(CHECKPOINT_FILE)):
+                result["resumed_from"] = folder.read_checkpoint().epoch
+                summary = resume_training(folder.path, progress=progress, log=log)
+            else:
+                summary = None
+        except TrainingDiverged:
+            raise
+        except NpconvError as e:  # a damaged checkpoint, data that changed: start the run again
+            result.update(resumed_from=None, message=f"could not resume ({e}); trained from the start")
+            summary = None
+        if summary is None:
+            folder.clear()
+            summary = run_training(TrainConfig(**config_dict), folder.path, progress=progress, log=log)
+        result["status"] = summary.status
+    except TrainingDiverged as e:
+        result.update(status="diverged", message=str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the run recorded "interrupted" and kept its checkpoint
+        result.update(status="interrupted", message="interrupted; the next sweep resumes it",
+                      signum=int(getattr(e, "signum", signal.SIGINT)))
+    except Exception as e:  # noqa: BLE001 - any failure of one run is recorded; the sweep goes on
+        message = str(e) if isinstance(e, NpconvError) else f"{type(e).__name__}: {e}"
+        result.update(status="failed", message=" ".join(message.split()), traceback=traceback.format_exc())
+
+
 class InProcess:
-    """Train the runs one after another in this process."""
+    """Train the runs one after another in this process, each in its run folder."""
 
     slots = 1
     description = "this process"
@@ -104,7 +164,7 @@ class InProcess:
         for index, run in enumerate(runs, start=1):
             if on_start is not None:
                 on_start(index, run)
-            yield run, train_in_temp(asdict(run.config), progress=progress, log_epochs=progress)
+            yield run, train_task(asdict(run.config), run.folder.path, progress=progress, log_epochs=progress)
 
     def close(self):
         pass
@@ -112,12 +172,25 @@ class InProcess:
 
 def _ignore_sigint():
     # Ctrl-C reaches the whole process group; the parent alone handles it
-    # (and terminates the workers), so the workers print no tracebacks.
+    # (and stops the workers), so the workers print no tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _local_task(config_dict, run_dir):
+    """:func:`train_task` in a local worker process, which ends once its run was stopped by SIGTERM."""
+    result = train_task(config_dict, run_dir)
+    if result["status"] == "interrupted":  # the parent is stopping the pool: the run is recorded, nothing is left
+        os._exit(0)
+    return result
+
+
+#: Seconds the workers of a stopped sweep get to record their runs' state (an interrupted summary) before they are
+#: killed. The checkpoint of the last epoch is on disk already; this is a few small writes.
+STOP_SECONDS = 10
+
+
 class LocalProcesses:
-    """Train the runs on a pool of ``workers`` local processes, as they free up.
+    """Train the runs on a pool of ``workers`` local processes, as they free up, each in its run folder.
 
     A worker that dies (killed, out of memory) breaks the pool: the runs
     finished so far are kept and :class:`NpconvError` says so.
@@ -132,7 +205,7 @@ class LocalProcesses:
         pool = ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_ignore_sigint)
         try:
-            futures = {pool.submit(train_in_temp, asdict(run.config)): run for run in runs}
+            futures = {pool.submit(_local_task, asdict(run.config), run.folder.path): run for run in runs}
             for future in as_completed(futures):
                 try:
                     result = future.result()
@@ -143,7 +216,7 @@ class LocalProcesses:
                     ) from None
                 yield futures[future], result
         except BaseException:  # Ctrl-C, a dead worker, or the consumer stopped: stop the workers now
-            _terminate(pool)
+            _stop(pool)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -152,18 +225,23 @@ class LocalProcesses:
         pass
 
 
-def _terminate(pool):
-    """Stop a process pool's workers at once, even in the middle of a run."""
-    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
-        pool.terminate_workers()
-        return
-    # Python < 3.14 has no public way to stop a busy worker; the pool's own
-    # table of worker processes is the only handle on them (taken before
-    # shutdown, which forgets it).
+def _stop(pool):
+    """Stop a process pool's workers, even in the middle of a run.
+
+    Each gets SIGTERM, which ends its run as Ctrl-C ends ``npconv train``
+    (the run folder records ``interrupted`` and keeps its last checkpoint);
+    a worker still alive after :data:`STOP_SECONDS` is killed.
+    """
+    # The pool's own table of worker processes is the only handle on them (taken
+    # before shutdown, which forgets it); Python 3.14's terminate_workers() would not wait.
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    for process in processes:
+        process.join(STOP_SECONDS)
+        if process.is_alive():
+            process.kill()
 
 
 class DaskCluster:
@@ -190,7 +268,9 @@ class DaskCluster:
         try:
             for run in runs:
                 key = f"npconv-train-{run.key[:16]}-{uuid.uuid4().hex[:8]}"
-                futures[self.client.submit(train_in_temp, asdict(run.config), key=key, pure=False)] = run
+                # The worker trains in a folder of its own machine; a run cut off earlier travels with its checkpoint.
+                resume = run.folder.files() if os.path.exists(run.folder.file(CHECKPOINT_FILE)) else None
+                futures[self.client.submit(train_task, asdict(run.config), None, resume, key=key, pure=False)] = run
             for future in dask_completed(list(futures), loop=self.client.loop):
                 try:
                     result = future.result()
@@ -241,6 +321,8 @@ def check_result(run, result):
     if version != __version__:
         return {"status": "failed", "message": f"worker {result.get('host')} runs npconv {version}, "
                                                f"this machine {__version__}: install the same version on every worker"}
+    if "files" not in result:  # trained in its run folder, on this machine
+        return result
     try:
         sha = json.loads(result["files"][CONFIG_FILE])["dataset_sha256"]
     except (KeyError, ValueError, TypeError):

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 
 from ..io import atomic_write
+from ..text import WIDTH, shorten
 from ..train.settings import SETTINGS
 
 #: The figures of a run, in the order results.csv lists them.
@@ -23,9 +24,29 @@ def varying_settings(runs):
     return [n for n in SETTINGS if len({repr(getattr(r.config, n)) for r in runs}) > 1]
 
 
-def describe(config, names):
-    """``"mlp lr=0.001 seed=1"``: the model and the named settings of a config, for progress lines."""
-    return " ".join([config.model] + [f"{n}={getattr(config, n)}" for n in names if n != "model"])
+def typical_values(runs):
+    """``{setting: its most common value}`` for each setting that varies between the runs (ties: the first)."""
+    modes = {}
+    for name in varying_settings(runs):
+        values = [getattr(r.config, name) for r in runs]
+        modes[name] = max(dict.fromkeys(values), key=lambda v: values.count(v))
+    return modes
+
+
+def describe(config, modes, width=WIDTH):
+    """``"mlp lr=0.001 seed=1"``: the model and the settings that vary in a sweep, for progress lines.
+
+    ``modes`` is :func:`typical_values` of the sweep. When every varying
+    setting does not fit in ``width`` columns (a study varies many), only
+    those that differ from their typical value are named, and the seed.
+    """
+    def text(names):
+        return " ".join([config.model] + [f"{n}={getattr(config, n)}" for n in names if n != "model"])
+
+    full = text(modes)
+    if len(full) <= width:
+        return full
+    return shorten(text([n for n, typical in modes.items() if n == "seed" or getattr(config, n) != typical]), width)
 
 
 def pct(value, empty=""):

@@ -31,6 +31,13 @@ Section kinds:
 ``sweep``   ``vary = "lr"`` over ``values = [...]`` (``labels`` optional); ``study``
             rows ``[train loss, train acc %, test acc %]``, one per value, optional.
 ``grid``    ``batch_sizes = [...]`` x ``epochs = [...]``.
+``ablation`` ``variants = [{label=, set={...}}, ...]`` (ways of implementing the
+            same training, e.g. another weight initialization) x ``cases =
+            [{label=, set={...}, study=...}, ...]`` (the settings the study
+            reports, ``study`` its test accuracy in %). The report says which
+            variants reproduce each case the study saw collapse to chance
+            while keeping every other case within ``tolerance_pp`` (default
+            2.0) points of the study's figure.
 
 Every section may hold ``set = {dropout = 0.2}`` (settings on top of the
 baseline for this section only) and ``study_says = "..."`` (the published
@@ -57,7 +64,7 @@ from .report import write_report
 from .sweep import run_sweep
 
 DEFAULT_STUDY = "default.toml"
-KINDS = ("curves", "models", "sweep", "grid")
+KINDS = ("curves", "models", "sweep", "grid", "ablation")
 TOP_KEYS = {"title", "seeds", "baseline", "baseline_note", "section", "description"}
 COMMON_KEYS = {"id", "kind", "title", "set", "study_says"}
 SECTION_KEYS = {
@@ -65,7 +72,9 @@ SECTION_KEYS = {
     "models": {"models", "target_acc", "plateau_pp"},
     "sweep": {"vary", "values", "labels", "study"},
     "grid": {"batch_sizes", "epochs"},
+    "ablation": {"variants", "cases", "tolerance_pp"},
 }
+ABLATION_ITEM_KEYS = {"variants": {"label", "set"}, "cases": {"label", "set", "study"}}
 STUDY_FIGURES = ("train_loss", "train_acc", "test_acc")
 
 
@@ -101,6 +110,7 @@ class Study:
     baseline_note: str | None = None
     description: str | None = None
     source: str = ""
+    source_note: str | None = None  # said after the source's path ("the default study")
 
 
 @dataclass
@@ -130,7 +140,7 @@ def default_study_path():
 
 def load_study(path=None):
     """Read and check a study file (default: the shipped one); :class:`NpconvError` says what is wrong."""
-    where = "npconv/studies/default.toml (the default study)" if path is None else os.fspath(path)
+    where = "npconv/studies/default.toml" if path is None else os.fspath(path)
     path = default_study_path() if path is None else os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -139,7 +149,9 @@ def load_study(path=None):
         raise NpconvError(f"{path}: no such file") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise NpconvError(f"{path}: not a readable TOML file ({e})") from None
-    return parse_study(doc, where)
+    study = parse_study(doc, where)
+    study.source_note = "the default study" if path is None else None
+    return study
 
 
 def parse_study(doc, where="study"):
@@ -253,6 +265,26 @@ def _parse_section(raw, what, bad):
                 bad(f"{what}: {key} must be a non-empty list of integers >= 1")
             if len(set(vals)) != len(vals):
                 bad(f"{what}: {key} lists a value twice")
+    elif kind == "ablation":
+        for key, allowed in ABLATION_ITEM_KEYS.items():
+            items = options.get(key)
+            if not (isinstance(items, list) and items and all(isinstance(i, dict) for i in items)):
+                bad(f"{what}: {key} must be a non-empty list of tables {{label = ..., set = {{...}}}}")
+            labels = [i.get("label") for i in items]
+            if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+                bad(f"{what}: every entry of {key} needs its own label (a non-empty string)")
+            for item in items:
+                unknown = set(item) - allowed
+                if unknown:
+                    bad(f"{what}: {key} entry {item['label']!r}: unknown key(s) {', '.join(sorted(unknown))} "
+                        f"(it takes {', '.join(sorted(allowed))})")
+                if not isinstance(item.setdefault("set", {}), dict):
+                    bad(f"{what}: {key} entry {item['label']!r}: set must be a table of training settings")
+                _check_settings({**settings, **item["set"]}, f"{what}: {key} entry {item['label']!r}", bad)
+                if "study" in item and not (is_number(item["study"]) and 0 <= item["study"] <= 100):
+                    bad(f"{what}: case {item['label']!r}: study must be a test accuracy in % (0 to 100)")
+        if not is_number(options.setdefault("tolerance_pp", 2.0)) or options["tolerance_pp"] < 0:
+            bad(f"{what}: tolerance_pp must be a number >= 0")
     says = raw.get("study_says")
     if says is not None and not isinstance(says, str):
         bad(f"{what}: study_says must be a string")
@@ -276,20 +308,30 @@ def shrink(study, *, epochs=None, train_subset=None, seeds=None):
     """
     baseline = dict(study.baseline)
     sections = [Section(s.id, s.kind, s.title, dict(s.settings), s.study_says, dict(s.options)) for s in study.sections]
+    for s in sections:  # an ablation's variants and cases hold settings too: copies, so that they can shrink
+        for key in ABLATION_ITEM_KEYS:
+            if key in s.options:
+                s.options[key] = [{**item, "set": dict(item["set"])} for item in s.options[key]]
+
+    def drop(name):  # the shrunk value replaces the sections' own
+        for s in sections:
+            s.settings.pop(name, None)
+            for item in (i for key in ABLATION_ITEM_KEYS for i in s.options.get(key, [])):
+                item["set"].pop(name, None)
+
     if epochs is not None:
         base_epochs = make_config(baseline).epochs
         baseline["epochs"] = epochs
+        drop("epochs")
         for s in sections:
-            s.settings.pop("epochs", None)
             if s.kind == "grid":
                 scaled = [max(1, round(e * epochs / base_epochs)) for e in s.options["epochs"]]
                 s.options["epochs"] = list(dict.fromkeys(scaled))
     if train_subset is not None:
         baseline["train_subset"] = train_subset
-        for s in sections:
-            s.settings.pop("train_subset", None)
+        drop("train_subset")
     return Study(study.title, list(seeds) if seeds is not None else list(study.seeds), baseline, sections,
-                 study.baseline_note, study.description, study.source)
+                 study.baseline_note, study.description, study.source, study.source_note)
 
 
 def section_cells(study, section):
@@ -306,6 +348,11 @@ def section_cells(study, section):
             vary = section.options["vary"]
             for v in section.options["values"]:
                 cells.append(Cell(section.id, v, seed, make_config({**base, vary: v, "seed": seed})))
+        elif section.kind == "ablation":
+            for v, variant in enumerate(section.options["variants"]):
+                for c, case in enumerate(section.options["cases"]):
+                    config = make_config({**base, **variant["set"], **case["set"], "seed": seed})
+                    cells.append(Cell(section.id, (v, c), seed, config))
         elif section.kind == "grid":
             epochs = section.options["epochs"]
             prefix = make_config(base).lr_schedule == "constant"  # see the module docstring

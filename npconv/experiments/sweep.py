@@ -43,11 +43,13 @@ from dataclasses import dataclass
 from .. import __version__, data
 from ..errors import NpconvError, SettingError
 from ..models import model_label
+from ..io import locked_by
 from ..train.interrupt import Interrupted
 from ..train.run import check_subset
-from ..train.runfolder import RunFolder
+from ..train.runfolder import CHECKPOINT_FILE, RunFolder
 from ..train.settings import SETTINGS, TrainConfig, make_config
-from .results import describe, varying_settings, write_results
+from ..text import WIDTH, plural, shorten
+from .results import describe, typical_values, write_results
 
 
 # --------------------------------------------------------------------------- grids
@@ -114,8 +116,10 @@ def run_key(config, dataset_sha256, version=__version__):
 class Run:
     """One run of a sweep: its configuration, key, folder and (once known) its outcome.
 
-    ``status`` is ``pending`` (not trained yet), ``completed``, ``diverged`` or
-    ``failed`` (an unexpected error, recorded in ``message``; retried next time).
+    ``status`` is ``pending`` (not trained yet), ``interrupted`` (cut off
+    midway: its folder holds the checkpoint of epoch ``epochs_done``, and the
+    next sweep resumes it), ``completed``, ``diverged`` or ``failed`` (an
+    unexpected error, recorded in ``message``; retried next time).
     ``summary`` is the run's :class:`~npconv.train.runfolder.Summary` once it has one.
     """
 
@@ -130,6 +134,7 @@ class Run:
     summary: object = None
     message: str | None = None
     reused: bool = False  # done before this sweep started (trained by an earlier sweep)
+    epochs_done: int = 0  # epochs already trained: a run cut off midway resumes after them
 
     @property
     def done(self):
@@ -153,7 +158,8 @@ def plan(configs, out_dir, datasets=None):
     dropout before pooling in the MLP, a training subset larger than the
     dataset) raises :class:`NpconvError` here, before anything is trained.
     Runs whose folder already holds a completed or diverged run come back with
-    that status and summary.
+    that status and summary; runs cut off midway, whose folder holds a
+    checkpoint, come back ``interrupted`` with their ``epochs_done``.
     """
     for config in configs:
         config.validate()
@@ -169,11 +175,29 @@ def plan(configs, out_dir, datasets=None):
         val_size = int(round(n * config.val_split))  # about what data.train_val_split holds out
         folder = RunFolder(os.path.join(out_dir, "runs", f"{model_label(config.model)}-{key[:12]}"))
         run = Run(config, key, folder, dataset.sha256, n - val_size, val_size, len(dataset.test_labels))
-        summary = _summary_or_none(run.folder)
-        if summary is not None and summary.done:
-            run.status, run.summary, run.reused = summary.status, summary, True
+        read_state(run)
+        run.reused = run.done
         runs.append(run)
     return runs
+
+
+def read_state(run):
+    """Set a run's status from its folder: done (completed, diverged), ``interrupted`` (a checkpoint to resume
+    from, and no process training it now), else left as it is."""
+    summary = _summary_or_none(run.folder)
+    if summary is not None and summary.done:
+        run.status, run.summary = summary.status, summary
+    elif os.path.exists(run.folder.file(CHECKPOINT_FILE)) and not locked_by(run.folder.path):
+        # cut off midway (Ctrl-C, a crash, kill -9); a locked one is being trained by another sweep
+        run.status, run.summary, run.epochs_done = "interrupted", summary, _epochs_done(run.folder)
+
+
+def _epochs_done(folder):
+    """The epochs a run cut off midway has done (its history and checkpoint are written together)."""
+    try:
+        return len(folder.read_history())
+    except NpconvError:
+        return 0
 
 
 def _summary_or_none(folder):
@@ -184,16 +208,21 @@ def _summary_or_none(folder):
 
 
 def store_result(run, result):
-    """Write a run's files (returned by :func:`npconv.experiments.executors.train_in_temp`) into its folder.
+    """Record a run's outcome (from :func:`npconv.experiments.executors.train_task`).
 
-    A failed run writes only ``error.txt`` (and no summary, so it is retried).
+    A run trained elsewhere (a Dask worker) returns its files, written into
+    its folder here; a run trained in its folder has written them already.
+    A failed run adds ``error.txt`` (and no summary of its own, so it is retried).
     """
     run.status, run.message = result["status"], result.get("message")
     if run.status == "failed":
         run.folder.write_error(result.get("traceback") or run.message or "failed\n")
         return
-    run.summary = run.folder.store(result.get("files", {}))
-    run.status = run.summary.status
+    if "files" in result:
+        run.summary = run.folder.store(result["files"])
+    else:
+        run.summary = run.folder.read_summary()
+    run.status = run.summary.status if run.summary is not None else "failed"
 
 
 # ------------------------------------------------------------------ the sweep
@@ -234,8 +263,10 @@ def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, 
     dry_run : bool
         Only print the plan and the estimate: nothing is trained or written.
 
-    Ctrl-C stops the sweep: the runs already completed are kept, ``results.csv``
-    lists the rest as ``pending``, and :class:`KeyboardInterrupt` propagates.
+    Ctrl-C stops the sweep: the runs already completed are kept, the runs
+    being trained keep the checkpoint of their last completed epoch (the next
+    sweep resumes them), ``results.csv`` lists the rest as ``pending``, and
+    :class:`KeyboardInterrupt` propagates.
     """
     from . import executors
     from .estimate import estimate_sweep
@@ -248,15 +279,16 @@ def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, 
     datasets = load_datasets(configs)
     runs = plan(configs, out_dir, datasets)
     pending = [r for r in runs if not r.done]
-    names = varying_settings(runs)
+    resumed = sum(r.status == "interrupted" for r in pending)
+    modes = typical_values(runs)
     executor = executors.make_executor(workers, scheduler, len(pending))
-    line = f"{len(runs)} runs ({len(runs) - len(pending)} already done)"
-    if pending:
-        line += f", {len(pending)} to train on {executor.description}"
-        if estimate or dry_run:
-            seconds, what = estimate_sweep(pending, datasets, executor.slots)
-            line += f"; estimated {format_seconds(seconds)} ({what})"
-    log(line)
+    line = f"{plural(len(runs), 'run')}: {len(runs) - len(pending)} already done, {len(pending)} to train"
+    if resumed:
+        line += f" ({resumed} to resume)"
+    log(line + (f" on {executor.description}" if pending else ""))
+    if pending and (estimate or dry_run):
+        seconds, what = estimate_sweep(pending, datasets, executor.slots)
+        log(f"estimated {format_seconds(seconds)} ({what})")
     if dry_run:
         executor.close()
         return runs
@@ -265,39 +297,50 @@ def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, 
     except OSError as e:
         raise SettingError("out_dir", f"{out_dir}: cannot create the folder ({e.strerror})") from None
     write_results(runs, out_dir)
+    width = len(str(len(pending)))
 
     def on_start(index, run):
         if progress:
-            log(f"[{index}/{len(pending)}] {describe(run.config, names)} "
-                f"-> {run.folder.path} ({len(pending) - index} left after it)")
+            head = f"[{index:>{width}}/{len(pending)}] "
+            tail = f" -> {os.path.relpath(run.folder.path, out_dir)}"
+            if run.status == "interrupted":
+                tail += f" (resuming after epoch {run.epochs_done})"
+            log(head + describe(run.config, modes, WIDTH - len(head) - len(tail)) + tail)
 
     done = 0
     try:
         for run, result in executor.map(pending, on_start=on_start, progress=progress):
             store_result(run, executors.check_result(run, result))
             write_results(runs, out_dir)
+            if result["status"] == "interrupted":  # Ctrl-C reached this process's run (perhaps as it completed)
+                raise Interrupted(result.get("signum", signal.SIGINT))
             done += 1
             if progress or run.status == "failed":
-                log(f"[{done}/{len(pending)} done, {len(pending) - done} left] {_outcome(run, names)}")
+                head = f"[{done:>{width}}/{len(pending)} done] "
+                log(head + _outcome(run, modes, WIDTH - len(head)))
     except KeyboardInterrupt as e:
-        # The run being trained lived in a temporary folder, gone now: there is
-        # nothing to resume but the sweep itself.
+        for run in runs:  # a worker may have finished a run, or recorded its checkpoint, as it was stopped
+            if not run.done:
+                read_state(run)
         write_results(runs, out_dir)
         kept = sum(r.done for r in runs)
-        log(f"interrupted: {kept} of {len(runs)} runs are done and kept in {out_dir}; "
-            "run the same command again to train the rest")
+        cut = sum(r.status == "interrupted" for r in runs)
+        log(f"interrupted: {kept} of {len(runs)} runs done" + (f", {cut} to resume" if cut else "")
+            + "; run the same command again to go on")
         raise Interrupted(getattr(e, "signum", signal.SIGINT)) from None
     write_results(runs, out_dir)
     return runs
 
 
-def _outcome(run, names):
+def _outcome(run, modes, width):
+    """``cnn lr=0.1 seed=2: completed, 98.48% test (133.3 s)``, in at most ``width`` columns."""
     s = run.summary
-    what = f"{describe(run.config, names)}: {run.status}"
+    what = f": {run.status}"
     if s is not None and s.test_acc is not None:
-        what += f", test accuracy {100 * s.test_acc:.2f}%"
-    if s is not None and s.total_seconds is not None:
-        what += f" ({s.total_seconds:.1f} s training)"
+        what += f", {100 * s.test_acc:.2f}% test"
+    if run.status == "completed" and s is not None and s.total_seconds is not None:
+        what += f" ({s.total_seconds:.1f} s)"
     if run.status in ("failed", "diverged") and run.message:
         what += f": {run.message}"
-    return what
+    name = describe(run.config, modes, max(width - len(what), width // 2))
+    return shorten(name + what, width)

@@ -6,8 +6,8 @@
   and checkpoints.
 """
 
-from .atomic import atomic_write, lock_dir, read_json, write_json
+from .atomic import atomic_write, lock_dir, locked_by, read_json, write_json
 from .npz import json_entry, parse_json_entry, read_npz, write_npz
 
-__all__ = ["atomic_write", "json_entry", "lock_dir", "parse_json_entry", "read_json", "read_npz", "write_json",
-           "write_npz"]
+__all__ = ["atomic_write", "json_entry", "lock_dir", "locked_by", "parse_json_entry", "read_json", "read_npz",
+           "write_json", "write_npz"]

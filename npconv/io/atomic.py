@@ -99,6 +99,28 @@ def lock_dir(folder):
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+def locked_by(folder):
+    """The pid (text) of the process holding ``folder``'s lock, or None when no process holds it.
+
+    Looks without writing anything: the lock file is opened read-only and
+    locked for an instant (never waiting), then released.
+    """
+    path = os.path.join(os.fspath(folder), LOCK_FILE)
+    if fcntl is None:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: nobody ever trained here, or it cannot be read
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)  # releases the lock, if this process got it
+
+
 def _lock_holder(fd):
     """The pid written in a lock file, or ``"unknown"`` (the holder may not have written it yet)."""
     text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()

@@ -4,7 +4,7 @@ One concept per file, in dependency order:
 
 ========================  ====================================================
 ``module.py``             ``Parameter``, ``Buffer``, ``Module``: the forward/backward contract
-``init.py``               He-uniform initialization
+``init.py``               He-uniform (and Gaussian) initialization
 ``linear.py``             ``Linear``
 ``activation.py``         ``ReLU``, ``Sigmoid``, ``Tanh``
 ``conv.py``               ``Conv2d`` (im2col)

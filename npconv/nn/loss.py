@@ -36,8 +36,24 @@ def softmax(logits):
     return B.xp.exp(log_softmax(logits))
 
 
+REDUCTIONS = ("mean", "sum")
+
+
+def naive_log_softmax(logits):
+    """:math:`\\log p = \\log(e^{z} / \\sum_j e^{z_j})` as the formula reads, without subtracting the maximum.
+
+    What many from-scratch codes write. ``exp`` overflows for logits above
+    about 88.7 in float32 (709.8 in float64): the sum becomes ``inf`` and
+    ``p`` becomes ``inf / inf = nan``. Kept only to show (and measure) that
+    failure; use :func:`log_softmax`.
+    """
+    xp = B.xp
+    exp = xp.exp(logits)
+    return xp.log(exp / exp.sum(axis=1, keepdims=True))
+
+
 class SoftmaxCrossEntropyLoss(Module):
-    """Softmax followed by cross-entropy, fused, averaged over the batch.
+    """Softmax followed by cross-entropy, fused, averaged (or summed) over the batch.
 
     For logits :math:`z` (N, K) and integer labels :math:`t` (N,):
 
@@ -52,20 +68,37 @@ class SoftmaxCrossEntropyLoss(Module):
 
     .. math::  \\frac{\\partial L}{\\partial z} = (p - \\text{onehot}(t)) / N
 
-    This is ``torch.nn.CrossEntropyLoss()`` with its default mean reduction.
+    This is ``torch.nn.CrossEntropyLoss()`` with its default mean reduction;
+    ``reduction="sum"`` drops the :math:`1/N` from the loss and the gradient.
+
+    Parameters
+    ----------
+    reduction : ``"mean"`` (default) or ``"sum"``
+        As PyTorch's: with ``"sum"`` the loss and its gradient are N times
+        larger, so the step an optimizer takes grows with the batch size.
+    stable : bool
+        Subtract the row maximum (default). ``False`` computes the softmax as
+        the formula reads (:func:`naive_log_softmax`), which overflows.
 
     Shape: logits (N, K), labels (N,) integers in [0, K) -> a float.
 
     Cached by forward: the probabilities ``p`` (N, K) and the labels.
     """
 
+    def __init__(self, reduction="mean", stable=True):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        self.reduction = reduction
+        self.stable = stable
+
     def forward(self, logits, labels):
         xp = B.xp
         n, k = logits.shape
         labels = _check_labels(labels, n, k)
-        log_probs = log_softmax(logits)
+        log_probs = log_softmax(logits) if self.stable else naive_log_softmax(logits)
         self._save(xp.exp(log_probs), labels)
-        return float(-log_probs[xp.arange(n), labels].mean())
+        picked = -log_probs[xp.arange(n), labels]
+        return float(picked.sum() if self.reduction == "sum" else picked.mean())
 
     def backward(self, dy=1.0):
         """Return ``dL/dlogits`` (N, K), times ``dy`` (the upstream scalar, 1 by default)."""
@@ -73,7 +106,10 @@ class SoftmaxCrossEntropyLoss(Module):
         n = probs.shape[0]
         grad = probs.copy()
         grad[B.xp.arange(n), labels] -= 1
-        return grad * (dy / n)
+        return grad * (dy if self.reduction == "sum" else dy / n)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}" + ("" if self.stable else ", stable=False")
 
 
 class MSELoss(Module):

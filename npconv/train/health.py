@@ -172,28 +172,23 @@ def advise(rows, train_loss, train_acc, num_classes):
     if hidden:
         ratio = statistics.median(r["update_ratio"] for r in hidden)
         if ratio > UPDATE_RATIO_HIGH:
-            advice.append(("lr-too-high",
-                           f"update/weight ratio {ratio:.1e} (median of the hidden layers) is far above the "
-                           f"healthy ~1e-3: the learning rate (or the weight decay) is probably too high"))
+            advice.append(("lr-too-high", f"update/weight ratio {ratio:.1e} in hidden layers, healthy is ~1e-3: "
+                                          "lr or weight decay too high"))
     dead = [r for r in rows if r["dead_fraction"] is not None and r["dead_fraction"] > DEAD_FRACTION_HIGH]
     if dead:
         row = max(dead, key=lambda r: r["dead_fraction"])
-        advice.append(("dead-relu",
-                       f"{100 * row['dead_fraction']:.0f}% of the ReLU units of layer {row['layer']} are dead "
-                       f"(zero for every probe image): the learning rate or weight decay is probably too high"))
+        advice.append(("dead-relu", f"{100 * row['dead_fraction']:.0f}% of the ReLUs of layer {row['layer']} are dead "
+                                    "(zero on every probe image): learning rate too high?"))
     saturated = [r for r in rows
                  if r["saturated_fraction"] is not None and r["saturated_fraction"] > SATURATED_FRACTION_HIGH]
     if saturated:
         row = max(saturated, key=lambda r: r["saturated_fraction"])
-        advice.append(("saturated",
-                       f"{100 * row['saturated_fraction']:.0f}% of the {row['type']} outputs of layer {row['layer']} "
-                       f"are saturated, so their gradients vanish: lower the learning rate or standardize the inputs"))
+        advice.append(("saturated", f"{100 * row['saturated_fraction']:.0f}% of the {row['type']} outputs of layer "
+                                    f"{row['layer']} saturate (no gradient): lower the lr?"))
     chance = math.log(num_classes) if num_classes > 1 else None
     if chance and abs(train_loss - chance) <= STUCK_LOSS_TOLERANCE * chance and train_acc < 1.5 / num_classes:
-        advice.append(("loss-at-chance",
-                       f"training loss {train_loss:.4f} is stuck at ln {num_classes} = {chance:.4f} with accuracy "
-                       f"at chance: the model predicts the same for every image; the weight decay or the learning "
-                       f"rate is probably too high"))
+        advice.append(("loss-at-chance", f"training loss {train_loss:.4f} stuck at ln {num_classes} (one guess for "
+                                         "every image): weight decay or lr too high"))
     return advice
 
 

@@ -9,6 +9,7 @@ One training step is the whole of backpropagation::
 """
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from ..nn import no_grad
 
 
 class TrainingDiverged(NpconvError):
-    """The loss became NaN or infinite; training cannot continue.
+    """The loss became NaN or infinite, or exploded past :func:`divergence_threshold`; training cannot continue.
 
     ``epoch`` and ``step`` (from 1) say where; ``step`` is None when the test
     or validation loss of a finished epoch was the first non-finite figure.
@@ -31,6 +32,35 @@ class TrainingDiverged(NpconvError):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+#: A run whose mean training loss over an epoch exceeds this many times :math:`\\ln K` has diverged, even
+#: while the loss stays finite (cf. PyTorch Lightning's ``divergence_threshold``). :math:`\\ln K` is the loss
+#: of guessing every class with probability 1/K, where every run starts; a hundred times that means the
+#: model gives the true class a probability of :math:`K^{-100}` on average: it is not learning, it is
+#: exploding. Healthy runs stay below 1.5 ln K from their first epoch on (``benchmarks/check_divergence.py``
+#: checks a study's runs against this rule).
+DIVERGENCE_FACTOR = 100
+
+
+def divergence_threshold(num_classes):
+    """The training loss above which a run counts as diverged: :data:`DIVERGENCE_FACTOR` times ln K."""
+    return DIVERGENCE_FACTOR * math.log(max(num_classes, 2))
+
+
+def exploded(train_loss, threshold):
+    """Whether an epoch's mean training loss means divergence: not finite, or above ``threshold``."""
+    return not math.isfinite(train_loss) or train_loss > threshold
+
+
+def mean_loss(loss_fn, loss, n):
+    """The mean loss per example of a batch of ``n``, whatever the loss's reduction (``"sum"`` or mean)."""
+    return loss / n if getattr(loss_fn, "reduction", "mean") == "sum" else loss
+
+
+def show_progress_bars():
+    """Progress bars only on a terminal: redirected to a file or a pipe, they would write a line per update."""
+    return sys.stderr.isatty()
 
 
 @dataclass
@@ -65,7 +95,7 @@ def evaluate(model, loss_fn, images, labels, batch_size=1000):
         for start in range(0, len(images), batch_size):
             xb, yb = images[start : start + batch_size], labels[start : start + batch_size]
             logits = model(xb)
-            total_loss += loss_fn(logits, yb) * len(xb)
+            total_loss += mean_loss(loss_fn, loss_fn(logits, yb), len(xb)) * len(xb)
             predictions.append(B.to_numpy(logits.argmax(axis=1)))
     model.train(was_training)
     predictions = np.concatenate(predictions)
@@ -87,7 +117,8 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
     seen = correct = 0
     total_loss = 0.0
     last_step = len(batches)
-    bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False,
+               disable=not (progress and show_progress_bars()), dynamic_ncols=True)
     with bar:
         for step, (xb, yb) in enumerate(batches, start=1):
             optimizer.zero_grad()
@@ -95,11 +126,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
             loss = loss_fn(logits, yb)
             if not math.isfinite(loss):
                 where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
-                raise TrainingDiverged(
-                    f"loss became {loss} at {where}: training diverged "
-                    "(the learning rate or weight decay is probably too high)",
-                    epoch=epoch, step=step,
-                )
+                raise TrainingDiverged(f"diverged at {where} (loss {loss})", epoch=epoch, step=step)
             model.backward(loss_fn.backward(), input_grad=False)  # the images need no gradient
             if monitor is not None and step == last_step:
                 monitor.before_update()
@@ -108,7 +135,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
             else:
                 optimizer.step()
             seen += len(yb)
-            total_loss += loss * len(yb)
+            total_loss += mean_loss(loss_fn, loss, len(yb)) * len(yb)
             correct += int((B.to_numpy(logits.argmax(axis=1)) == yb).sum())
             bar.update()
             if step % 20 == 0 or step == len(batches):
@@ -117,7 +144,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
 
 
 def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *, val=None, lr_schedule=None,
-        start_epoch=1, progress=True, on_epoch_end=None, monitor=None):
+        start_epoch=1, progress=True, on_epoch_end=None, monitor=None, divergence_threshold=None):
     """Train epochs ``start_epoch .. epochs``, evaluating on the test set (and ``val``) after each.
 
     ``val`` is an optional ``(images, labels)`` validation set held out of training.
@@ -128,7 +155,8 @@ def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *,
     ``on_epoch_end(stats)`` is called with each :class:`EpochStats`, e.g. to
     print it or write the history. Returns the list of the epochs' stats.
     Raises :class:`TrainingDiverged` if a training, test or validation loss is
-    not finite, before ``on_epoch_end`` sees that epoch.
+    not finite, or an epoch's mean training loss is above ``divergence_threshold``
+    (see :func:`divergence_threshold`; None: no limit), before ``on_epoch_end`` sees that epoch.
     """
     history = []
     for epoch in range(start_epoch, epochs + 1):
@@ -140,6 +168,9 @@ def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *,
             monitor=monitor,
         )
         seconds = time.perf_counter() - started  # training only; evaluation is not counted
+        if divergence_threshold is not None and train_loss > divergence_threshold:
+            raise TrainingDiverged(f"diverged in epoch {epoch} (train loss {train_loss:.3g} > "
+                                   f"{divergence_threshold:.0f})", epoch=epoch)
         test_loss, test_acc, _ = evaluate(model, loss_fn, test_images, test_labels)
         stats = EpochStats(epoch, train_loss, train_acc, test_loss, test_acc, seconds)
         if val is not None:
@@ -148,11 +179,7 @@ def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *,
             value = getattr(stats, name)
             if value is not None and not math.isfinite(value):
                 # The epoch's last update made the weights non-finite.
-                raise TrainingDiverged(
-                    f"{name.replace('_', ' ')} became {value} after epoch {epoch}: training diverged "
-                    "(the learning rate or weight decay is probably too high)",
-                    epoch=epoch,
-                )
+                raise TrainingDiverged(f"diverged in epoch {epoch} ({name.replace('_', ' ')} {value})", epoch=epoch)
         history.append(stats)
         if on_epoch_end is not None:
             on_epoch_end(stats)

@@ -9,8 +9,8 @@ Layout of the npz archive (plain arrays only, so it loads with ``allow_pickle=Fa
   ``architecture`` in :mod:`npconv.train.settings`: model, dropout, dropout
   location, dtype), the layers of a model described by a model file
   (``model_layers``, :mod:`npconv.models.spec`; null for a preset), the number
-  and names of the classes, the dataset, and the input normalization used in
-  training.
+  and names of the classes, the dataset and its SHA-256, and the input scaling
+  used in training (:data:`MODEL_FILE_KEYS`).
 
 The model is rebuilt from the file alone: a model-file model from the layers
 it recorded, never from the ``.toml`` file, which may have changed or be gone.
@@ -24,6 +24,7 @@ shape and dtype are checked against the model it describes.
 """
 
 import math
+import re
 
 import numpy as np
 
@@ -42,9 +43,10 @@ READABLE_FORMATS = ("npconv-model-1", FORMAT)
 MAX_CLASSES = 10_000
 
 
-#: What a model file records beside the architecture settings: the classes, and how inputs were prepared.
-MODEL_FILE_KEYS = (*ARCHITECTURE, "model_layers", "num_classes", "classes", "dataset", "normalize_mean",
-                   "normalize_std")
+#: What a model file records beside the architecture settings: the classes, the data it was trained on
+#: (the dataset's name and SHA-256, so that evaluating it on other data can say so), and how inputs were prepared.
+MODEL_FILE_KEYS = (*ARCHITECTURE, "model_layers", "num_classes", "classes", "dataset", "dataset_sha256",
+                   "normalize_mean", "normalize_std")
 
 
 def model_config(run_config):
@@ -140,6 +142,9 @@ def load_model(path):
     dataset = config.get("dataset")
     if dataset is not None and not isinstance(dataset, str):
         raise ModelFileError(f"{path}: 'dataset' must be a dataset name, got {dataset!r}")
+    digest = config.get("dataset_sha256")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise ModelFileError(f"{path}: 'dataset_sha256' must be a SHA-256 in hex, got {one_line(repr(digest))}")
     classes = config.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise ModelFileError(f"{path}: 'classes' must be a list of strings, got {classes!r}")

@@ -27,14 +27,16 @@ import numpy as np
 from .. import __version__, data, nn, optim
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model, model_label
+from ..models.initialization import reinitialize
+from ..text import plural
 from .checkpoint import restore
 from .health import HealthMonitor, advise, probe_batch
 from .interrupt import Interrupted, deferred_interrupts
-from .loop import TrainingDiverged, fit
+from .loop import TrainingDiverged, divergence_threshold, fit
 from .modelfile import model_config
 from .parallel import DataParallel
 from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
-from .settings import TrainConfig
+from .settings import SETTINGS, TrainConfig
 
 
 def seed_streams(seed):
@@ -58,9 +60,37 @@ def default_out_dir(config, root="runs"):
 
 
 def make_optimizer(config, params):
+    """The optimizer ``config`` names, with its learning rate, momentum and weight decay.
+
+    ``weight_decay_reduction = "sum"`` is weight decay written as an L2 term
+    :math:`\\frac{\\lambda}{2}\\lVert W\\rVert^2` added to the loss of every example of a
+    summed batch: its gradient is ``batch_size`` times :math:`\\lambda W`, so the
+    optimizer decays by ``batch_size * weight_decay`` (also on an epoch's last,
+    smaller batch).
+    """
+    weight_decay = config.weight_decay
+    if config.weight_decay_reduction == "sum":
+        weight_decay *= config.batch_size
     if config.optimizer == "adam":
-        return optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return optim.Adam(params, lr=config.lr, weight_decay=weight_decay)
+    return optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=weight_decay)
+
+
+def make_loss(config):
+    """The training loss: softmax cross-entropy, reduced and computed as ``config`` says."""
+    return nn.SoftmaxCrossEntropyLoss(reduction=config.loss_reduction, stable=config.stable_softmax)
+
+
+def pixel_scaling(config, train_images):
+    """``(mean, std)`` for :func:`npconv.data.to_float`: ``x = (pixels / 255 - mean) / std``.
+
+    Standardized: the training set's statistics. Else None (pixels in [0, 1]),
+    or ``std = 1/255`` for pixels in [0, 255] (``pixel_range = "0-255"``).
+    Model files record both, so a model sees its inputs as it was trained.
+    """
+    if config.normalize:
+        return data.pixel_stats(train_images)
+    return None, (1 / 255 if config.pixel_range == "0-255" else None)
 
 
 def check_subset(config, n_train):
@@ -72,14 +102,15 @@ def check_subset(config, n_train):
 
 
 def format_epoch(stats, epochs):
-    line = (
-        f"epoch {stats.epoch:>{len(str(epochs))}}/{epochs}  "
-        f"train loss {stats.train_loss:.4f} acc {100 * stats.train_acc:6.2f}%  "
-        f"test loss {stats.test_loss:.4f} acc {100 * stats.test_acc:6.2f}%  "
-    )
+    """``epoch  3/10  train loss/acc 0.0912/97.21%  test 0.0634/98.02%  6.3 s``: one epoch in one short line."""
+    def pair(loss, acc):
+        return f"{loss:.4f}/{100 * acc:.2f}%" if loss < 1000 else f"{loss:.3g}/{100 * acc:.2f}%"
+
+    line = (f"epoch {stats.epoch:>{len(str(epochs))}}/{epochs}"
+            f"  train loss/acc {pair(stats.train_loss, stats.train_acc)}  test {pair(stats.test_loss, stats.test_acc)}")
     if stats.val_loss is not None:
-        line += f"val loss {stats.val_loss:.4f} acc {100 * stats.val_acc:6.2f}%  "
-    return line + f"{stats.seconds:6.1f} s"
+        line += f"  val {pair(stats.val_loss, stats.val_acc)}"
+    return line + f"  {stats.seconds:.1f} s"
 
 
 @dataclass
@@ -119,7 +150,7 @@ def _prepare(config):
     init_rng, data_rng, dropout_rng = seed_streams(config.seed)
     dtype = np.dtype(config.dtype)
 
-    mean, std = data.pixel_stats(dataset.train_images) if config.normalize else (None, None)
+    mean, std = pixel_scaling(config, dataset.train_images)
     train_images, train_labels = dataset.train_images, dataset.train_labels
     if config.train_subset is not None:
         train_images, train_labels = data.random_subset(train_images, train_labels, config.train_subset, data_rng)
@@ -142,6 +173,8 @@ def _prepare(config):
         config.model, config.dropout, config.dropout_at, layers=config.model_layers, num_classes=num_classes,
         rng=init_rng, dtype=dtype,
     )
+    if config.init_std is not None or not config.zero_classifier:  # another initialization than npconv's own
+        reinitialize(model, init_rng, std=config.init_std, zero_output=config.zero_classifier)
     # One generator for every dropout layer, separate from the data's.
     for layer in model:
         if isinstance(layer, nn.Dropout):
@@ -153,7 +186,7 @@ def _prepare(config):
     }
     return _Run(
         config=config, full_config=full_config, model=model,
-        optimizer=make_optimizer(config, model.parameters()), loss_fn=nn.SoftmaxCrossEntropyLoss(),
+        optimizer=make_optimizer(config, model.parameters()), loss_fn=make_loss(config),
         batches=batches, x_test=x_test, test_labels=dataset.test_labels, val=val, probe=probe_batch(x_train),
         rngs={"data": data_rng, "dropout": dropout_rng}, num_classes=num_classes,
     )
@@ -187,7 +220,7 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
             raise RunFolderTaken(folder.path, taken)
         folder.write_config(run.full_config)
         log(f"training {config.model} on {config.dataset} ({len(run.batches.y)} images) "
-            f"for {config.epochs} epochs -> {folder.path}")
+            f"for {plural(config.epochs, 'epoch')} -> {folder.path}")
         return _train(run, folder, None, progress=progress, log=log)
 
 
@@ -311,17 +344,15 @@ def _train(run, folder, checkpoint, *, progress, log):
     try:
         # A diverging run overflows before its loss turns non-finite; fit() reports
         # that as TrainingDiverged, so NumPy's overflow warnings would only add noise.
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             fit(DataParallel(run.model), run.loss_fn, run.optimizer, run.batches, run.x_test, run.test_labels,
                 config.epochs, val=run.val, lr_schedule=lr_schedule, start_epoch=start_epoch, progress=progress,
-                on_epoch_end=on_epoch_end, monitor=monitor)
+                on_epoch_end=on_epoch_end, monitor=monitor,
+                divergence_threshold=divergence_threshold(run.num_classes))
     except TrainingDiverged as e:
-        if history:
-            kept = (f"the checkpoint of epoch {history[-1].epoch}, the last finite one, "
-                    f"is kept in {folder.file(CHECKPOINT_FILE)}")
-        else:
-            kept = "no epoch finished, so there is no checkpoint"
-        message = f"{e}; {kept}"
+        # One line: where, the likely cause, what is kept (summary.json records the details).
+        kept = f"kept epoch {history[-1].epoch}" if history else "no checkpoint"
+        message = f"{e}: lr or weight decay too high; {kept}"
         with deferred_interrupts():
             end("diverged", message=message, diverged_at={"epoch": e.epoch, "step": e.step})
             folder.write_curves(history, f"{title} (diverged)")

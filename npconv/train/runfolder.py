@@ -45,6 +45,8 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.npz"
 CURVES_FILE = "curves.png"
 ERROR_FILE = "error.txt"
+#: Every file a run folder may hold (but its lock).
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE, ERROR_FILE)
 
 #: How a run can end. ``completed`` and ``diverged`` runs are over: a sweep does not train them again.
 STATUSES = ("completed", "diverged", "interrupted")
@@ -158,6 +160,16 @@ class RunFolder:
     def lock(self):
         """Hold the folder's lock (a context manager): one writer at a time."""
         return lock_dir(self.path)
+
+    def clear(self):
+        """Remove what an earlier attempt at a run left here (every run file), under the folder's lock."""
+        self.create()
+        with self.lock():
+            for name in RUN_FILES:
+                try:
+                    os.remove(self.file(name))
+                except FileNotFoundError:
+                    pass
 
     def holds_run(self):
         """The name of a file that shows a run was started here, or None."""

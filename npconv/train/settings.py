@@ -49,6 +49,8 @@ from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is
 DTYPES = ("float32", "float64")
 #: Largest shift of ``augment_shift``, in pixels: beyond it an MNIST digit leaves its 28x28 frame.
 MAX_SHIFT = 4
+PIXEL_RANGES = ("0-1", "0-255")
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,24 @@ class TrainConfig:
     augment_shift: int = setting(0, "data augmentation: shift each training image by up to N pixels in each "
                                     "direction, drawn anew every epoch (0: off)", low=0, high=MAX_SHIFT,
                                  keyed_at_default=False, metavar="N")
+    # Implementation choices other from-scratch codes make (npconv/studies/collapse.toml sweeps them to find
+    # which one makes the course study's runs collapse). The defaults are npconv's own choices; at their
+    # defaults they stay out of run keys, so runs made before they existed keep their keys.
+    init_std: float | None = setting(
+        None, "standard deviation of Gaussian initial weights (default: He-uniform, sized by each layer's fan-in)",
+        low=0, low_open=True, keyed_at_default=False, metavar="X")
+    zero_classifier: bool = setting(True, "start the output layer at zero (else it is initialized like the others)",
+                                    keyed_at_default=False)
+    pixel_range: str = setting("0-1", "pixel scale before standardization (0-255 only with normalize off)",
+                               choices=PIXEL_RANGES, keyed_at_default=False)
+    loss_reduction: str = setting("mean", "the loss of a batch: the mean or the sum of its examples' losses",
+                                  choices=REDUCTIONS, keyed_at_default=False)
+    weight_decay_reduction: str = setting(
+        "mean", "weight decay as an L2 term in the loss counted once per batch (mean) or once per example (sum)",
+        choices=REDUCTIONS, keyed_at_default=False)
+    stable_softmax: bool = setting(True, "subtract each row's maximum before exp in the loss's softmax (else exp "
+                                         "can overflow)", keyed_at_default=False)
+
     #: Not a setting: the layers of a model file, read when the config is made; None for a preset.
     model_layers: list | None = field(default=None, metadata={"derived": True})
 
@@ -248,6 +268,9 @@ class TrainConfig:
                 raise SettingError("dropout_at", f"must be before-fc for the mlp model (it has no conv or pool "
                                                  f"layers), got {self.dropout_at!r}")
             raise SettingError("dropout_at", f"{self.dropout_at}: the model {self.model} has no layer of that kind")
+        if self.pixel_range != "0-1" and self.normalize:
+            raise SettingError("pixel_range", f"{self.pixel_range} needs normalize off: standardizing the pixels "
+                                              "removes their scale")
 
     def canonical(self):
         """The settings as a dict, every value of its field's type (``lr = 1`` is ``1.0``): what run keys hash.
@@ -278,7 +301,7 @@ class TrainConfig:
         kwargs = {}
         for name, spec in SETTINGS.items():
             if name not in settings and not spec.keyed_at_default:
-                continue
+                continue  # a setting added later: a run made before it existed had its default
             if name not in settings:
                 raise CheckpointError(f"{where}: the setting {name!r} is missing")
             if not spec.has_type(settings[name]):

@@ -83,14 +83,15 @@ def test_predict_classifies_light_and_dark_images(trained_run, mnist, tmp_path, 
     digit = mnist.test_images[0]
     Image.fromarray(digit).save(tmp_path / "dark.png")
     Image.fromarray(255 - digit).resize((120, 120)).save(tmp_path / "light.jpg")
-    assert main(["predict", str(trained_run / "model.npz"), str(tmp_path / "dark.png"), str(tmp_path / "light.jpg")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
+    model = str(trained_run / "model.npz")
+    assert main(["predict", model, str(tmp_path / "dark.png"), str(tmp_path / "light.jpg"), "--format", "json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 2
     # Both are made into the same network input (the 2-epoch model here is too weak to compare its guesses).
     dark, light = (preprocess(tmp_path / name).astype(float) for name in ("dark.png", "light.jpg"))
     assert np.corrcoef(dark.ravel(), light.ravel())[0, 1] > 0.95, "inverting the colours changes nothing"
-    probs = [float(v) for v in lines[0].split("probabilities: ")[1].split()]
-    assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3
+    probs = predictions[0]["probabilities"]
+    assert list(probs) == [str(k) for k in range(10)] and abs(sum(probs.values()) - 1) < 1e-3
 
 
 def test_same_seed_same_history_and_weights(tmp_path):
@@ -249,3 +250,48 @@ def test_a_bad_model_file_gives_one_line_naming_the_file_and_the_layer(tmp_path)
     assert result.stderr == (f"npconv: error: --model {net}: layer 1 (conv2d): on its 1x28x28 input: height: input "
                              "size 28 (padded 30) is smaller than the kernel size 31\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_on_another_dataset_says_so_in_one_line(trained_run, capsys):
+    pytest.importorskip("npconv.data").load_dataset("fashion-mnist")  # skips where Fashion-MNIST is not installed
+    assert main(["evaluate", str(trained_run / "model.npz"), "--dataset", "fashion-mnist"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("npconv: warning: the model was trained on mnist, not fashion-mnist: its accuracy here "
+                            "means little\n"), captured.err
+    assert "fashion-mnist test set: 10000 images" in captured.out
+    assert main(["evaluate", str(trained_run / "model.npz")]) == 0 and capsys.readouterr().err == ""
+
+
+def test_model_file_records_its_data_and_a_copy_with_other_data_is_noticed(trained_run):
+    from types import SimpleNamespace
+
+    from npconv.inference import data_mismatch
+
+    _, config = load_model(trained_run / "model.npz")
+    mnist = load_dataset("mnist")
+    assert config["dataset"] == "mnist" and config["dataset_sha256"] == mnist.sha256
+    assert data_mismatch(config, mnist) is None
+    other = SimpleNamespace(name="mnist", sha256="0" * 64)  # e.g. --data-dir with edited IDX files
+    assert "trained on other mnist (SHA-256 " in data_mismatch(config, other)
+
+
+def test_a_signal_after_the_run_completed_exits_0_as_the_summary_says(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from npconv.train.runfolder import RunFolder
+
+    real = RunFolder.write_curves
+
+    def curves_then_ctrl_c(self, history, title):  # the last file of a completed run, then Ctrl-C
+        real(self, history, title)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunFolder, "write_curves", curves_then_ctrl_c)
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--train-subset", "200", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "npconv: SIGINT arrived after the run completed; nothing was lost\n", captured.err
+    assert captured.out.splitlines()[-1].startswith("final test accuracy ")
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed" and (out / "model.npz").exists()

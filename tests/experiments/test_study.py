@@ -57,6 +57,13 @@ kind = "grid"
 title = "Batch size x epochs"
 batch_sizes = [50, 100]
 epochs = [1, 2]
+
+[[section]]
+id = "ablation"
+kind = "ablation"
+title = "Two ways to sum the loss"
+cases = [{ label = "base", study = 55.0 }, { label = "lr 0.5", set = { lr = 0.5 }, study = 9.8 }]
+variants = [{ label = "mean" }, { label = "summed, batch of 50", set = { loss_reduction = "sum" } }]
 """
 
 
@@ -103,6 +110,12 @@ def test_quick_look_shrinks_every_run():
      "study must hold one row"),
     ('\n[[section]]\nid = "a"\nkind = "sweep"\nvary = "lr"\nvalues = [-1.0]\n', "lr must be a finite number > 0"),
     ('\n[[section]]\nid = "a"\nkind = "grid"\nbatch_sizes = [32]\nepochs = [0]\n', "epochs must be a non-empty list"),
+    ('\n[[section]]\nid = "a"\nkind = "ablation"\ncases = [{ label = "x" }]\nvariants = [{ set = {} }]\n',
+     "every entry of variants needs its own label"),
+    ('\n[[section]]\nid = "a"\nkind = "ablation"\ncases = [{ label = "x" }]\nvariants = [{ label = "v", lr = 1 }]\n',
+     "variants entry 'v': unknown key(s) lr"),
+    ('\n[[section]]\nid = "a"\nkind = "ablation"\ncases = [{ label = "x", set = { lr = -1.0 } }]\n'
+     'variants = [{ label = "v" }]\n', "lr must be a finite number > 0"),
 ])
 def test_bad_study_files_are_clear_errors(tmp_path, edit, message):
     base = TINY_STUDY.replace('title = "A tiny study"\n', "") if "title" in edit else TINY_STUDY
@@ -143,12 +156,15 @@ def tiny_study(tmp_path_factory):
 
 
 def test_study_writes_a_complete_report(tiny_study):
-    _, out, result = tiny_study
-    assert result.stdout.startswith("10 runs (0 already done), 10 to train on 2 local worker processes; estimated ")
+    folder, out, result = tiny_study
+    first, second = result.stdout.splitlines()[:2]
+    assert first == "14 runs: 0 already done, 14 to train on 2 local worker processes", first
+    assert second.startswith("estimated "), second
     report = (out / "REPORT.md").read_text()
     headings = re.findall(r"^## (.*)$", report, re.M)
     assert headings == ["Setup", "Findings", "1. The MLP's curves", "2. CNN vs MLP", "3. Learning rate",
-                        "4. Batch size x epochs"], headings
+                        "4. Batch size x epochs", "5. Two ways to sum the loss"], headings
+    assert f"Study file: `{folder / 'tiny.toml'}`. Every run's folder" in report
     assert "Seeds: 0, 1." in report and "Plain SGD on 200 images." in report
     # One table per study table, ours beside the study's, mean ± std over the seeds.
     assert "| lr | train loss (ours) | (study) | train acc % (ours) | (study) | test acc % (ours) | (study) | note |" \
@@ -162,19 +178,22 @@ def test_study_writes_a_complete_report(tiny_study):
     verdicts = re.findall(r"\*\*(reproduced|not reproduced|inconclusive)\*\*", findings)
     assert len(verdicts) >= 6, findings
     assert "0.5 collapses to chance" in findings, "the study's lr 0.5 collapsed: our runs are checked for it"
-    for name in ("curves", "models", "lr", "grid"):
+    # The ablation: a table of variants x cases, and a verdict per collapse the study reports.
+    assert "| variant | base: test acc % | lr 0.5: test acc % | reproduces |" in report
+    assert re.search(r"lr 0\.5 collapses to chance \(the study: 9\.80 %\): (reproduced|no variant)", report), report
+    for name in ("curves", "models", "lr", "grid", "ablation"):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
         assert f"(figures/{name}.png)" in report
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 10 and {r["status"] for r in rows} == {"completed"}
+    assert len(rows) == 14 and {r["status"] for r in rows} <= {"completed", "diverged"}
 
 
 def test_study_again_reuses_every_run(tiny_study):
     folder, out, _ = tiny_study
     again = run_cli("study", "--config", str(folder / "tiny.toml"), "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr
-    assert "10 runs reused" in (out / "REPORT.md").read_text() or "(10 reused" in (out / "REPORT.md").read_text()
+    assert "from 14 runs (14 reused from earlier invocations)" in (out / "REPORT.md").read_text()
 
 
 def test_a_study_compares_presets_and_model_files(tmp_path):
@@ -187,3 +206,27 @@ def test_a_study_compares_presets_and_model_files(tmp_path):
     assert configs["cnn-bn"].augment_shift == 2, "a preset's own defaults fill what the baseline does not set"
     assert configs["cnn-bn"].epochs == 2, "the baseline's settings win over a preset's defaults"
     assert configs[net].model_layers[1]["type"] == "batchnorm2d", "a model file's config carries its layers"
+
+
+def test_the_shipped_collapse_studies_share_their_baseline_runs_with_the_default_study():
+    from importlib import resources
+
+    default = {config_id(c.config) for c in study_cells(load_study())}
+    for name in ("collapse.toml", "collapse-screen.toml"):
+        study = load_study(str(resources.files("npconv") / "studies" / name))
+        (section,) = study.sections
+        assert section.kind == "ablation" and [c["study"] for c in section.options["cases"]] == [93.82, 9.82, 9.80]
+        ours = [c for c in study_cells(study) if c.row[0] == 0]  # the first variant: npconv's own choices
+        assert ours and all(config_id(c.config) in default for c in ours), "the same runs as the default study's"
+
+
+def test_figures_of_a_one_epoch_quick_look_draw_points(tmp_path):
+    """A quick look's curves have one epoch: markers, one tick, no fractional axis and no error."""
+    from npconv.experiments.report.figures import plot_curves_band
+    from npconv.train.loop import EpochStats
+
+    one = [[EpochStats(1, 2.29, 0.2, 2.28, 0.25, 0.2)], [EpochStats(1, 2.3, 0.22, 2.27, 0.3, 0.2)]]
+    for series in ([("", one)], [("cnn", one), ("mlp", one)]):
+        path = tmp_path / f"{len(series)}.png"
+        plot_curves_band(series, path, "quick")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

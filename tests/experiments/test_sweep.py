@@ -23,8 +23,9 @@ from npconv.experiments.sweep import expand_grid, parse_grid, parse_values, run_
 from npconv.train.settings import make_config
 
 TINY = {"model": "mlp", "epochs": "2", "train-subset": "200", "batch-size": "50", "momentum": "0"}
-# lr 1e3 with weight decay 1e3 multiplies the weights by ~1e6 a step: the loss becomes NaN in the first epoch.
-GRID = {**TINY, "lr": "0.05,1e3", "weight-decay": "0,1e3"}
+# Weight decay 1e3 at either learning rate multiplies the weights by -49 or -99 a step: the loss explodes in the
+# first epoch, and those two runs diverge.
+GRID = {**TINY, "lr": "0.05,0.1", "weight-decay": "0,1e3"}
 
 
 def run_cli(*args, **kwargs):
@@ -131,10 +132,10 @@ def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(local_sweep):
     out, runs = local_sweep
     diverged = [r for r in runs if r.status == "diverged"]
     settings = [(r.config.lr, r.config.weight_decay) for r in diverged]
-    assert settings == [(1e3, 1e3)], [(r.config, r.status) for r in runs]
+    assert settings == [(0.05, 1e3), (0.1, 1e3)], [(r.config, r.status) for r in runs]
     summary = json.loads((out / os.path.relpath(diverged[0].folder.path, out) / "summary.json").read_text())
-    assert "diverged" in summary["message"] or "nan" in summary["message"].lower(), summary
-    assert sum(r.status == "completed" for r in runs) == 3, "the runs after the diverged one still ran"
+    assert summary["message"].startswith("diverged "), summary
+    assert sum(r.status == "completed" for r in runs) == 2, "the runs after the diverged one still ran"
 
 
 def test_dask_cluster_gives_the_same_results_as_local_processes(local_sweep, tmp_path):
@@ -161,39 +162,89 @@ def test_dask_scheduler_that_does_not_answer_is_a_clear_error(tmp_path):
         DaskCluster("tcp://127.0.0.1:9", timeout=1)
 
 
-def test_interrupted_sweep_resumes_and_skips_finished_runs(tmp_path):
+RESUMABLE = ["--model", "mlp", "--epochs", "3", "--train-subset", "2000", "--batch-size", "20", "--seed", "0,1,2"]
+
+
+def read_run(folder):
+    """A run folder's history (without the wall-clock seconds), health and weights: what must be bit-identical."""
+    import numpy as np
+
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(folder / "history.csv")]
+    with np.load(folder / "model.npz", allow_pickle=False) as z:
+        weights = {name: z[name].tobytes() for name in z.files}
+    return history, (folder / "health.csv").read_text(), weights
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """RESUMABLE swept without interruption: the reference a resumed sweep must equal."""
+    out = tmp_path_factory.mktemp("whole")
+    result = run_cli("sweep", *RESUMABLE, "--workers", "1", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path, uninterrupted, workers):
     out = tmp_path / "sweep"
-    args = ["sweep", "--model", "mlp", "--epochs", "2", "--train-subset", "200", "--batch-size", "50",
-            "--seed", "0,1,2", "--workers", "1", "--out", str(out)]
+    args = ["sweep", *RESUMABLE, "--workers", workers, "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "npconv", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
     runs = out / "runs"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if runs.is_dir() and any((d / "summary.json").exists() for d in runs.iterdir()):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # Ctrl-C once a run is past its first epoch
+        if runs.is_dir() and any((d / "checkpoint.npz").exists() and not (d / "summary.json").exists()
+                                 for d in runs.iterdir()):
             break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    done = {d.name: (d / "summary.json").stat().st_mtime_ns for d in runs.iterdir() if (d / "summary.json").exists()}
-    assert done, f"no run finished before the interrupt: {stdout} {stderr}"
     if proc.returncode == 0:
         pytest.skip("the sweep finished before it could be interrupted")
     assert proc.returncode == 130, (proc.returncode, stderr)
-    statuses = [r["status"] for r in read_csv(out / "results.csv")]
-    assert statuses.count("completed") == len(done) and "pending" in statuses, statuses
-    assert "run the same command again" in stdout + stderr
+    assert "Traceback" not in stderr and "run the same command again" in stdout, (stdout, stderr)
+    statuses = {r["run"]: r["status"] for r in read_csv(out / "results.csv")}
+    cut = [name for name, status in statuses.items() if status == "interrupted"]
+    assert cut, f"no run was cut off after an epoch: {statuses}"
+    for name in cut:
+        assert (out / name / "checkpoint.npz").exists() and not (out / name / "model.npz").exists()
+    done = {name: (out / name / "summary.json").stat().st_mtime_ns for name, s in statuses.items() if s == "completed"}
 
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith(f"3 runs ({len(done)} already done), {3 - len(done)} to train"), again.stdout
-    assert "estimated" in again.stdout.splitlines()[0]
+    first = again.stdout.splitlines()[0]
+    assert first.startswith(f"3 runs: {len(done)} already done, {3 - len(done)} to train ({len(cut)} to resume)"), first
+    assert "(resuming after epoch " in again.stdout or workers == "2", again.stdout
     for name, mtime in done.items():
-        assert (runs / name / "summary.json").stat().st_mtime_ns == mtime, f"{name} was trained again"
+        assert (out / name / "summary.json").stat().st_mtime_ns == mtime, f"{name} was trained again"
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["completed"] * 3
+    for name in statuses:  # the resumed runs end exactly as runs that were never interrupted
+        assert read_run(out / name) == read_run(uninterrupted / name), f"{name} differs from the uninterrupted run"
 
-    third = run_cli(*args)
-    assert third.stdout.startswith("3 runs (3 already done)"), third.stdout
+
+def stop_after_epoch_1(line):
+    """A run's log that stops it, as Ctrl-C would, right after its first epoch's checkpoint."""
+    if line.startswith("epoch 1/"):
+        raise KeyboardInterrupt
+
+
+def test_a_run_resumed_elsewhere_from_its_files_is_bit_identical(tmp_path, uninterrupted):
+    """What a Dask worker does: the run's files travel with the task, and it resumes in a folder of its own."""
+    from npconv.experiments.executors import train_task
+    from npconv.experiments.sweep import plan
+    from npconv.train import run_training
+    from npconv.train.runfolder import RunFolder
+
+    grid = parse_grid({flag[2:]: value for flag, value in zip(RESUMABLE[::2], RESUMABLE[1::2])})
+    run = plan(expand_grid(grid)[:1], str(tmp_path))[0]
+    with pytest.raises(KeyboardInterrupt):
+        run_training(run.config, run.folder.path, progress=False, log=stop_after_epoch_1)
+    assert run.folder.read_summary().status == "interrupted"
+    result = train_task(vars(run.config), None, run.folder.files())
+    assert result["status"] == "completed" and result["resumed_from"] == 1, result
+    resumed = RunFolder(tmp_path / "elsewhere")
+    resumed.store(result["files"])
+    assert read_run(tmp_path / "elsewhere") == read_run(uninterrupted / os.path.relpath(run.folder.path, tmp_path))
 
 
 def test_compare_runs(local_sweep, tmp_path):
@@ -203,7 +254,7 @@ def test_compare_runs(local_sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(folders), result.stdout
-    assert "lr=0.05 weight_decay=0.0" in result.stdout, "runs are labelled by the settings that differ"
+    assert "| lr=0.05 |" in result.stdout and "| lr=0.1 |" in result.stdout, "labelled by the settings that differ"
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A sweep folder stands for all its runs; an unfinished folder is an error.
     whole = run_cli("compare", str(out), "--out", str(tmp_path / "all.png"))
@@ -255,3 +306,19 @@ def test_a_sweep_over_model_files_names_runs_by_file_and_keys_them_by_architectu
     second = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet, estimate=False)
     assert second[0].key != first[0].key and not second[0].reused, "a.toml changed: another run"
     assert second[1].key == first[1].key and second[1].reused, "b.toml did not change: its run is reused"
+
+
+def test_a_run_another_sweep_finished_meanwhile_is_not_trained_again(tmp_path, uninterrupted):
+    import shutil
+
+    from npconv.experiments.executors import train_task
+
+    name = sorted(os.listdir(uninterrupted / "runs"))[0]
+    folder = tmp_path / name
+    shutil.copytree(uninterrupted / "runs" / name, folder)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+              if k in TrainConfig.__dataclass_fields__}
+    result = train_task(config, str(folder))
+    assert result["status"] == "completed" and "files" not in result
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before, "the finished run was touched"

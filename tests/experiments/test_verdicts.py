@@ -8,6 +8,7 @@ from npconv.experiments.report.verdicts import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,
+    ablation,
     best_setting,
     collapsed,
     collapses,
@@ -15,6 +16,7 @@ from npconv.experiments.report.verdicts import (
     final_accuracy,
     more_accurate,
     much_slower,
+    one_class_scores,
     orderings,
     overfitting,
     plateau,
@@ -60,6 +62,9 @@ def test_more_accurate(a, b, verdict):
 def test_much_slower_means_twice_the_time():
     assert much_slower("cnn", stat([4.0, 4.2]), "mlp", stat([0.5, 0.6])).verdict == REPRODUCED
     assert much_slower("cnn", stat([1.0]), "mlp", stat([0.8])).verdict == NOT_REPRODUCED
+    # A quick look's epochs: too short to time, so no ratio at all.
+    short = much_slower("cnn", stat([0.21, 0.2]), "mlp", stat([0.02, 0.021]))
+    assert short.verdict == INCONCLUSIVE and "too short to time" in short.text and "×" not in short.text, short
 
 
 def test_plateau_and_convergence():
@@ -116,3 +121,41 @@ def test_trend_and_overfitting():
     assert over.verdict is None and over.text.startswith("overfitting")
     none = overfitting([("batch 32 from 10 to 20 epochs", CLEAR_LOW, CLEAR_HIGH, CLEAR_LOW, CLEAR_HIGH)], 20)
     assert none.text.startswith("no overfitting within 20 epochs")
+
+
+# --------------------------------------------------------------------- the collapse ablation
+
+CASES = ["baseline", "lr 0.1", "weight decay 0.5"]
+PUBLISHED = [93.82, 9.82, 9.80]
+NONE = stat([])  # every seed diverged: no figure
+
+
+def test_ablation_names_the_variant_that_collapses_and_keeps_the_baseline():
+    variants = ["ours", "too good", "kills all", "the culprit"]
+    tests = [[acc(0.942, 0.945), acc(0.985, 0.984), acc(0.79, 0.81)],   # no collapse at all
+             [acc(0.981, 0.98), NONE, acc(0.11, 0.112)],                # collapses both, baseline far too good
+             [acc(0.1135, 0.1135), acc(0.1135, 0.1135), acc(0.1135, 0.1135)],  # collapses everything
+             [acc(0.935, 0.93), NONE, acc(0.098, 0.098)]]               # collapses both, baseline near 93.82
+    diverged = [[False, False, False], [False, True, False], [False] * 3, [False, True, False]]
+    result = ablation(variants, CASES, tests, diverged, PUBLISHED, 2.0, 10.0)
+    assert result.reproduces == [[], [], [], [1, 2]], result.reproduces
+    assert result.matches[0] == [True, False, False] and result.matches[2] == [False, True, True]
+    lr, decay, every = result.findings
+    assert lr.verdict == REPRODUCED and "by *the culprit* (every seed diverged; baseline 93.25 ± 0.35 %)" in lr.text
+    assert "*too good*, *kills all* collapse it too, but their baseline does not match" in lr.text, lr.text
+    assert decay.verdict == REPRODUCED and every.verdict is None and "*the culprit* reproduces every" in every.text
+
+
+def test_ablation_says_when_no_variant_reproduces_a_collapse():
+    tests = [[acc(0.942, 0.945), acc(0.985, 0.984), acc(0.79, 0.81)], [acc(0.5, 0.52), NONE, acc(0.11, 0.11)]]
+    result = ablation(["ours", "broken"], CASES, tests, [[False] * 3, [False, True, False]], PUBLISHED, 2.0, 10.0)
+    assert [f.verdict for f in result.findings[:2]] == [NOT_REPRODUCED, NOT_REPRODUCED]
+    assert "no variant collapses it while keeping baseline within ±2 points" in result.findings[0].text
+    assert "no single variant reproduces every collapse" in result.findings[2].text
+
+
+def test_one_class_scores_find_the_class_whose_share_a_figure_is():
+    counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the MNIST test set
+    assert one_class_scores(counts, [9.80, 9.82, 11.35, 9.5]) == [
+        ["class 0's share (980 of 10000 images)"], ["class 4's share (982 of 10000 images)"],
+        ["class 1's share (1135 of 10000 images)"], []]

@@ -259,6 +259,26 @@ def test_softmax_cross_entropy_gradcheck(rng, upstream, scale):
     assert err < TOL, f"SoftmaxCrossEntropyLoss: relative error {err:.3g} >= {TOL:g}"
 
 
+@pytest.mark.parametrize("reduction, stable", [("sum", True), ("mean", False)])
+def test_softmax_cross_entropy_variants_gradcheck(rng, reduction, stable):
+    logits = 3 * rng.standard_normal((6, 10))
+    labels = rng.integers(0, 10, size=6)
+    err = loss_gradcheck(nn.SoftmaxCrossEntropyLoss(reduction=reduction, stable=stable), logits, labels, 0.37)
+    assert err < TOL, f"SoftmaxCrossEntropyLoss({reduction!r}, stable={stable}): relative error {err:.3g} >= {TOL:g}"
+
+
+def test_softmax_without_the_max_shift_overflows_in_float32():
+    # Logits above ~88.7 overflow exp() in float32: the naive softmax gives nan, the stable one the right loss.
+    logits = np.array([[100.0, 0.0, -5.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    labels = np.array([0, 2])
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        naive = nn.SoftmaxCrossEntropyLoss(stable=False)(logits, labels)
+    stable = nn.SoftmaxCrossEntropyLoss()(logits, labels)
+    assert np.isnan(naive), naive
+    expected = (0.0 + np.log(np.exp(-2.0) + np.exp(-1.0) + 1.0)) / 2  # row 1: -log p = 0 (to float32 precision)
+    assert abs(stable - expected) < 1e-5, (stable, expected)
+
+
 @pytest.mark.parametrize("upstream", [1.0, 0.37])
 @pytest.mark.parametrize(
     "target_kind", ["same-shape", "labels"],

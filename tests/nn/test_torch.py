@@ -239,6 +239,21 @@ def test_softmax_cross_entropy_matches_torch_cross_entropy(rng, dtype, scale):
 
 
 @BOTH_DTYPES
+def test_summed_cross_entropy_matches_torch_reduction_sum(rng, dtype):
+    logits = (3 * rng.standard_normal((8, 10))).astype(dtype)
+    labels = rng.integers(0, 10, size=8)
+    ours = nn.SoftmaxCrossEntropyLoss(reduction="sum")
+    loss = ours(logits, labels)
+    dlogits = ours.backward()
+
+    zt = torch.tensor(logits, requires_grad=True)
+    lt = tnn.CrossEntropyLoss(reduction="sum")(zt, torch.from_numpy(labels))
+    lt.backward()
+    assert_matches(loss, lt, "summed cross-entropy loss", dtype)
+    assert_matches(dlogits, zt.grad, "summed cross-entropy d/dlogits", dtype)
+
+
+@BOTH_DTYPES
 @pytest.mark.parametrize("target_kind", ["same-shape", "labels", "4-d"])
 def test_mse_matches_torch_mse(rng, dtype, target_kind):
     if target_kind == "labels":

@@ -21,8 +21,8 @@ from npconv.train.interrupt import Interrupted
 from npconv.models import build_model
 from npconv.optim import SGD, Adam
 from npconv.train import TrainConfig, resume_training, run_training
+from npconv.train.loop import EpochStats, divergence_threshold, exploded
 from npconv.train.settings import make_config
-from npconv.train.loop import EpochStats
 
 QUIET = dict(progress=False, log=lambda *_: None)
 
@@ -271,27 +271,48 @@ def test_a_checkpoint_with_bad_running_statistics_is_refused(tmp_path, name, val
 # --- divergence --------------------------------------------------------------------------------
 
 
-def test_divergence_keeps_the_last_finite_checkpoint(tmp_path, capsys):
-    # Weight decay 4 at learning rate 1 multiplies the weights by -3 each step: they overflow within a few epochs.
+def test_divergence_keeps_the_last_healthy_checkpoint(tmp_path, capsys):
+    # Learning rate 1 with momentum 0.95: the loss stays finite but explodes past the divergence threshold
+    # (100 ln 10 = 230) after an epoch or more that did not.
     out = tmp_path / "run"
     args = ["train", "--model", "mlp", "--train-subset", "300", "--batch-size", "50", "--epochs", "8", "--lr", "1",
-            "--weight-decay", "4", "--momentum", "0", "--lr-schedule", "constant", "--quiet", "--out", str(out)]
+            "--momentum", "0.95", "--weight-decay", "0.1", "--lr-schedule", "constant", "--quiet", "--out", str(out)]
     assert main(args) == 3
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "training diverged" in err and ", step " in err, err
+    assert err.count("\n") == 1 and err.startswith("npconv: diverged in epoch ") and "> 230)" in err, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged", summary
-    finite_epochs = summary["epochs"]
-    assert finite_epochs >= 1 and summary["diverged_at"]["epoch"] == finite_epochs + 1
-    assert f"the checkpoint of epoch {finite_epochs}, the last finite one" in err
-    checkpoint = load_checkpoint(out / CHECKPOINT_FILE)  # refuses non-finite weights
-    assert checkpoint.epoch == finite_epochs
+    healthy_epochs = summary["epochs"]
+    assert healthy_epochs >= 1 and summary["diverged_at"] == {"epoch": healthy_epochs + 1, "step": None}
+    assert err.rstrip().endswith(f"kept epoch {healthy_epochs}") and len(err.rstrip()) <= 100, err
+    checkpoint = load_checkpoint(out / CHECKPOINT_FILE)
+    assert checkpoint.epoch == healthy_epochs
     rows = read_rows(out / "history.csv")
-    assert len(rows) == finite_epochs and summary["test_loss"] == float(rows[-1]["test_loss"])
+    assert len(rows) == healthy_epochs and summary["test_loss"] == float(rows[-1]["test_loss"])
+    assert all(float(r["train_loss"]) <= 230 for r in rows), rows
     assert not (out / "model.npz").exists()
     # Resuming would only diverge again.
     assert main(["train", "--resume", str(out), "--quiet"]) == 2
     assert "diverged" in capsys.readouterr().err
+
+
+def test_a_nan_loss_stops_the_run_at_its_step(tmp_path, capsys):
+    # Weight decay 3 at learning rate 1 multiplies the weights by -2 each step: within the first epoch they overflow.
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--train-subset", "300", "--batch-size", "10", "--epochs", "2", "--lr", "1",
+            "--weight-decay", "3", "--momentum", "0", "--lr-schedule", "constant", "--quiet", "--out", str(out)]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("npconv: diverged at epoch 1, step ") and "no checkpoint" in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epochs"] == 0 and summary["diverged_at"]["step"] >= 1
+    assert not (out / CHECKPOINT_FILE).exists()
+
+
+def test_divergence_threshold_is_a_hundred_times_the_loss_of_a_uniform_guess():
+    assert divergence_threshold(10) == pytest.approx(100 * np.log(10))
+    assert exploded(float("nan"), 230) and exploded(float("inf"), 230) and exploded(231.0, 230)
+    assert not exploded(2.3, 230) and not exploded(230.0, 230)
 
 
 # --- bad --resume input -------------------------------------------------------------------------

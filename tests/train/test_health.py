@@ -93,10 +93,10 @@ def test_healthy_figures_give_no_advice():
     "rows, loss, acc, key, words",
     [
         ([_row(0, "Linear", update_ratio=0.1), _row(1, "Linear", update_ratio=1e-3)], 1.0, 0.5,
-         "lr-too-high", "learning rate (or the weight decay) is probably too high"),
-        ([_row(1, "ReLU", dead_fraction=0.9)], 1.0, 0.5, "dead-relu", "90% of the ReLU units of layer 1 are dead"),
+         "lr-too-high", "lr or weight decay too high"),
+        ([_row(1, "ReLU", dead_fraction=0.9)], 1.0, 0.5, "dead-relu", "90% of the ReLUs of layer 1 are dead"),
         ([_row(1, "Sigmoid", saturated_fraction=0.8)], 1.0, 0.5, "saturated", "80% of the Sigmoid outputs"),
-        ([], math.log(10) + 0.001, 0.1, "loss-at-chance", "stuck at ln 10 = 2.3026"),
+        ([], math.log(10) + 0.001, 0.1, "loss-at-chance", "stuck at ln 10"),
     ],
 )
 def test_each_unhealthy_figure_gives_its_advice(rows, loss, acc, key, words):
@@ -135,4 +135,4 @@ def test_health_csv_and_advice_of_real_runs(tmp_path):
 
     # Learning rate 1: most ReLUs die in the first epoch.
     advice, _, _ = _train_and_capture(tmp_path, "lr", lr=1.0)
-    assert any("of the ReLU units of layer 2 are dead" in line for line in advice), advice
+    assert any("of the ReLUs of layer 2 are dead" in line for line in advice), advice

@@ -16,7 +16,9 @@ from npconv.train.settings import ARCHITECTURE, SETTINGS, TrainConfig, make_conf
 SAMPLE = {"model": "mlp", "dataset": "fashion-mnist", "data_dir": "/tmp", "epochs": "3", "batch_size": "64",
           "optimizer": "adam", "lr": "0.01", "lr_schedule": "constant", "momentum": "0.5", "weight_decay": "0.001",
           "dropout": "0.2", "dropout_at": "before-pool", "seed": "7", "train_subset": "500", "val_split": "0.1",
-          "normalize": "false", "dtype": "float64", "augment_shift": "2"}
+          "normalize": "false", "dtype": "float64", "init_std": "0.01", "zero_classifier": "false",
+          "pixel_range": "0-255", "loss_reduction": "sum", "weight_decay_reduction": "sum", "stable_softmax": "false",
+          "augment_shift": "2"}
 
 
 def help_text(command):
@@ -58,7 +60,10 @@ def test_every_setting_can_be_varied_in_a_study_file():
         if name in ("data_dir", "dataset"):
             continue  # they need data on disk; their parsing is the same code
         value = make_config({name: SETTINGS[name].parse(SAMPLE[name])}).canonical()[name]
-        doc = {"baseline": {"model": "mlp" if name != "dropout_at" else "cnn"},
+        baseline = {"model": "mlp" if name != "dropout_at" else "cnn"}
+        if name == "pixel_range":
+            baseline["normalize"] = False  # 0-255 pixels need standardization off
+        doc = {"baseline": baseline,
                "section": [{"id": "s", "kind": "sweep", "vary": name, "values": [value]}]}
         parse_study(doc, "test")
 

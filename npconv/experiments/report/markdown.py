@@ -8,14 +8,18 @@ compared with them (:mod:`npconv.experiments.report.verdicts`), never used as ou
 import os
 import time
 
+import numpy as np
+
 from ... import __version__
 from ...io import atomic_write
-from .figures import plot_curves_band, plot_grid, plot_sweep
+from ...text import plural
+from .figures import plot_ablation, plot_curves_band, plot_grid, plot_sweep
 from .points import row_key
 from .stats import fmt, indistinguishable, mean_curve, pct, stat
 from .verdicts import (
     CHANCE_MARGIN_PP,
     Finding,
+    ablation,
     best_setting,
     collapsed,
     collapses,
@@ -24,6 +28,7 @@ from .verdicts import (
     final_accuracy,
     more_accurate,
     much_slower,
+    one_class_scores,
     orderings,
     overfitting,
     plateau,
@@ -62,7 +67,8 @@ class ReportWriter:
         self.chance = 100.0 / num_classes
         self.findings = []  # (section title, Finding)
         os.makedirs(os.path.join(out_dir, FIGURE_DIR), exist_ok=True)
-        self.sections = {"curves": self.curves, "models": self.models, "sweep": self.sweep, "grid": self.grid}
+        self.sections = {"curves": self.curves, "models": self.models, "sweep": self.sweep, "grid": self.grid,
+                         "ablation": self.ablation}
 
     def figure(self, name):
         rel = f"{FIGURE_DIR}/{name}.png"
@@ -79,7 +85,8 @@ class ReportWriter:
     def curves(self, section):
         point = next(iter(self.points[section.id].values()))
         rel, path = self.figure(section.id)
-        plot_curves_band([("", point.histories)], path, f"{section.title} (mean ± std over {len(point.seeds)} seeds)")
+        plot_curves_band([("", point.histories)], path,
+                         f"{section.title} (mean ± std over {plural(len(point.seeds), 'seed')})")
         out = [f"![{section.title}]({rel})", ""]
         rows = []
         epochs = max((len(h) for h in point.histories), default=0)
@@ -111,7 +118,7 @@ class ReportWriter:
         plateau_pp = section.options["plateau_pp"]
         rel, path = self.figure(section.id)
         plot_curves_band([(m, p.histories) for m, p in zip(models, points)], path,
-                         f"{section.title} (mean ± std over {len(points[0].seeds)} seeds)")
+                         f"{section.title} (mean ± std over {plural(len(points[0].seeds), 'seed')})")
         rows, conv = [], {}
         for m, p in zip(models, points):
             reach = [next((h.epoch for h in hist if 100 * h.test_acc >= target), None) for hist in p.histories]
@@ -212,23 +219,102 @@ class ReportWriter:
                        "training seconds", "note"], rows), "", f"![{section.title}]({rel})", ""]
         if make_config({**self.study.baseline, **section.settings}).lr_schedule == "constant":
             out += ["With a constant learning rate, the first E epochs of a run are exactly a run of E epochs, so "
-                    f"each batch size was trained once for {max(epochs)} epochs and the figures for fewer epochs are "
-                    "those after that epoch.", ""]
-        small = [((f"batch {b1} at {e} epochs", pts[(b1, e)].stat("train_acc")),
+                    f"each batch size was trained once for {plural(max(epochs), 'epoch')} and the figures for fewer "
+                    "epochs are those after that epoch.", ""]
+        small = [((f"batch {b1} at {plural(e, 'epoch')}", pts[(b1, e)].stat("train_acc")),
                   (f"batch {b2}", pts[(b2, e)].stat("train_acc")))
                  for e in epochs for b1, b2 in zip(sorted(batches), sorted(batches)[1:])]
-        more = [((f"{e2} epochs at batch {b}", pts[(b, e2)].stat("train_acc")),
+        more = [((f"{plural(e2, 'epoch')} at batch {b}", pts[(b, e2)].stat("train_acc")),
                  (f"{e1}", pts[(b, e1)].stat("train_acc")))
                 for b in batches for e1, e2 in zip(sorted(epochs), sorted(epochs)[1:])]
         findings = [trend("smaller batches fit the training data better", small),
                     trend("more epochs fit the training data better", more)]
         if len(epochs) >= 2:
-            steps = [(f"batch {b} from {e1} to {e2} epochs", pts[(b, e1)].stat("test_acc"),
+            steps = [(f"batch {b} from {e1} to {plural(e2, 'epoch')}", pts[(b, e1)].stat("test_acc"),
                       pts[(b, e2)].stat("test_acc"), pts[(b, e1)].stat("train_acc"), pts[(b, e2)].stat("train_acc"))
                      for b in batches for e1, e2 in zip(sorted(epochs), sorted(epochs)[1:])]
             findings.append(overfitting(steps, max(epochs)))
         out += [self.find(section, f) for f in findings if f]
         return out
+
+    # -- ablation
+    def ablation(self, section):
+        variants, cases = section.options["variants"], section.options["cases"]
+        pts = self.points[section.id]
+        tolerance = section.options["tolerance_pp"]
+        published = [case.get("study") for case in cases]
+        tests = [[pts[(v, c)].stat("test_acc") for c in range(len(cases))] for v in range(len(variants))]
+        diverged = [[pts[(v, c)].all_diverged for c in range(len(cases))] for v in range(len(variants))]
+        result = ablation([v["label"] for v in variants], [c["label"] for c in cases], tests, diverged, published,
+                          tolerance, self.chance)
+        rel, path = self.figure(section.id)
+        plot_ablation(section, pts, path, self.chance)
+
+        def settings(s):
+            return ", ".join(f"{k} = {v}" for k, v in s.items()) or "—"
+
+        out = ["Variants (each on top of the baseline):", "",
+               table(["variant", "settings"], [[v["label"], settings(v["set"])] for v in variants]), "",
+               "Cases (on top of each variant):", "",
+               table(["case", "settings", "study's test acc %"],
+                     [[c["label"], settings(c["set"]), "—" if c.get("study") is None else f"{c['study']:.2f}"]
+                      for c in cases]), ""]
+        rows = []
+        marks = {True: " ✓", False: " ✗", None: ""}
+        for v, variant in enumerate(variants):
+            cells = []
+            for c in range(len(cases)):
+                point = pts[(v, c)]
+                n = len(point.statuses)
+                ended = [f"{point.statuses.count(s)}/{n} {s}" for s in dict.fromkeys(point.statuses)
+                         if s != "completed"]
+                test = tests[v][c]
+                figure = pct(stat(test.values)) if test else ""  # its seeds are counted in the note
+                note = ", ".join(ended)
+                cells.append(" ".join(x for x in (figure, f"({note})" if figure and note else note,
+                                                  marks[result.matches[v][c]].strip()) if x) or "—")
+            rows.append([variant["label"], *cells, ", ".join(cases[c]["label"] for c in result.reproduces[v]) or "—"])
+        head = ["variant", *(f"{c['label']}: test acc %" for c in cases), "reproduces"]
+        out += [table(head, rows), "",
+                f"✓: as the study (a collapse where it collapsed, else within ±{tolerance:g} points of its figure); "
+                "✗: not. A variant *reproduces* a collapse when it collapses there and is ✓ in every case the study "
+                "did not see collapse.", "", f"![{section.title}]({rel})", ""]
+        ours = sorted({round(100 * t.values[0], 2) for row in tests for t in row
+                       if t and len(set(t.values)) == 1 and collapsed(t, False, self.chance)})
+        shares = self._one_class_scores(published, ours)
+        if shares:
+            out += [shares, ""]
+        out += [self.find(section, f) for f in result.findings]
+        return out
+
+    def _one_class_scores(self, published, ours):
+        """Which single class the study's collapsed figures, and ours (``ours``: figures in % that every seed of a
+        collapsed setting gave alike), are the share of, as a sentence; None when there is nothing to say."""
+        from ... import data
+        from ...train.settings import make_config
+
+        theirs = [p for p in published if p is not None and p < self.chance + CHANCE_MARGIN_PP]
+        if not theirs:
+            return None
+        try:
+            dataset = data.load_dataset(make_config(self.study.baseline).dataset)
+        except Exception:  # noqa: BLE001 - the data are only needed for this remark; without them it is left out
+            return None
+        counts = [int(n) for n in np.bincount(dataset.test_labels, minlength=len(dataset.classes))]
+        classes = list(dataset.classes)
+        parts = [f"{p:.2f} % is {' or '.join(f)}" for p, f in zip(theirs, one_class_scores(counts, theirs, classes))
+                 if f]
+        if not parts:
+            return None
+        text = ("A network that gives every test image the same class scores that class's share of the test set: "
+                "the study's " + "; ".join(parts) + ".")
+        if len(parts) == len(theirs):
+            text += " Each collapsed figure of the study equals such a share."
+        same = [f"{p:.2f} %, {' or '.join(f)}" for p, f in zip(ours, one_class_scores(counts, ours, classes)) if f]
+        if same:
+            text += (" Our collapsed settings whose seeds all scored alike did so too: "
+                     + "; ".join(same) + ".")
+        return text
 
     # -- the whole report
     def write(self, meta, seeds):
@@ -253,10 +339,11 @@ class ReportWriter:
         if study.description:
             out += [study.description.strip(), ""]
         out += [f"Generated by `npconv study` (npconv {__version__}) on {time.strftime('%Y-%m-%d %H:%M')}, "
-                f"from {meta['runs']} runs ({meta.get('runs_reused', 0)} reused from earlier invocations); "
+                f"from {plural(meta['runs'], 'run')} ({meta.get('runs_reused', 0)} reused from earlier invocations); "
                 f"this invocation took {_duration(meta['wall_seconds'])} of wall time, and the runs "
                 f"{_duration(meta.get('seconds_training', 0))} of training time in all. "
-                f"Study file: `{study.source}`. Every run's folder, and `results.csv`, are beside this report.", ""]
+                f"Study file: `{study.source}`{f' ({study.source_note})' if study.source_note else ''}. Every run's "
+                "folder, and `results.csv`, are beside this report.", ""]
         if overrides:
             shrunk = ", ".join(f"`--{k.replace('_', '-')} {v}`" for k, v in overrides.items())
             out += [f"**A quick look**: every run was shrunk ({shrunk}), so the figures are not comparable with "
@@ -266,7 +353,8 @@ class ReportWriter:
         if study.baseline_note:
             out += [" ".join(study.baseline_note.split()), ""]
         out += [f"Seeds: {', '.join(map(str, seeds))}. Tables show the mean ± sample standard deviation over the "
-                f"{len(seeds)} seeds (the seed sets the initial weights, the shuffling and the dropout masks). Two "
+                f"{plural(len(seeds), 'seed')} (the seed sets the initial weights, the shuffling and the dropout "
+                "masks). Two "
                 "settings are called *indistinguishable* when their mean test accuracies differ by less than the "
                 "sum of their standard deviations. A setting *collapses* when its test accuracy is within "
                 f"{CHANCE_MARGIN_PP:g} points of chance ({self.chance:.0f} %). Training loss and accuracy are "
