@@ -36,7 +36,7 @@ from .loop import TrainingDiverged, divergence_threshold, fit
 from .modelfile import model_config
 from .parallel import DataParallel
 from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
-from .settings import SETTINGS, TrainConfig
+from .settings import TrainConfig
 
 
 def seed_streams(seed):
