@@ -25,10 +25,10 @@ threads or the load, and the thread count can change at any step. A
 steps, and takes more threads than there are free cores (measured) only when
 they are clearly faster.
 
-BLAS runs on **one thread** inside: OpenBLAS's result depends on its own thread
-count for some products (threaded, it cuts a long sum differently: measured for
-the 784-term sums of the cnn's first Linear layer), and where another program
-keeps a core busy, OpenBLAS's waiting threads slowed a cnn step 4x.
+BLAS runs on **one thread** inside the chunks: OpenBLAS's result depends on its
+own thread count for some products (threaded, it cuts a long sum differently:
+measured for the 784-term sums of the cnn's first Linear layer), and where
+another program keeps a core busy, OpenBLAS's waiting threads slowed a cnn step 4x.
 
 NumPy and BLAS release Python's global lock while they compute, so threads
 really run at the same time. It is only an execution strategy, applied from
@@ -41,8 +41,15 @@ layer not known to treat each sample on its own (batch normalization in
 training mode, for one, computes statistics over the whole batch), when it has
 no Conv2d or MaxPool2d layer (a few matrix products on the whole batch are
 cheaper than on chunks), or with an array backend other than NumPy (a GPU has
-no use for CPU threads). With a Dropout layer active, the chunks run one after another, never on threads: the
-masks come from one generator and must be drawn in chunk order.
+no use for CPU threads). Such a batch runs as the model runs it, with NumPy's
+BLAS as configured -- on every core by default, where its own threads share
+out the matrix products (the study's mlp, quiet 2-core Zen 4: 0.33 s an epoch
+with OpenBLAS on 2 threads, 0.44 s on one, 0.56 s in chunks on two Python
+threads). Its numbers then depend on BLAS's thread count, which is the same
+on every run on one machine (``OPENBLAS_NUM_THREADS`` sets it; 1 suits a busy
+machine, where OpenBLAS's spinning threads wait for each other). With a Dropout
+layer active, the chunks run one after another, never on threads: the masks
+come from one generator and must be drawn in chunk order.
 
 **Batch normalization.** In training mode a BatchNorm layer normalizes with the
 mean and variance of the *whole* batch, and every output depends on every
@@ -51,9 +58,8 @@ normalization -- other outputs, other gradients, other running statistics --
 not a rounding difference. Sharing the statistics between threads would need
 the threads to meet inside the layer (sums of every chunk, then the
 normalization), which would make the layers know about threads. So a network
-with batch normalization in training mode is never cut into chunks (at the
-default batch of 100 it then runs as one step, its matrix products on one BLAS
-thread). In evaluation mode a BatchNorm layer uses its running statistics, the
+with batch normalization in training mode is never cut into chunks (it runs as
+one step, its matrix products on BLAS's threads). In evaluation mode a BatchNorm layer uses its running statistics, the
 same for every sample, so inference is cut as usual.
 """
 
@@ -238,10 +244,9 @@ class DataParallel:
         started = time.perf_counter()
         self._timing = None
         chunks = self.chunks(x)
-        if chunks is None:
+        if chunks is None:  # the model as it is, with BLAS as configured (see the module docstring)
             self.sizes, self.threads = None, 1
-            with one_blas_thread():
-                return self.model(x)
+            return self.model(x)
         self.sizes = [len(c) for c in chunks]
         grad = nn.grad_enabled()
         tuner = self._tuner(grad, len(chunks))
@@ -265,8 +270,7 @@ class DataParallel:
     def backward(self, dy, input_grad=True):
         """Backpropagate ``dy`` (see :meth:`npconv.nn.Sequential.backward`)."""
         if self.sizes is None:
-            with one_blas_thread():
-                return self.model.backward(dy, input_grad)
+            return self.model.backward(dy, input_grad)
         started = time.perf_counter()
         dys = B.xp.split(dy, list(itertools.accumulate(self.sizes[:-1])))
         count = len(self.sizes) - 1

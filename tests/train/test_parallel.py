@@ -208,18 +208,26 @@ def test_set_num_threads_rejects_bad_values(bad):
         parallel.set_num_threads(bad)
 
 
-def test_blas_runs_on_one_thread_inside(rng, monkeypatch):
-    """Whatever BLAS was set to, DataParallel's products run on one thread (they and the bits depend on it)."""
+def test_blas_runs_on_one_thread_inside_chunks_and_as_configured_otherwise(rng, threads):
+    """The chunks' products run on one BLAS thread (their bits depend on it); a batch that is not cut runs with
+    BLAS as configured (a network of Linear layers is fastest on BLAS's own threads)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
 
-    class Spy(nn.Module):
+    class Spy(nn.ReLU):  # a per-sample layer that notes BLAS's threads
         def forward(self, x):
             seen.append(max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1))
             return x
 
-    with threadpool_limits(limits=2, user_api="blas"):
-        DataParallel(nn.Sequential(Spy(), nn.Flatten()))(rng.standard_normal((3, 1, 2, 2)))
-    assert seen == [1]
+        def backward(self, dy):
+            return dy
 
+    threads(2)
+    with threadpool_limits(limits=2, user_api="blas"):
+        net = DataParallel(nn.Sequential(Spy(), nn.Conv2d(1, 2, 3, padding=1, rng=rng), nn.Flatten()))
+        net(rng.standard_normal((3 * parallel.CHUNK, 1, 4, 4)).astype(np.float32))
+        assert net.sizes is not None and seen == [1, 1, 1], seen
+        seen.clear()
+        DataParallel(nn.Sequential(Spy(), nn.Flatten()))(rng.standard_normal((3, 1, 2, 2)))
+        assert seen == [2], seen
