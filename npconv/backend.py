@@ -16,6 +16,7 @@ on one device loads on the other.
 The default backend is NumPy, float32.
 """
 
+import contextlib
 import importlib
 
 import numpy as np
@@ -59,6 +60,17 @@ def use_device(device):
     return use(DEVICES[device])
 
 
+@contextlib.contextmanager
+def on_device(device):
+    """Within the block, the backend of ``device``; afterwards the one before it."""
+    previous = current_device()
+    use_device(device)
+    try:
+        yield xp
+    finally:
+        use_device(previous)
+
+
 def current_device():
     """``"cpu"`` or ``"cuda"``: where arrays of the current backend live."""
     return "cpu" if xp is np else "cuda"
@@ -90,6 +102,21 @@ def to_numpy(a):
 def to_device(a, dtype=None):
     """``a`` (host data) as an array of the current backend, optionally of ``dtype`` (a no-op on the CPU)."""
     return xp.asarray(a, dtype=dtype)
+
+
+def scalar(a):
+    """A 0-d result (a loss) as the caller may keep it: a float on the CPU; on a device, a 0-d float64 array.
+
+    Reading a device value is a host synchronisation (the GPU must finish first);
+    keeping it as an array lets the training loop add it up on the device and
+    read it once, as ``loss.item()`` in PyTorch is left to the caller.
+    """
+    return float(a) if xp is np else a.astype(xp.float64)
+
+
+def on_host():
+    """Whether arrays live on the host (the NumPy backend)."""
+    return xp is np
 
 
 def resolve_dtype(dtype):

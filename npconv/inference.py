@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import backend as B
 from . import data, nn
 from .data import to_float
 from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
@@ -88,13 +89,17 @@ class Classifier:
     ----------
     model_file : str or os.PathLike
         A ``model.npz`` written by ``npconv train`` (or :func:`npconv.save_model`).
+    device : ``"cpu"`` (default) or ``"cuda"``
+        Where the model computes (:mod:`npconv.backend`); results come back as host arrays.
 
     Raises :class:`~npconv.errors.ModelFileError` for a file that is not a usable model.
     """
 
-    def __init__(self, model_file):
+    def __init__(self, model_file, device="cpu"):
         self.model_file = os.fspath(model_file)
-        model, self.config = load_model(self.model_file)
+        self.device = device
+        with B.on_device(device):
+            model, self.config = load_model(self.model_file)
         self.model = DataParallel(model.eval())
         self.classes = class_names(self.config)
 
@@ -106,9 +111,10 @@ class Classifier:
     def probabilities(self, images):
         """Class probabilities (N, K) of preprocessed uint8 images (N, 28, 28), in batches of :data:`BATCH`."""
         out = []
-        with nn.no_grad():
+        with nn.no_grad(), B.on_device(self.device):
             for start in range(0, len(images), BATCH):
-                out.append(softmax(self.model(self.inputs(images[start : start + BATCH]))))
+                x = B.to_device(self.inputs(images[start : start + BATCH]))
+                out.append(B.to_numpy(softmax(self.model(x))))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def preprocess(self, image, name=None):
@@ -229,20 +235,26 @@ def data_mismatch(config, dataset):
     return None
 
 
-def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000):
+def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu"):
     """Load the model file at ``path`` and evaluate it on a test set (default: the dataset it was trained on).
 
     The result's ``warning`` says so when the test set is not from the data
-    the model was trained on (:func:`data_mismatch`).
+    the model was trained on (:func:`data_mismatch`). ``device`` says where the
+    model computes (``"cpu"`` or ``"cuda"``, :mod:`npconv.backend`).
     """
+    with B.on_device(device):
+        return _evaluate_model_file(path, dataset, data_dir, batch_size)
+
+
+def _evaluate_model_file(path, dataset, data_dir, batch_size):
     model, config = load_model(path)
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
     if len(loaded.classes) != config["num_classes"]:
         raise NpconvError(f"{path}: the model has {config['num_classes']} classes, the data {len(loaded.classes)}")
     x = to_float(loaded.test_images, config.get("normalize_mean"), config.get("normalize_std"),
                  np.dtype(config["dtype"]))
-    loss, acc, predictions = evaluate(DataParallel(model), nn.SoftmaxCrossEntropyLoss(), x, loaded.test_labels,
-                                      batch_size)
+    loss, acc, predictions = evaluate(DataParallel(model), nn.SoftmaxCrossEntropyLoss(), B.to_device(x),
+                                      B.to_device(loaded.test_labels), batch_size)
     return Evaluation(loaded.name, loss, acc, predictions, loaded.test_labels, config["num_classes"],
                       data_mismatch(config, loaded))
 

@@ -149,3 +149,53 @@ def test_files_travel_between_backends(fake_gpu, tmp_path):
     device_model, _ = load_model(tmp_path / "m.npz")
     assert isinstance(device_model[0].weight.data, fake_gpu.ndarray), "loaded onto the current backend"
     np.testing.assert_array_equal(backend.to_numpy(device_model.eval()(backend.to_device(x))), on_device)
+
+
+def test_a_run_on_the_device_is_the_run_on_the_host(fake_gpu, tmp_path):
+    """``run_training`` with ``device="cuda"``: the same history and weights as on the CPU, bit for bit (an mlp,
+    which the CPU runs whole, as a device does); the dataset goes up once, and the host waits for the device a
+    few times an epoch, not at every step."""
+    from npconv.train import TrainConfig, run_training
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    config = dict(model="mlp", train_subset=1000, epochs=2, batch_size=50, dropout=0.2, seed=4)
+    run_training(TrainConfig(**config), tmp_path / "cpu", **quiet)
+    fake_gpu.reset()
+    run_training(TrainConfig(**config, device="cuda"), tmp_path / "cuda", **quiet)
+    syncs, uploads = dict(fake_gpu.SYNCS), dict(fake_gpu.UPLOADS)
+    assert backend.current_device() == "cuda", "the fixture's backend is restored after the run"
+
+    def rows(run):
+        return [line.rsplit(",", 1)[0] for line in (tmp_path / run / "history.csv").read_text().splitlines()]
+
+    assert rows("cuda") == rows("cpu"), "history.csv but for its seconds column"
+    with np.load(tmp_path / "cpu" / "model.npz") as a, np.load(tmp_path / "cuda" / "model.npz") as b:
+        for name in a.files:
+            if name != "__config__":
+                np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    # Twice the steps (batch 25): the host waits as often -- per epoch (evaluation, health, checkpoint),
+    # and once per CHECK_EVERY steps for divergence -- not once a step.
+    fake_gpu.reset()
+    run_training(TrainConfig(**{**config, "batch_size": 25}, device="cuda"), tmp_path / "cuda25", **quiet)
+    more_steps = dict(fake_gpu.SYNCS)
+    assert sum(more_steps.values()) - sum(syncs.values()) <= 2, f"batch 50: {syncs}; batch 25: {more_steps}"
+    data_bytes = (1000 + 10_000) * 784 * 4 + (1000 + 10_000) * 8  # images (float32) and labels, once
+    assert uploads["bytes"] < 1.1 * data_bytes, f"uploads: {uploads}, the data itself: {data_bytes} bytes"
+
+
+def test_a_run_checkpointed_on_one_device_resumes_on_the_other(fake_gpu, tmp_path):
+    """Files are host arrays: a cpu checkpoint resumes on cuda (and back), and the device is recorded."""
+    import json
+
+    from npconv.train import TrainConfig, resume_training, run_training
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    config = dict(model="mlp", train_subset=600, epochs=2, batch_size=50, lr_schedule="constant", seed=1)
+    run_training(TrainConfig(**config), tmp_path / "whole", **quiet)
+    run_training(TrainConfig(**{**config, "epochs": 1}), tmp_path / "split", **quiet)
+    summary = resume_training(tmp_path / "split", epochs=2, settings={"device": "cuda"}, **quiet)
+    assert summary.status == "completed"
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["device"] == "cuda"
+    whole = (tmp_path / "whole" / "history.csv").read_text().splitlines()
+    split = (tmp_path / "split" / "history.csv").read_text().splitlines()
+    assert [r.rsplit(",", 1)[0] for r in split] == [r.rsplit(",", 1)[0] for r in whole]

@@ -62,6 +62,8 @@ def add_commands(sub):
                     help="a quick look: train every run on N images (default: all)")
     st.add_argument("--seeds", metavar="N[,...]",
                     help="replace the study's seeds (default: the study file's, 0,1,2 in the default study)")
+    device = SETTINGS["device"]
+    st.add_argument("--device", choices=device.choices, help=f"{device.help} (default: the study file's, cpu)")
     _add_executor_options(st)
 
     c = sub.add_parser(
@@ -129,6 +131,8 @@ def cmd_study(args):
         study = shrink(study, epochs=args.epochs, train_subset=args.train_subset, seeds=seeds)
     if seeds is not None:
         overrides["seeds"] = ",".join(map(str, seeds))
+    if args.device is not None:  # where every run trains: part of the baseline (and of the runs' keys)
+        study.baseline = {**study.baseline, "device": args.device}
     if args.dry_run:
         run_sweep(study_configs(study), args.out, workers=args.workers, scheduler=args.scheduler,
                   log=lambda line: print(line, flush=True), dry_run=True)

@@ -24,6 +24,11 @@ def _add_data_options(p):
     p.add_argument("--data-dir", metavar="DIR", help=SETTINGS["data_dir"].help)
 
 
+def _add_device_option(p):
+    spec = SETTINGS["device"]
+    p.add_argument("--device", choices=spec.choices, default=spec.default, help=f"{spec.help} (default: %(default)s)")
+
+
 def add_commands(sub):
     t = sub.add_parser("train", help="train a model and write a run folder",
                        description="Train a model; writes config.json, history.csv, health.csv, checkpoint.npz, "
@@ -40,6 +45,7 @@ def add_commands(sub):
     e.add_argument("model_file", metavar="MODEL.npz")
     _add_data_options(e)
     e.add_argument("--batch-size", type=int, default=1000, metavar="N", help="default: %(default)s")
+    _add_device_option(e)
 
     p = sub.add_parser(
         "predict", help="classify image files",
@@ -54,6 +60,7 @@ def add_commands(sub):
                         "(default: %(default)s)")
     p.add_argument("--top", type=positive_int, default=3, metavar="K",
                    help="table: show the K most likely classes with their probabilities (default: %(default)s)")
+    _add_device_option(p)
 
 
 def cmd_train(args):
@@ -102,7 +109,7 @@ def cmd_evaluate(args):
 
     if args.batch_size < 1:
         raise SettingError("batch_size", f"must be an integer >= 1, got {args.batch_size}")
-    result = evaluate_model_file(args.model_file, args.dataset, args.data_dir, args.batch_size)
+    result = evaluate_model_file(args.model_file, args.dataset, args.data_dir, args.batch_size, args.device)
     if result.warning:
         print(f"npconv: warning: {result.warning}", file=sys.stderr)
     print(f"{result.dataset} test set: {len(result.labels)} images  loss {result.loss:.4f}  "
@@ -115,7 +122,7 @@ def cmd_predict(args):
     from ..data.images import ImageError
     from ..inference import Classifier, image_files
 
-    classifier = Classifier(args.model_file)
+    classifier = Classifier(args.model_file, args.device)
     arrays, names, failed = [], [], 0
     for path in image_files(args.images):
         try:

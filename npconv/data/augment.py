@@ -1,6 +1,6 @@
 """Data augmentation: random shifts of training images."""
 
-import numpy as np
+from .. import backend as B
 
 
 def random_shift(x, max_shift, fill, rng):
@@ -30,12 +30,16 @@ def random_shift(x, max_shift, fill, rng):
     """
     if max_shift == 0:
         return x
+    xp = B.xp  # the batch may live on a device: the offsets are drawn on the host and sent there
     n, c, h, w = x.shape
     s = max_shift
     # Pad by s on every side with the background; image n's shifted frame is then the
     # H x W window whose corner is at (s - dy_n, s - dx_n) of its padded image.
-    padded = np.full((n, c, h + 2 * s, w + 2 * s), fill, dtype=x.dtype)
+    padded = xp.full((n, c, h + 2 * s, w + 2 * s), fill, dtype=x.dtype)
     padded[:, :, s : s + h, s : s + w] = x
-    offsets = rng.integers(-s, s + 1, size=(n, 2))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (N, C, 2s+1, 2s+1, H, W)
-    return windows[np.arange(n), :, s - offsets[:, 0], s - offsets[:, 1]]  # (N, C, H, W), a copy
+    offsets = B.to_device(rng.integers(-s, s + 1, size=(n, 2)))
+    rows = (s - offsets[:, :1]) + xp.arange(h)  # (N, H): the padded rows of each shifted image
+    cols = (s - offsets[:, 1:]) + xp.arange(w)  # (N, W)
+    # Gather: out[n, :, i, j] = padded[n, :, rows[n, i], cols[n, j]] (the advanced indices go first).
+    out = padded[xp.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .. import backend as B
 from ..backend import resolve_dtype
 
 # Pixels per np.bincount call in pixel_stats.
@@ -206,6 +207,8 @@ def _batches(x, y, n, batch_size, shuffle, rng, augment=None):
     # A separate generator function, so that the argument checks above run
     # at the call rather than at the first next().
     order = rng.permutation(n) if shuffle else None
+    if order is not None and not isinstance(x, np.ndarray):
+        order = B.to_device(order)  # data on a device: gather the batches there (one small upload an epoch)
     for start in range(0, n, batch_size):
         if order is None:
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]

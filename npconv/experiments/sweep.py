@@ -41,6 +41,7 @@ import signal
 from dataclasses import dataclass
 
 from .. import __version__, data
+from .. import backend as B
 from ..errors import NpconvError, SettingError
 from ..models import model_label
 from ..io import locked_by
@@ -276,6 +277,9 @@ def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, 
         raise SettingError("out_dir", f"{out_dir}: exists and is not a directory")
     for config in configs:  # before anything is loaded or written
         config.validate()
+    for device in sorted({config.device for config in configs}):
+        with B.on_device(device):  # a device that cannot be used (no CuPy, no GPU) is one error, up front
+            pass
     datasets = load_datasets(configs)
     runs = plan(configs, out_dir, datasets)
     pending = [r for r in runs if not r.done]

@@ -10,11 +10,16 @@ from .module import Module
 
 
 def _check_labels(labels, n, num_classes):
+    """Labels as an array of the backend; their range is checked on the host only.
+
+    On a device the check would wait for the GPU at every step: the training
+    run checks its labels once, when the data is loaded.
+    """
     xp = B.xp
     labels = xp.asarray(labels)
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be {n} integer class indices, got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    if B.on_host() and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
     return labels
 
@@ -80,7 +85,8 @@ class SoftmaxCrossEntropyLoss(Module):
         Subtract the row maximum (default). ``False`` computes the softmax as
         the formula reads (:func:`naive_log_softmax`), which overflows.
 
-    Shape: logits (N, K), labels (N,) integers in [0, K) -> a float.
+    Shape: logits (N, K), labels (N,) integers in [0, K) -> a float (on a GPU
+    backend a 0-d device array, see :func:`npconv.backend.scalar`).
 
     Cached by forward: the probabilities ``p`` (N, K) and the labels.
     """
@@ -98,7 +104,7 @@ class SoftmaxCrossEntropyLoss(Module):
         log_probs = log_softmax(logits) if self.stable else naive_log_softmax(logits)
         self._save(xp.exp(log_probs), labels)
         picked = -log_probs[xp.arange(n), labels]
-        return float(picked.sum() if self.reduction == "sum" else picked.mean())
+        return B.scalar(picked.sum() if self.reduction == "sum" else picked.mean())
 
     def backward(self, dy=1.0):
         """Return ``dL/dlogits`` (N, K), times ``dy`` (the upstream scalar, 1 by default)."""
@@ -139,7 +145,7 @@ class MSELoss(Module):
             raise ValueError(f"target shape {target.shape} does not match output shape {output.shape}")
         diff = output - target.astype(output.dtype)
         self._save(diff)
-        return float((diff * diff).mean())
+        return B.scalar((diff * diff).mean())
 
     def backward(self, dy=1.0):
         """Return ``dL/doutput``, same shape as the output."""

@@ -86,7 +86,9 @@ def evaluate(model, loss_fn, images, labels, batch_size=1000):
     """Loss and accuracy of ``model`` (in eval mode) on a whole dataset.
 
     Returns ``(mean_loss, accuracy, predictions)``; predictions are the
-    argmax class of each image, shape (N,). The model's mode is restored.
+    argmax class of each image, a host array of shape (N,). The model's mode
+    is restored. ``images`` and ``labels`` live on the backend's device; the
+    sums stay there until the end.
     """
     was_training = model.training
     model.eval()
@@ -95,11 +97,11 @@ def evaluate(model, loss_fn, images, labels, batch_size=1000):
         for start in range(0, len(images), batch_size):
             xb, yb = images[start : start + batch_size], labels[start : start + batch_size]
             logits = model(xb)
-            total_loss += mean_loss(loss_fn, loss_fn(logits, yb), len(xb)) * len(xb)
-            predictions.append(B.to_numpy(logits.argmax(axis=1)))
+            total_loss = total_loss + mean_loss(loss_fn, loss_fn(logits, yb), len(xb)) * len(xb)
+            predictions.append(logits.argmax(axis=1))
     model.train(was_training)
-    predictions = np.concatenate(predictions)
-    return total_loss / len(images), float(np.mean(predictions == labels)), predictions
+    predictions = B.to_numpy(B.xp.concatenate(predictions))
+    return float(total_loss) / len(images), float(np.mean(predictions == B.to_numpy(labels))), predictions
 
 
 def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True, desc="train", monitor=None):
@@ -117,16 +119,22 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
     seen = correct = 0
     total_loss = 0.0
     last_step = len(batches)
-    bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False,
-               disable=not (progress and show_progress_bars()), dynamic_ncols=True)
+    # On the host every loss is checked at once; on a device, where reading a value waits for the
+    # GPU, the losses of CHECK_EVERY steps are kept there and checked together (divergence is still
+    # reported at its exact step; the steps after it in that stretch are wasted, and discarded).
+    check_every = 1 if B.on_host() else CHECK_EVERY
+    unchecked = []  # (step, loss) not checked yet
+    show = progress and show_progress_bars()
+    bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=not show, dynamic_ncols=True)
     with bar:
         for step, (xb, yb) in enumerate(batches, start=1):
             optimizer.zero_grad()
             logits = model(xb)
             loss = loss_fn(logits, yb)
-            if not math.isfinite(loss):
-                where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
-                raise TrainingDiverged(f"diverged at {where} (loss {loss})", epoch=epoch, step=step)
+            unchecked.append((step, loss))
+            if len(unchecked) >= check_every or step == last_step:
+                _check_finite(unchecked, epoch)
+                unchecked = []
             model.backward(loss_fn.backward(), input_grad=False)  # the images need no gradient
             if monitor is not None and step == last_step:
                 monitor.before_update()
@@ -135,12 +143,29 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
             else:
                 optimizer.step()
             seen += len(yb)
-            total_loss += mean_loss(loss_fn, loss, len(yb)) * len(yb)
-            correct += int((B.to_numpy(logits.argmax(axis=1)) == yb).sum())
+            total_loss = total_loss + mean_loss(loss_fn, loss, len(yb)) * len(yb)  # on the device, as the loss
+            correct = correct + (logits.argmax(axis=1) == yb).sum()
             bar.update()
-            if step % 20 == 0 or step == len(batches):
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-    return total_loss / seen, correct / seen
+            if show and (step % 20 == 0 or step == len(batches)):
+                bar.set_postfix(loss=f"{float(total_loss) / seen:.4f}", acc=f"{int(correct) / seen:.4f}",
+                                refresh=False)
+    return float(total_loss) / seen, int(correct) / seen
+
+
+#: On a device, the steps whose losses are checked together for divergence (one wait for the GPU each).
+CHECK_EVERY = 50
+
+
+def _check_finite(losses, epoch):
+    """Raise :class:`TrainingDiverged` at the first of ``losses`` (``(step, loss)`` pairs) that is not finite."""
+    if B.on_host():
+        values = [loss for _, loss in losses]
+    else:  # one transfer for the whole stretch
+        values = B.to_numpy(B.xp.stack([B.xp.asarray(loss) for _, loss in losses])).tolist()
+    for (step, _), value in zip(losses, values):
+        if not math.isfinite(value):
+            where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
+            raise TrainingDiverged(f"diverged at {where} (loss {value})", epoch=epoch, step=step)
 
 
 def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *, val=None, lr_schedule=None,

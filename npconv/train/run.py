@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import __version__, data, nn, optim
+from .. import backend as B
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model, model_label
 from ..models.initialization import reinitialize
@@ -36,7 +37,10 @@ from .loop import TrainingDiverged, divergence_threshold, fit
 from .modelfile import model_config
 from .parallel import DataParallel
 from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
-from .settings import TrainConfig
+from .settings import SETTINGS, TrainConfig
+
+#: The settings a resumed run may change: how long, and where it runs -- not what it computes.
+RESUMABLE = [name for name, spec in SETTINGS.items() if spec.resumable]
 
 
 def seed_streams(seed):
@@ -159,14 +163,17 @@ def _prepare(config):
         train_images, train_labels, val_images, val_labels = data.train_val_split(
             train_images, train_labels, config.val_split, data_rng
         )
-        val = (data.to_float(val_images, mean, std, dtype), val_labels)
-    x_train = data.to_float(train_images, mean, std, dtype)
-    x_test = data.to_float(dataset.test_images, mean, std, dtype)
+        val = (B.to_device(data.to_float(val_images, mean, std, dtype)), B.to_device(val_labels))
+    # The data goes to the device once (a no-op on the CPU); the batches are gathered there.
+    x_train = B.to_device(data.to_float(train_images, mean, std, dtype))
+    x_test = B.to_device(data.to_float(dataset.test_images, mean, std, dtype))
+    train_labels_on_device, test_labels = B.to_device(train_labels), B.to_device(dataset.test_labels)
     augment = None
     if config.augment_shift:  # shifted images are filled with the background: a black pixel, standardized
         background = data.to_float(np.zeros((1, 1, 1), np.uint8), mean, std, dtype).item()
         augment = lambda xb, rng: data.random_shift(xb, config.augment_shift, background, rng)  # noqa: E731
-    batches = data.DataLoader(x_train, train_labels, config.batch_size, shuffle=True, rng=data_rng, augment=augment)
+    batches = data.DataLoader(x_train, train_labels_on_device, config.batch_size, shuffle=True, rng=data_rng,
+                              augment=augment)
 
     num_classes = len(dataset.classes)
     model = build_model(
@@ -187,7 +194,7 @@ def _prepare(config):
     return _Run(
         config=config, full_config=full_config, model=model,
         optimizer=make_optimizer(config, model.parameters()), loss_fn=make_loss(config),
-        batches=batches, x_test=x_test, test_labels=dataset.test_labels, val=val, probe=probe_batch(x_train),
+        batches=batches, x_test=x_test, test_labels=test_labels, val=val, probe=probe_batch(x_train),
         rngs={"data": data_rng, "dropout": dropout_rng}, num_classes=num_classes,
     )
 
@@ -212,16 +219,17 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
     config.validate()
     folder = RunFolder(default_out_dir(config) if out_dir is None else out_dir)
     check_folder(folder.path, "out_dir")
-    run = _prepare(config)
-    folder.create()
-    with folder.lock():
-        taken = folder.holds_run()
-        if taken:
-            raise RunFolderTaken(folder.path, taken)
-        folder.write_config(run.full_config)
-        log(f"training {config.model} on {config.dataset} ({len(run.batches.y)} images) "
-            f"for {plural(config.epochs, 'epoch')} -> {folder.path}")
-        return _train(run, folder, None, progress=progress, log=log)
+    with B.on_device(config.device):  # a device that cannot be used is an error before anything is written
+        run = _prepare(config)
+        folder.create()
+        with folder.lock():
+            taken = folder.holds_run()
+            if taken:
+                raise RunFolderTaken(folder.path, taken)
+            folder.write_config(run.full_config)
+            log(f"training {config.model} on {config.dataset} ({len(run.batches.y)} images) "
+                f"for {plural(config.epochs, 'epoch')}{_where(config)} -> {folder.path}")
+            return _train(run, folder, None, progress=progress, log=log)
 
 
 def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=print):
@@ -257,18 +265,20 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
         saved = folder.read_config(CheckpointError)
         config = TrainConfig.from_dict(saved, folder.file(CONFIG_FILE))
         for name, value in (settings or {}).items():
-            if name != "epochs" and getattr(config, name) != value:
+            if not SETTINGS[name].resumable and getattr(config, name) != value:
                 raise SettingError(name, f"{value} conflicts with the run's {getattr(config, name)!r} "
                                          f"({folder.file(CONFIG_FILE)}); a resumed run keeps its own settings "
-                                         "(only epochs may change)")
+                                         f"(only {' and '.join(RESUMABLE)} may change)")
         if epochs is not None:
             config.epochs = epochs
+        if (settings or {}).get("device") is not None:
+            config.device = settings["device"]  # where it runs from here (see the README on devices)
         config.validate()
         if not os.path.exists(folder.file(CHECKPOINT_FILE)):
             raise SettingError("run_dir", f"{folder.path}: no {CHECKPOINT_FILE} to resume from (the run stopped "
                                           "before it finished its first epoch); start it again instead")
         checkpoint = folder.read_checkpoint()
-        if _without(checkpoint.config, "epochs") != _without(saved, "epochs"):
+        if _without(checkpoint.config, RESUMABLE) != _without(saved, RESUMABLE):
             raise CheckpointError(f"{checkpoint.path}: belongs to another run than {folder.file(CONFIG_FILE)}")
         summary = _summary_if_readable(folder)
         if summary is not None and summary.status == "diverged":
@@ -279,22 +289,33 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
             raise SettingError("epochs", f"must be more than the {checkpoint.epoch} epochs the run in {folder.path} "
                                          f"already completed, got {config.epochs}")
 
-        run = _prepare(config)
-        recorded = {**asdict(config), **saved}  # a setting added since the run started: at its default
-        changed = [k for k in run.full_config
-                   if k not in ("epochs", "npconv_version") and run.full_config[k] != recorded.get(k)]
-        if changed:
-            raise CheckpointError(
-                f"{folder.path}: {', '.join(changed)} differ from when the run started "
-                "(the dataset changed?); the run cannot be continued exactly"
-            )
-        restore(checkpoint, run.model, run.optimizer, run.rngs)
-        run.full_config = {**saved, "epochs": config.epochs}
-        if config.epochs != saved["epochs"]:
-            folder.write_config(run.full_config)
-        log(f"resuming {config.model} on {config.dataset} after epoch {checkpoint.epoch} "
-            f"of {config.epochs} -> {folder.path}")
-        return _train(run, folder, checkpoint, progress=progress, log=log)
+        with B.on_device(config.device):
+            return _resume(folder, config, saved, checkpoint, progress, log)
+
+
+def _resume(folder, config, saved, checkpoint, progress, log):
+    """The end of :func:`resume_training`, on the run's device: rebuild, check, restore, train."""
+    run = _prepare(config)
+    recorded = {**asdict(config), **saved}  # a setting added since the run started: at its default
+    changed = [k for k in run.full_config
+               if k not in (*RESUMABLE, "npconv_version") and run.full_config[k] != recorded.get(k)]
+    if changed:
+        raise CheckpointError(
+            f"{folder.path}: {', '.join(changed)} differ from when the run started "
+            "(the dataset changed?); the run cannot be continued exactly"
+        )
+    restore(checkpoint, run.model, run.optimizer, run.rngs)
+    run.full_config = {**saved, **{name: getattr(config, name) for name in RESUMABLE}}
+    if run.full_config != saved:
+        folder.write_config(run.full_config)
+    log(f"resuming {config.model} on {config.dataset} after epoch {checkpoint.epoch} "
+        f"of {config.epochs}{_where(config)} -> {folder.path}")
+    return _train(run, folder, checkpoint, progress=progress, log=log)
+
+
+def _where(config):
+    """`` on cuda`` in a progress line, for a run that is not on the CPU."""
+    return "" if config.device == "cpu" else f" on {config.device}"
 
 
 def _summary_if_readable(folder):
@@ -304,8 +325,8 @@ def _summary_if_readable(folder):
         return None
 
 
-def _without(d, key):
-    return {k: v for k, v in d.items() if k != key}
+def _without(d, keys):
+    return {k: v for k, v in d.items() if k not in keys}
 
 
 def _train(run, folder, checkpoint, *, progress, log):

@@ -43,6 +43,7 @@ import types
 from dataclasses import dataclass, field, fields
 
 from .. import data, optim
+from ..backend import DEVICES
 from ..errors import CheckpointError, SettingError
 from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is_model_file, model_layers
 
@@ -72,6 +73,8 @@ class Setting:
         :meth:`TrainConfig.validate`
     architecture : bool -- part of the model; recorded in model files
     cost : bool -- changes the time of a training step
+    resumable : bool -- may take another value when a run is resumed (where it runs, not what it computes:
+        ``epochs`` and ``device``)
     keyed_at_default : bool -- part of a run's key even at its default. False for the settings added
         after sweeps first keyed their runs: at their default they leave the key as it was, so that
         runs trained before the setting existed are still found and reused.
@@ -93,6 +96,7 @@ class Setting:
     architecture: bool = False
     cost: bool = False
     keyed_at_default: bool = True
+    resumable: bool = False
     metavar: str | None = None
 
     @property
@@ -192,7 +196,7 @@ class TrainConfig:
     data_dir: str | None = setting(
         None, "folder with the four IDX files (train-images-idx3-ubyte[.gz], ...) instead of a built-in dataset",
         directory=True, cost=True, metavar="DIR")
-    epochs: int = setting(10, "passes over the training set", low=1, metavar="N")
+    epochs: int = setting(10, "passes over the training set", low=1, resumable=True, metavar="N")
     batch_size: int = setting(100, "images per training step", low=1, cost=True, metavar="N")
     optimizer: str = setting("sgd", "sgd (with momentum) or adam", choices=optim.OPTIMIZERS, cost=True)
     lr: float = setting(0.05, "learning rate", low=0, low_open=True, metavar="X")
@@ -215,6 +219,9 @@ class TrainConfig:
     augment_shift: int = setting(0, "data augmentation: shift each training image by up to N pixels in each "
                                     "direction, drawn anew every epoch (0: off)", low=0, high=MAX_SHIFT,
                                  keyed_at_default=False, metavar="N")
+    device: str = setting("cpu", "where the arrays live: cpu (NumPy) or cuda (CuPy on an NVIDIA GPU; "
+                                 'pip install "npconv[cuda]")', choices=tuple(DEVICES), cost=True,
+                          keyed_at_default=False, resumable=True)
     # Implementation choices other from-scratch codes make (npconv/studies/collapse.toml sweeps them to find
     # which one makes the course study's runs collapse). The defaults are npconv's own choices; at their
     # defaults they stay out of run keys, so runs made before they existed keep their keys.
