@@ -297,7 +297,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round (default 3)")
     parser.add_argument("--no-load", action="store_true", help="skip the table under load")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: npconv on the GPU (CuPy) against PyTorch CUDA, eager and graphed (speed_gpu.py)")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        import speed_gpu  # beside this file
+
+        return speed_gpu.main(["--repeats", str(args.repeats)])
 
     if importlib.util.find_spec("torch") is None:
         sys.exit("speed.py compares with PyTorch: pip install -e '.[bench]'")
