@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import randomize_output_layer
+from devicecases import LAYERS, layer_on, three_steps
 from npconv import backend, models, nn, optim
 from npconv.errors import SettingError
 
@@ -49,42 +50,12 @@ def test_unknown_device():
         backend.use_device("tpu")
 
 
-def host_and_device(build, x, rng):
-    """``(y, dx, grads)`` of a layer built by ``build()`` on the host and then on the device, same ``dy``."""
-    out, dy = [], None
-    for device in ("cpu", "cuda"):
-        backend.use_device(device)
-        layer = build()
-        y = layer(backend.to_device(x))
-        if dy is None:
-            dy = rng.standard_normal(y.shape).astype(x.dtype)
-        dx = layer.backward(backend.to_device(dy))
-        out.append((y, dx, {n: p.grad for n, p in layer.named_parameters()}))
-    return out
-
-
-LAYERS = {
-    "Linear": (lambda dt: nn.Linear(12, 5, rng=np.random.default_rng(0), dtype=dt), (4, 12)),
-    "Conv2d": (lambda dt: nn.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(0), dtype=dt), (5, 2, 6, 6)),
-    "Conv2d-stride": (lambda dt: nn.Conv2d(2, 3, 3, stride=2, rng=np.random.default_rng(0), dtype=dt), (5, 2, 7, 7)),
-    "MaxPool2d": (lambda dt: nn.MaxPool2d(2), (5, 2, 6, 6)),
-    "ReLU": (lambda dt: nn.ReLU(), (5, 2, 6, 6)),
-    "Sigmoid": (lambda dt: nn.Sigmoid(), (5, 7)),
-    "Tanh": (lambda dt: nn.Tanh(), (5, 7)),
-    "Flatten": (lambda dt: nn.Flatten(), (5, 2, 3, 3)),
-    "Dropout": (lambda dt: nn.Dropout(0.3, rng=np.random.default_rng(3)), (5, 40)),
-    "AvgPool2d": (lambda dt: nn.AvgPool2d(2, padding=1), (5, 2, 6, 6)),
-    "BatchNorm2d": (lambda dt: nn.BatchNorm2d(2, dtype=dt), (5, 2, 6, 6)),
-    "BatchNorm1d": (lambda dt: nn.BatchNorm1d(7, dtype=dt), (5, 7)),
-}
-
-
 @pytest.mark.parametrize("name", sorted(LAYERS))
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
 def test_every_layer_gives_the_same_numbers_on_the_device(fake_gpu, rng, name, dtype):
-    factory, shape = LAYERS[name]
-    x = rng.standard_normal(shape).astype(dtype)
-    (y, dx, grads), (yd, dxd, gradsd) = host_and_device(lambda: factory(dtype), x, rng)
+    x = rng.standard_normal(LAYERS[name][1]).astype(dtype)
+    y, dx, grads, dy = layer_on("cpu", name, dtype, x, rng)
+    yd, dxd, gradsd, _ = layer_on("cuda", name, dtype, x, rng, dy)
     assert isinstance(yd, fake_gpu.ndarray) and isinstance(dxd, fake_gpu.ndarray), "results stay on the device"
     np.testing.assert_array_equal(backend.to_numpy(yd), y, err_msg=f"{name} forward: device / host")
     np.testing.assert_array_equal(backend.to_numpy(dxd), dx, err_msg=f"{name} backward: device / host")
@@ -101,33 +72,16 @@ def test_a_model_trains_on_the_device_like_on_the_host(fake_gpu, rng, opt, monke
     import npconv.nn._utils
 
     monkeypatch.setattr(npconv.nn._utils, "BLOCKED_PRODUCTS", False)
-    x = rng.standard_normal((8, 1, 28, 28)).astype(F32)
+    x = rng.standard_normal((8, 1, 28, 28))
     labels = rng.integers(0, 10, size=8)
-    weights, losses = [], []
-    for device in ("cpu", "cuda"):
-        backend.use_device(device)
-        model = randomize_output_layer(models.cnn(dropout=0.2, rng=np.random.default_rng(1)), np.random.default_rng(2))
-        for layer in model:
-            if isinstance(layer, nn.Dropout):
-                layer.rng = np.random.default_rng(4)
-        params = model.parameters()
-        step = (optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4) if opt == "sgd"
-                else optim.Adam(params, lr=1e-3, weight_decay=5e-4))
-        loss_fn = nn.SoftmaxCrossEntropyLoss()
-        xd, yd = backend.to_device(x), backend.to_device(labels)
-        fake_gpu.reset()
-        for _ in range(3):
-            step.zero_grad()
-            losses.append(loss_fn(model(xd), yd))
-            model.backward(loss_fn.backward(), input_grad=False)
-            step.step()
-        if device == "cuda":
-            syncs = dict(fake_gpu.SYNCS)
-        weights.append({n: backend.to_numpy(p.data) for n, p in model.named_parameters()})
-    for n in weights[0]:
-        np.testing.assert_array_equal(weights[1][n], weights[0][n], err_msg=f"{n}: device / host")
-    assert losses[:3] == losses[3:]
-    assert sum(syncs.values()) <= 3 * 3, f"host round trips in 3 steps: {syncs}"
+    host, host_losses = three_steps("cpu", opt, x, labels)
+    syncs = {}
+    device, device_losses = three_steps("cuda", opt, x, labels, on_start=fake_gpu.reset,
+                                        on_end=lambda: syncs.update(fake_gpu.SYNCS))
+    for n in host:
+        np.testing.assert_array_equal(device[n], host[n], err_msg=f"{n}: device / host")
+    assert [float(v) for v in device_losses] == host_losses
+    assert sum(syncs.values()) == 0, f"host round trips in 3 steps: {syncs}"
 
 
 def test_files_travel_between_backends(fake_gpu, tmp_path):
