@@ -12,7 +12,7 @@ import pytest
 
 from conftest import randomize_output_layer
 from devicecases import LAYERS, layer_on, three_steps
-from npconv import backend, models, nn, optim
+from npconv import backend, models
 from npconv.errors import SettingError
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
