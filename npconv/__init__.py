@@ -3,16 +3,17 @@
 Every layer, loss and optimizer is written by hand, forward and backward. The
 package, in dependency order (each imports only what is above it in this list):
 
-* :mod:`npconv.backend`, :mod:`npconv.errors` -- the array seam, the user-error type;
+* :mod:`npconv.backend`, :mod:`npconv.errors`, :mod:`npconv.text` -- the array seam (NumPy, or CuPy on a GPU),
+  the user-error types, lines within 100 columns;
 * :mod:`npconv.nn` -- layers and losses (one concept per file), gradient checking;
 * :mod:`npconv.optim` -- SGD, Adam, learning-rate schedules;
-* :mod:`npconv.data` -- the IDX reader, MNIST / Fashion-MNIST, mini-batches;
+* :mod:`npconv.data` -- the IDX reader, MNIST / Fashion-MNIST, mini-batches, image files made like MNIST's;
 * :mod:`npconv.io` -- atomic writes, folder locks, the untrusting npz reader;
-* :mod:`npconv.models` -- the study's ``cnn`` and ``mlp``;
+* :mod:`npconv.models` -- the presets (``cnn``, ``mlp``, ``lenet5``, ``cnn-bn``) and model files;
 * :mod:`npconv.train` -- one run: settings, the loop, threads, health, checkpoints, model files, the run folder;
 * :mod:`npconv.inference` -- using a trained model: classify images, evaluate a model file;
 * :mod:`npconv.experiments` -- sweeps, studies and their reports, comparisons;
-* :mod:`npconv.cli` -- the ``npconv`` command.
+* :mod:`npconv.cli`, :mod:`npconv.serve` -- the ``npconv`` command, and its local web page.
 
 The names below are the ones a user needs first; they are imported on first
 use, so ``import npconv.nn`` pulls in nothing but NumPy.
