@@ -36,20 +36,24 @@ outside: the layers know nothing of threads. The chunked result equals the
 model's own on the whole batch up to floating-point rounding (sums are split
 per chunk).
 
-A batch is **not** cut (the model runs on it as it is) when the network has a
-layer not known to treat each sample on its own (batch normalization in
-training mode, for one, computes statistics over the whole batch), when it has
-no Conv2d or MaxPool2d layer (a few matrix products on the whole batch are
-cheaper than on chunks), or with an array backend other than NumPy (a GPU has
-no use for CPU threads). Such a batch runs as the model runs it, with NumPy's
-BLAS as configured -- on every core by default, where its own threads share
-out the matrix products (the study's mlp, quiet 2-core Zen 4: 0.33 s an epoch
-with OpenBLAS on 2 threads, 0.44 s on one, 0.56 s in chunks on two Python
-threads). Its numbers then depend on BLAS's thread count, which is the same
-on every run on one machine (``OPENBLAS_NUM_THREADS`` sets it; 1 suits a busy
-machine, where OpenBLAS's spinning threads wait for each other). With a Dropout
-layer active, the chunks run one after another, never on threads: the masks
-come from one generator and must be drawn in chunk order.
+**Stretches.** The network's layers are taken as stretches (:func:`_stretches`):
+runs of layers that treat each sample on its own, and between them the layers
+that need the whole batch (batch normalization in training mode, or any layer not
+known to be per-sample). A per-sample stretch with a convolution or a pooling
+layer is cut into the chunks; the other stretches run on the whole batch, in the
+calling thread: the chunks' outputs are joined before them and cut again after.
+The batch is **not** cut at all (the model runs on it as it is) when no stretch
+is worth cutting -- a network of Linear layers is a few matrix products, cheaper
+on the whole batch -- or with an array backend other than NumPy (a GPU has no
+use for CPU threads). Such a batch runs with NumPy's BLAS as configured -- on
+every core by default, where its own threads share out the matrix products (the
+study's mlp, quiet 2-core Zen 4: 0.33 s an epoch with OpenBLAS on 2 threads,
+0.44 s on one, 0.56 s in chunks on two Python threads). Its numbers then depend
+on BLAS's thread count, which is the same on every run on one machine
+(``OPENBLAS_NUM_THREADS`` sets it; 1 suits a busy machine, where OpenBLAS's
+spinning threads wait for each other). With a Dropout layer active, the chunks
+run one after another, never on threads: the masks come from one generator and
+must be drawn in chunk order.
 
 **Batch normalization.** In training mode a BatchNorm layer normalizes with the
 mean and variance of the *whole* batch, and every output depends on every
@@ -57,10 +61,12 @@ input of its channel; each chunk's own statistics would be a different
 normalization -- other outputs, other gradients, other running statistics --
 not a rounding difference. Sharing the statistics between threads would need
 the threads to meet inside the layer (sums of every chunk, then the
-normalization), which would make the layers know about threads. So a network
-with batch normalization in training mode is never cut into chunks (it runs as
-one step, its matrix products on BLAS's threads). In evaluation mode a BatchNorm layer uses its running statistics, the
-same for every sample, so inference is cut as usual.
+normalization), which would make the layers know about threads. So a batch
+norm in training mode is a stretch of its own, run on the whole batch, and the
+convolutions and pools around it run in chunks (``cnn-bn``, quiet 2-core Zen 4:
+18 ms a training step on 2 threads, 25 ms on one; the whole network in one
+thread took 25 ms). In evaluation mode a BatchNorm layer uses its running
+statistics, the same for every sample, so the whole network is one stretch.
 """
 
 import contextlib
@@ -69,12 +75,14 @@ import itertools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .. import backend as B
 from .. import nn
+from ..nn._utils import batch_first, batch_last, is_batch_last
 from .tuning import CoreMeter, ThreadTuner, usable_cores
 
 #: Images per chunk of a training batch. Measured on 2 cores (AMD Zen 4, one BLAS thread,
@@ -188,6 +196,63 @@ def _layers(model):
             yield layer
 
 
+#: Layers that make a per-sample stretch worth cutting into chunks: without one, a stretch is a
+#: few matrix products, cheaper on the whole batch (the study's mlp: +30 % CPU time per step in chunks).
+WORTH_CUTTING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _stretches(layers):
+    """The network's ``layers`` as stretches ``(start, stop, cut)``, in order.
+
+    A stretch is cut into chunks (``cut``) when all its layers are per-sample
+    (:func:`_per_sample`) and one of them is a convolution or a pooling layer
+    (:data:`WORTH_CUTTING`); the layers between such stretches -- a batch
+    normalization in training mode, a few Linear layers -- run together on the whole batch.
+    """
+    stretches, start = [], 0
+    for per_sample, group in itertools.groupby(layers, _per_sample):
+        stop = start + len(list(group))
+        cut = per_sample and any(isinstance(layer, WORTH_CUTTING) for layer in layers[start:stop])
+        if stretches and not cut and not stretches[-1][2]:  # two whole stretches in a row are one
+            start = stretches.pop()[0]
+        stretches.append((start, stop, cut))
+        start = stop
+    return stretches
+
+
+@dataclass
+class _Stage:
+    """One stretch of the network, ready to run: ``whole`` (a Sequential of the model's own layers) on
+    the whole batch, or, when it is cut, ``parts`` (a Sequential of the layers of chunk i's model or replica)."""
+
+    whole: nn.Sequential
+    parts: list = None
+
+
+def _stages(workers):
+    """The stages of the network (:func:`_stretches`); chunk ``i`` of a cut stage runs on ``workers[i]``."""
+    layers = [list(_layers(worker)) for worker in workers]
+    return [_Stage(nn.Sequential(*layers[0][a:b]), [nn.Sequential(*mine[a:b]) for mine in layers] if cut else None)
+            for a, b, cut in _stretches(layers[0])]
+
+
+def _split(a, sizes):
+    """``a`` cut along the batch axis into pieces of ``sizes`` images (views)."""
+    return B.xp.split(a, list(itertools.accumulate(sizes[:-1])))
+
+
+def _join(pieces):
+    """The ``pieces`` joined along the batch axis, in order.
+
+    Batch-last pieces (a Conv2d's outputs and what element-wise layers make of
+    them, see :mod:`npconv.nn.conv`) are joined batch-last, so that the layer
+    that takes the whole batch (a BatchNorm2d) reads it without another copy.
+    """
+    if all(is_batch_last(p) for p in pieces):
+        return batch_first(B.xp.concatenate([batch_last(p) for p in pieces], axis=-1))
+    return B.xp.concatenate(pieces)
+
+
 class DataParallel:
     """Run a :class:`~npconv.nn.Sequential` over fixed chunks of the batch, on as many threads as pay.
 
@@ -256,9 +321,15 @@ class DataParallel:
         else:  # nothing is kept: one model or replica per thread, piece i in thread i % threads
             runners = [self.model] + self._replicas(self.threads - 1)
             workers = [runners[i % self.threads] for i in range(len(chunks))]
+        self._stages = _stages(workers)
         with one_blas_thread():
-            outputs = _run([lambda m=m, c=c: m.forward(c) for m, c in zip(workers, chunks)], self.threads)
-        out = B.xp.concatenate(outputs)
+            out = x
+            for stage in self._stages:
+                if stage.parts is None:  # a stretch that runs on the whole batch
+                    out = stage.whole.forward(out)
+                    continue
+                pieces = chunks if out is x else _split(out, self.sizes)
+                out = _join(_run([lambda s=s, p=p: s.forward(p) for s, p in zip(stage.parts, pieces)], self.threads))
         if tuner is not None:
             seconds = time.perf_counter() - started
             if grad:
@@ -272,15 +343,21 @@ class DataParallel:
         if self.sizes is None:
             return self.model.backward(dy, input_grad)
         started = time.perf_counter()
-        dys = B.xp.split(dy, list(itertools.accumulate(self.sizes[:-1])))
         count = len(self.sizes) - 1
-        replicas, replica_params = self.replicas[:count], self._replica_params[:count]
+        replica_params = self._replica_params[:count]
         for params in replica_params:
             for p in params:
                 p.grad.fill(0)
-        workers = [self.model] + replicas
         with one_blas_thread():
-            dxs = _run([lambda m=m, d=d: m.backward(d, input_grad) for m, d in zip(workers, dys)], self.threads)
+            for i, stage in reversed(list(enumerate(self._stages))):
+                needed = input_grad or i > 0  # the gradient of a stage's input (the network's: if asked for)
+                if stage.parts is None:
+                    dy = stage.whole.backward(dy, needed)
+                    continue
+                pieces = _split(dy, self.sizes)
+                dxs = _run([lambda s=s, d=d: s.backward(d, needed) for s, d in zip(stage.parts, pieces)],
+                           self.threads)
+                dy = _join(dxs) if needed else None
         for params in replica_params:  # chunk order: the same sums on every run, with any number of threads
             for mine, theirs in zip(self._params, params):
                 mine.grad += theirs.grad
@@ -288,24 +365,20 @@ class DataParallel:
             tuner, forward_seconds = self._timing
             tuner.record(forward_seconds + time.perf_counter() - started)
             self._timing = None
-        return B.xp.concatenate(dxs) if input_grad else None
+        return dy
 
     # --- how to cut and where to run -------------------------------------------
     def chunks(self, x):
         """The chunks ``x`` is computed in (a list of views), or None when it is not cut.
 
         :data:`CHUNK` images per chunk for a training batch, :data:`PIECE` under
-        ``no_grad()``; sizes as equal as possible (``numpy.array_split``).
+        ``no_grad()``; sizes as equal as possible (``numpy.array_split``). Not cut
+        when no stretch of the network is worth cutting (see :func:`_stretches`).
         """
         size = CHUNK if nn.grad_enabled() else PIECE
         if B.xp is not np or len(x) <= size:
             return None
-        layers = list(_layers(self.model))
-        if not all(_per_sample(layer) for layer in layers):
-            return None
-        # A network of Linear layers is a few matrix products on the whole batch: cut into
-        # chunks it only makes more calls (the study's mlp: +30 % CPU time per step).
-        if not any(isinstance(layer, (nn.Conv2d, nn.MaxPool2d)) for layer in layers):
+        if not any(cut for _, _, cut in _stretches(list(_layers(self.model)))):
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))
 

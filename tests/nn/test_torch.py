@@ -19,8 +19,11 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 TORCH_DTYPE = {F32: torch.float32, F64: torch.float64}
 # (rtol, atol) per dtype: float64 agrees up to summation order. In float32 every gradient entry is a
 # sum of hundreds of products, and an entry that nearly cancels keeps the absolute rounding error of
-# the big terms: so atol is relative to the largest magnitude in the array (times 1e-6, ~8 ulps).
-TOL = {F64: (1e-10, 1e-12), F32: (1e-5, 1e-6)}
+# the big terms: so atol is relative to the largest magnitude in the array (or 1). Measured against a
+# float64 run of the same batch-norm network (20 seeds, 3 steps), each library's float32 gradients are
+# off by up to 3e-6 of that magnitude (npconv 3.1e-6, PyTorch 2.6e-6), so two of them may differ by
+# twice that: atol 1e-5 of it (~80 ulps). float64 is where agreement is checked tightly.
+TOL = {F64: (1e-10, 1e-12), F32: (1e-5, 1e-5)}
 BOTH_DTYPES = pytest.mark.parametrize("dtype", [F64, F32], ids=str)
 
 

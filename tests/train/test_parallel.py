@@ -161,26 +161,48 @@ def test_a_layer_that_mixes_samples_keeps_the_batch_whole(rng, threads):
     np.testing.assert_array_equal(out, model(x))
 
 
-def test_batch_norm_trains_on_the_whole_batch_in_one_thread_and_is_split_for_inference(rng, threads):
-    """Chunks would each normalize with their own mean and variance: not the same computation. So a network
-    with batch normalization is not split in training mode; in eval mode its running statistics are the same
-    for every sample, and the split result equals the one-thread result."""
-    threads(2)
-    model = models.build_model("cnn-bn", rng=rng, dtype=np.float64)
+def bn_step(model, x, labels):
+    """One training step of ``model`` through DataParallel: the step's numbers, its chunk sizes and stretches."""
     net = DataParallel(model)
-    x = rng.standard_normal((3 * parallel.PIECE, 1, 28, 28))
-    one_thread = models.build_model("cnn-bn", rng=np.random.default_rng(5), dtype=np.float64)
-    one_thread.load_state_dict({k: v.copy() for k, v in model.state_dict().items()})
-    y = net(x)
-    assert net.sizes is None, "batch normalization in training mode: no split"
-    np.testing.assert_array_equal(y, one_thread(x))
-    for name, value in one_thread.state_dict().items():  # the running statistics moved the same way
-        np.testing.assert_array_equal(model.state_dict()[name], value, err_msg=name)
-    net.eval()
+    result = step(net, model, x, labels, input_grad=True)
+    return result, net.sizes, [(a, b, cut) for a, b, cut in parallel._stretches(list(model.layers))]
+
+
+def test_batch_norm_sees_the_whole_batch_while_the_rest_runs_in_chunks(rng, threads):
+    """Chunks would each normalize with their own mean and variance: another computation. So in training
+    mode the batch norms run on the whole batch, and the stretches between them in chunks: the step equals
+    the whole model's up to rounding (running statistics included), and 1 or 2 threads give the same bits.
+    In eval mode the running statistics are the same for every sample: the whole network runs in pieces."""
+    model = models.build_model("cnn-bn", rng=rng, dtype=np.float64)
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    n = 2 * parallel.CHUNK + 6
+    x, labels = rng.standard_normal((n, 1, 28, 28)), rng.integers(0, 10, size=n)
+    whole = step(model, model, x, labels)
+    after_whole = {k: v.copy() for k, v in model.state_dict().items()}
+    runs = []
+    for threads_used in (1, 2):
+        threads(threads_used)
+        model.load_state_dict(state)
+        result, sizes, stretches = bn_step(model, x, labels)
+        assert sizes == [36, 35, 35]
+        kinds = [(type(model.layers[a]).__name__, cut) for a, b, cut in stretches]
+        assert kinds == [("Conv2d", True), ("BatchNorm2d", False), ("ReLU", True), ("BatchNorm2d", False),
+                         ("ReLU", True), ("BatchNorm1d", False)], "the batch norms and the small head run whole"
+        runs.append((result, {k: v.copy() for k, v in model.state_dict().items()}))
+    (chunked, after), (two_threads, after_two) = runs
+    assert_close(chunked[0], whole[0], "logits", rtol=1e-12)
+    assert_close(chunked[2], whole[2], "dx")
+    for name in whole[3]:
+        assert_close(chunked[3][name], whole[3][name], name)
+        np.testing.assert_array_equal(two_threads[3][name], chunked[3][name], err_msg=f"{name}: 2 threads / 1")
+    for name, value in after_whole.items():  # the running statistics moved the same way
+        assert_close(after[name], value, name)
+        np.testing.assert_array_equal(after_two[name], after[name], err_msg=f"{name}: 2 threads / 1")
+    net = DataParallel(model).eval()
     with nn.no_grad():
         y = net(x)
         assert net.sizes is not None, "in eval mode the batch is split"
-        assert_close(y, one_thread.eval()(x), "eval logits", rtol=1e-12)
+        assert_close(y, model.eval()(x), "eval logits", rtol=1e-12)
 
 
 def test_a_network_of_linear_layers_is_not_cut(rng, threads):
