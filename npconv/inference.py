@@ -44,6 +44,12 @@ def fit_for(config):
     return SIZE if config.get("dataset") == "fashion-mnist" else DIGIT_BOX
 
 
+def model_input(images, config):
+    """uint8 images (N, 28, 28) as the model's input (N, 1, 28, 28): scaled and normalized as in training."""
+    return to_float(np.asarray(images), config.get("normalize_mean"), config.get("normalize_std"),
+                    np.dtype(config["dtype"]))
+
+
 def class_names(config):
     """The names of a model's classes (``"0"`` ... ``"9"`` for MNIST), from its model file's config."""
     return list(config.get("classes") or [str(i) for i in range(config["num_classes"])])
@@ -105,8 +111,7 @@ class Classifier:
 
     def inputs(self, images):
         """The network's input for uint8 28x28 images (N, 28, 28): scaled as in training, (N, 1, 28, 28)."""
-        return to_float(np.asarray(images), self.config.get("normalize_mean"), self.config.get("normalize_std"),
-                        np.dtype(self.config["dtype"]))
+        return model_input(images, self.config)
 
     def probabilities(self, images):
         """Class probabilities (N, K) of preprocessed uint8 images (N, 28, 28), in batches of :data:`BATCH`."""
@@ -189,7 +194,7 @@ def image_files(arguments):
 def predict_images(model, config, paths):
     """Class probabilities for each image: returns an array of shape (len(paths), K)."""
     images = np.stack([preprocess(p, fit_for(config)) for p in paths])
-    x = to_float(images, config.get("normalize_mean"), config.get("normalize_std"), np.dtype(config["dtype"]))
+    x = model_input(images, config)
     model.eval()
     with nn.no_grad():
         return softmax(model(x))
@@ -251,8 +256,7 @@ def _evaluate_model_file(path, dataset, data_dir, batch_size):
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
     if len(loaded.classes) != config["num_classes"]:
         raise NpconvError(f"{path}: the model has {config['num_classes']} classes, the data {len(loaded.classes)}")
-    x = to_float(loaded.test_images, config.get("normalize_mean"), config.get("normalize_std"),
-                 np.dtype(config["dtype"]))
+    x = model_input(loaded.test_images, config)
     loss, acc, predictions = evaluate(DataParallel(model), nn.SoftmaxCrossEntropyLoss(), B.to_device(x),
                                       B.to_device(loaded.test_labels), batch_size)
     return Evaluation(loaded.name, loss, acc, predictions, loaded.test_labels, config["num_classes"],

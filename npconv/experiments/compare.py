@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import NpconvError, SettingError
 from ..io import atomic_write
-from ..train.runfolder import RunFolder, is_run_folder
+from ..train.runfolder import SUMMARY_FILE, RunFolder, is_run_folder
 from ..train.settings import SETTINGS
 from .report.stats import fmt, mean_curve, pct, stat
 from .runlist import find_run_folders
@@ -76,7 +76,7 @@ def run_folders(paths):
             folders.append(path)  # a run folder, or not a run at all: reading it says which
             continue
         for folder in found:
-            has_summary = os.path.isfile(RunFolder(folder).file("summary.json"))
+            has_summary = os.path.isfile(RunFolder(folder).file(SUMMARY_FILE))
             (folders if has_summary else skipped).append(folder)
     return list(dict.fromkeys(folders)), skipped
 
@@ -111,13 +111,12 @@ def group_by_setting(records):
     out.sort(key=lambda g: [_order(g.settings[n]) for n in varying])
     for g in out:
         g.records.sort(key=lambda r: (_order(r.config.get("seed")), r.path))
-    _label(out)
+    _label(out, varying)
     return out, duplicates
 
 
-def _label(groups):
-    """Give each setting its label (see the module docstring)."""
-    varying = [n for n in SETTINGS if n != "seed" and len({repr(g.settings[n]) for g in groups}) > 1]
+def _label(groups, varying):
+    """Give each setting its label (see the module docstring); ``varying``: the settings whose values differ."""
     modes = {}
     for name in varying:
         values = [repr(g.settings[name]) for g in groups]

@@ -51,7 +51,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import NpconvError, SettingError
-from ..train.runfolder import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
+from ..train.runfolder import CHECKPOINT_FILE, CONFIG_FILE
 
 
 def train_task(config_dict, run_dir=None, resume_files=None, progress=False, log_epochs=False):
@@ -124,7 +124,7 @@ def _train_in(folder_path, config_dict, result, progress, log_epochs):
 
     folder = RunFolder(folder_path)
     try:
-        done = folder.read_summary() if os.path.exists(folder.file(SUMMARY_FILE)) else None
+        done = folder.read_summary()
         if done is not None and done.done:  # finished meanwhile by another sweep into the same folder
             result.update(status=done.status, message=done.message)
             return

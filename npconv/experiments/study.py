@@ -191,8 +191,6 @@ def parse_study(doc, where="study"):
     return study
 
 
-
-
 def _check_settings(settings, what, bad):
     try:
         make_config(settings)
@@ -247,7 +245,7 @@ def _parse_section(raw, what, bad):
             bad(f"{what}: a value is listed twice")
         for v in values:
             _check_settings({**settings, vary: v}, what, bad)
-        labels = options.setdefault("labels", [_label(v) for v in values])
+        labels = options.setdefault("labels", [str(v) for v in values])
         if not (isinstance(labels, list) and len(labels) == len(values) and all(isinstance(x, str) for x in labels)):
             bad(f"{what}: labels must be a list of {len(values)} strings, one per value")
         study = options.get("study")
@@ -290,10 +288,6 @@ def _parse_section(raw, what, bad):
         bad(f"{what}: study_says must be a string")
     return Section(id=sid, kind=kind, title=str(raw.get("title", sid)), settings=dict(settings),
                    study_says=says, options=options)
-
-
-def _label(value):
-    return str(value)
 
 
 # ----------------------------------------------------------- what to train

@@ -47,7 +47,7 @@ from ..models import model_label
 from ..io import locked_by
 from ..train.interrupt import Interrupted
 from ..train.run import check_subset
-from ..train.runfolder import CHECKPOINT_FILE, RunFolder
+from ..train.runfolder import CHECKPOINT_FILE, RunFolder, check_folder
 from ..train.settings import SETTINGS, TrainConfig, make_config
 from ..text import WIDTH, plural, shorten
 from .results import describe, typical_values, write_results
@@ -273,8 +273,7 @@ def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, 
     from .estimate import estimate_sweep
 
     out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise SettingError("out_dir", f"{out_dir}: exists and is not a directory")
+    check_folder(out_dir, "out_dir")
     for config in configs:  # before anything is loaded or written
         config.validate()
     for device in sorted({config.device for config in configs}):

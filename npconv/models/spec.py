@@ -65,8 +65,8 @@ import tomllib
 from dataclasses import dataclass
 
 from .. import nn
-from ..errors import NpconvError, is_int
-from ..nn._utils import output_size
+from ..errors import NpconvError, is_int, is_number
+from ..nn._utils import output_size, pair
 
 #: The shape of one input image, (C, H, W): every dataset npconv reads is 28x28 grey (see npconv.data).
 INPUT_SHAPE = (1, 28, 28)
@@ -248,16 +248,12 @@ def _check_option(where, name, kind, value):
             value = value[0] if value[0] == value[1] else [int(v) for v in value]
     elif kind == "bool":
         ok = isinstance(value, bool)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    elif is_number(value):
         value = float(value)
         ok = {"positive": value > 0, "fraction": 0 <= value <= 1, "probability": 0 <= value < 1}[kind]
     if not ok:
         raise ModelSpecError(f"{where}: {name} must be {_ACCEPTED[kind]}, got {value!r}")
     return int(value) if is_int(value) else value
-
-
-def _pair(value):
-    return (value, value) if is_int(value) else tuple(value)
 
 
 def _infer(where, kind, options, shape):
@@ -284,8 +280,8 @@ def _infer(where, kind, options, shape):
     if kind not in image_layers:  # relu, sigmoid, tanh, dropout
         return shape, 0
     c, h, w = shape
-    (kh, kw), (sh, sw) = _pair(options["kernel_size"]), _pair(options["stride"])
-    ph, pw = _pair(options.get("padding", 0))
+    (kh, kw), (sh, sw) = pair(options["kernel_size"], "kernel_size"), pair(options["stride"], "stride")
+    ph, pw = pair(options.get("padding", 0), "padding")
     if kind == "avgpool2d" and (2 * ph > kh or 2 * pw > kw):
         raise ModelSpecError(f"{where}: padding {options['padding']} is more than half the kernel size")
     try:

@@ -43,6 +43,7 @@ from starlette.routing import Route
 from ..data import load_dataset
 from ..data.images import ImageError
 from ..errors import NpconvError
+from ..inference import class_names
 from ..train.modelfile import load_model
 from ..train.runfolder import CURVES_FILE
 from ..train.settings import SETTINGS
@@ -123,6 +124,10 @@ class Server:
 
     def model(self, run):
         """``(model, config)`` of a run's model file, loaded once (again if the file changed)."""
+        return self._loaded(run)[1:]
+
+    def _loaded(self, run):
+        """``(stamp, model, config)``: the model as :meth:`model` gives it, and the file's stamp it was loaded at."""
         path = run.model_file
         if path is None:
             raise HTTPException(404, f"run {run.id!r} has no model file (it has not completed)")
@@ -132,18 +137,18 @@ class Server:
             if cached is None or cached[0] != stamp:
                 model, config = load_model(path)
                 self._models[path] = cached = (stamp, model.eval(), config)
-        return cached[1], cached[2]
+        return cached
 
     def answers(self, run):
         """The run's model's answers on its test set, computed once per model file (in a worker thread)."""
-        model, config = self.model(run)
+        stamp, model, config = self._loaded(run)
         path = run.model_file
         with self._lock:
             lock = self._answer_locks.setdefault(path, threading.Lock())
         with lock:  # two requests for the same run's matrix compute it once
             cached = self._answers.get(path)
-            if cached is None or cached[0] != _stamp(path):
-                cached = (_stamp(path), answer_test_set(model, config, self.dataset(run, config)))
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, answer_test_set(model, config, self.dataset(run, config)))
                 self._answers[path] = cached
         return cached[1]
 
@@ -160,41 +165,46 @@ class Server:
     # --- what the views show ------------------------------------------------------------
     def run_row(self, run):
         """One line of a table of runs. A run whose files cannot be read is listed with the ``error``."""
+        return self._row(run)[0]
+
+    def _row(self, run):
+        """``(row, config, summary)``: the line, and the run's config and summary it was made from (each read once)."""
         row = {"id": run.id, "name": run.name, "kind": run.kind, "collection": run.collection,
                "has_model": run.model_file is not None}
+        config = summary = None
         try:
-            self._fill_row(run, row)
+            config, summary = self._fill_row(run, row)
         except NpconvError as e:
             row.update(status=row.get("status", "unreadable"), has_model=False, error=str(e))
-        return row
+        return row, config, summary
 
     def _fill_row(self, run, row):
-        row["status"] = run.status()
         folder = run.folder()
+        summary = folder.read_summary() if folder is not None else None
+        row["status"] = summary.status if summary is not None else run.status()
         config = folder.read_config() if folder is not None else self.model(run)[1] if row["has_model"] else {}
         row.update(model=config.get("model"), dataset=config.get("dataset"), classes=config.get("classes"))
         if folder is not None:
             row["settings"] = {name: config.get(name) for name in SETTINGS if name in config}
-            summary = folder.read_summary() if row["status"] not in ("pending", "failed") else None
             if summary is not None:
                 row.update(epochs=summary.epochs, train_loss=summary.train_loss, train_acc=summary.train_acc,
                            test_loss=summary.test_loss, test_acc=summary.test_acc,
                            seconds_per_epoch=summary.seconds_per_epoch)
+        return config, summary
 
     def run_detail(self, run):
-        detail = self.run_row(run)
+        detail, config, summary = self._row(run)
         if "error" in detail:
             raise NpconvError(detail["error"])
         folder = run.folder()
         if folder is not None:
-            summary = folder.read_summary() if detail["status"] not in ("pending", "failed") else None
-            detail.update(config=folder.read_config(), summary=summary.to_json() if summary else None,
+            detail.update(config=config, summary=summary.to_json() if summary else None,
                           history=[vars(h) for h in folder.read_history()], health=folder.read_health(),
                           curves=run.file(CURVES_FILE) is not None)
         if run.model_file:
             model, config = self.model(run)
             detail.update(model_config={k: v for k, v in config.items() if k != "format"},
-                          classes=_classes(config), architecture=architecture(model, config))
+                          classes=class_names(config), architecture=architecture(model, config))
             filters = first_filters(model)
             if filters is not None:
                 detail["filters"] = {"layer": filters[0], "weights": filters[1].tolist()}
@@ -204,10 +214,6 @@ class Server:
 def _stamp(path):
     st = os.stat(path)
     return st.st_mtime_ns, st.st_size
-
-
-def _classes(config):
-    return list(config.get("classes") or [str(k) for k in range(config["num_classes"])])
 
 
 def _varying(rows):
@@ -349,7 +355,6 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
     handlers = {HTTPException: _http_error, ImageError: _user_error(400), NpconvError: _user_error(422),
                 Exception: _internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
-    app.state.server = server
     return HostCheck(app, allowed_hosts)
 
 
@@ -365,7 +370,7 @@ def _class_index(text, k):
 
 
 def _prediction_json(run, config, result):
-    classes = _classes(config)
+    classes = class_names(config)
     out = {"run": run.id, "prediction": result.prediction, "label": classes[result.prediction],
            "probabilities": result.probabilities.tolist(), "not_sure": result.not_sure, "classes": classes,
            "input": result.image.tolist()}
@@ -403,7 +408,6 @@ class HostCheck:
     def __init__(self, app, allowed):
         self.app = app
         self.allowed = allowed
-        self.state = app.state
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.allowed is not None:

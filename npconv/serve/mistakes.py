@@ -11,13 +11,15 @@ can list its images with what the model thought of them:
   probability of the right answer, lowest first.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..inference import confusion_matrix
+from .. import nn
+from ..inference import confusion_matrix, model_input
 from ..nn.loss import softmax
-from .network import layer_outputs, model_input
+from .network import INFERENCE_LOCK
 
 #: Test images per forward pass. Other requests (a drawing being classified) wait at most one chunk.
 CHUNK = 500
@@ -34,7 +36,7 @@ class Answers:
     labels: np.ndarray
     probabilities: np.ndarray
 
-    @property
+    @functools.cached_property
     def predictions(self):
         return self.probabilities.argmax(axis=1)
 
@@ -61,7 +63,8 @@ def answer_test_set(model, config, dataset):
     images = dataset.test_images
     chunks = []
     for start in range(0, len(images), CHUNK):
-        logits = layer_outputs(model, model_input(images[start : start + CHUNK], config))[-1]
+        with INFERENCE_LOCK, nn.no_grad():
+            logits = model(model_input(images[start : start + CHUNK], config))
         chunks.append(softmax(logits.astype(np.float64)).astype(np.float32))
     classes = list(config.get("classes") or dataset.classes)
     return Answers(dataset.name, classes, images, np.asarray(dataset.test_labels, dtype=np.int64),

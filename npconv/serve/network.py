@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import data, nn
+from .. import nn
 from ..data.images import SIZE, preprocess
-from ..inference import LOW_CONFIDENCE, fit_for
+from ..inference import LOW_CONFIDENCE, fit_for, model_input
 from ..nn.loss import softmax
 
 #: Held during every forward pass of the server (see the module docstring).
@@ -63,11 +63,6 @@ class Prediction:
     def not_sure(self):
         """The top probability is below :data:`npconv.inference.LOW_CONFIDENCE`."""
         return bool(self.probabilities.max() < LOW_CONFIDENCE)
-
-
-def model_input(images, config):
-    """uint8 images (N, 28, 28) as the model's input (N, 1, 28, 28): scaled and normalized as in training."""
-    return data.to_float(images, config.get("normalize_mean"), config.get("normalize_std"), np.dtype(config["dtype"]))
 
 
 def layer_outputs(model, x):

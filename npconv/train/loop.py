@@ -193,7 +193,7 @@ def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *,
             monitor=monitor,
         )
         seconds = time.perf_counter() - started  # training only; evaluation is not counted
-        if divergence_threshold is not None and train_loss > divergence_threshold:
+        if divergence_threshold is not None and exploded(train_loss, divergence_threshold):
             raise TrainingDiverged(f"diverged in epoch {epoch} (train loss {train_loss:.3g} > "
                                    f"{divergence_threshold:.0f})", epoch=epoch)
         test_loss, test_acc, _ = evaluate(model, loss_fn, test_images, test_labels)

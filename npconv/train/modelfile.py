@@ -23,13 +23,12 @@ before allocating), then the config's every field and every array's name,
 shape and dtype are checked against the model it describes.
 """
 
-import math
 import re
 
 import numpy as np
 
 from .. import backend as B
-from ..errors import ModelFileError, SettingError
+from ..errors import ModelFileError, SettingError, is_int, is_number
 from ..io.npz import json_entry, one_line, parse_json_entry, read_npz, write_npz
 from ..models import ModelSpecError, build_model, check_layers, is_model_file
 from .settings import ARCHITECTURE, SETTINGS
@@ -86,7 +85,7 @@ def check_model_config(config, where, error, stored_values=None):
             raise error(f"{where}: {name!r} must be {setting.accepted()}, got {value!r}") from None
         spec[name] = value
     num_classes = config.get("num_classes", 10)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+    if not is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
         raise error(f"{where}: 'num_classes' must be an integer from 1 to {MAX_CLASSES}, got {num_classes!r}")
     layers = config.get("model_layers")
     if is_model_file(spec["model"]) or layers is not None:
@@ -136,8 +135,7 @@ def load_model(path):
                              f"(expected one of {', '.join(READABLE_FORMATS)})")
     for key in ("normalize_mean", "normalize_std"):
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or (key == "normalize_std" and value <= 0)):
+        if value is not None and (not is_number(value) or (key == "normalize_std" and value <= 0)):
             raise ModelFileError(f"{path}: {key!r} must be a finite number (std > 0) or null, got {value!r}")
     dataset = config.get("dataset")
     if dataset is not None and not isinstance(dataset, str):

@@ -226,14 +226,14 @@ class _Stage:
     the whole batch, or, when it is cut, ``parts`` (a Sequential of the layers of chunk i's model or replica)."""
 
     whole: nn.Sequential
-    parts: list = None
+    parts: list | None = None
 
 
-def _stages(workers):
-    """The stages of the network (:func:`_stretches`); chunk ``i`` of a cut stage runs on ``workers[i]``."""
+def _stages(workers, stretches):
+    """The network's ``stretches`` (:func:`_stretches`), ready to run; a cut one runs chunk ``i`` on ``workers[i]``."""
     layers = [list(_layers(worker)) for worker in workers]
     return [_Stage(nn.Sequential(*layers[0][a:b]), [nn.Sequential(*mine[a:b]) for mine in layers] if cut else None)
-            for a, b, cut in _stretches(layers[0])]
+            for a, b, cut in stretches]
 
 
 def _split(a, sizes):
@@ -308,7 +308,8 @@ class DataParallel:
     def forward(self, x):
         started = time.perf_counter()
         self._timing = None
-        chunks = self.chunks(x)
+        stretches = _stretches(list(_layers(self.model)))
+        chunks = self._cut(x, stretches)
         if chunks is None:  # the model as it is, with BLAS as configured (see the module docstring)
             self.sizes, self.threads = None, 1
             return self.model(x)
@@ -321,7 +322,7 @@ class DataParallel:
         else:  # nothing is kept: one model or replica per thread, piece i in thread i % threads
             runners = [self.model] + self._replicas(self.threads - 1)
             workers = [runners[i % self.threads] for i in range(len(chunks))]
-        self._stages = _stages(workers)
+        self._stages = _stages(workers, stretches)
         with one_blas_thread():
             out = x
             for stage in self._stages:
@@ -375,10 +376,12 @@ class DataParallel:
         ``no_grad()``; sizes as equal as possible (``numpy.array_split``). Not cut
         when no stretch of the network is worth cutting (see :func:`_stretches`).
         """
+        return self._cut(x, _stretches(list(_layers(self.model))))
+
+    def _cut(self, x, stretches):
+        """:meth:`chunks`, given the model's :func:`_stretches`."""
         size = CHUNK if nn.grad_enabled() else PIECE
-        if B.xp is not np or len(x) <= size:
-            return None
-        if not any(cut for _, _, cut in _stretches(list(_layers(self.model)))):
+        if B.xp is not np or len(x) <= size or not any(cut for _, _, cut in stretches):
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))
 

@@ -258,9 +258,8 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
     if not os.path.isdir(folder.path):
         problem = "not a directory" if os.path.exists(folder.path) else "no such directory"
         raise SettingError("run_dir", f"{folder.path}: {problem}")
-    not_a_run = SettingError("run_dir", f"{folder.path}: no {CONFIG_FILE}; not an npconv run folder")
     if not os.path.exists(folder.file(CONFIG_FILE)):  # checked before locking: nothing is written into such a folder
-        raise not_a_run
+        raise SettingError("run_dir", f"{folder.path}: no {CONFIG_FILE}; not an npconv run folder")
     with folder.lock():
         saved = folder.read_config(CheckpointError)
         config = TrainConfig.from_dict(saved, folder.file(CONFIG_FILE))
@@ -269,10 +268,10 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
                 raise SettingError(name, f"{value} conflicts with the run's {getattr(config, name)!r} "
                                          f"({folder.file(CONFIG_FILE)}); a resumed run keeps its own settings "
                                          f"(only {' and '.join(RESUMABLE)} may change)")
-        if epochs is not None:
-            config.epochs = epochs
-        if (settings or {}).get("device") is not None:
-            config.device = settings["device"]  # where it runs from here (see the README on devices)
+        changes = {**(settings or {}), **({"epochs": epochs} if epochs is not None else {})}
+        for name in RESUMABLE:  # more epochs, another device (see the README on devices)
+            if changes.get(name) is not None:
+                setattr(config, name, changes[name])
         config.validate()
         if not os.path.exists(folder.file(CHECKPOINT_FILE)):
             raise SettingError("run_dir", f"{folder.path}: no {CHECKPOINT_FILE} to resume from (the run stopped "

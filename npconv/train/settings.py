@@ -46,12 +46,12 @@ from .. import data, optim
 from ..backend import DEVICES
 from ..errors import CheckpointError, SettingError
 from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is_model_file, model_layers
+from ..nn.loss import REDUCTIONS
 
 DTYPES = ("float32", "float64")
 #: Largest shift of ``augment_shift``, in pixels: beyond it an MNIST digit leaves its 28x28 frame.
 MAX_SHIFT = 4
 PIXEL_RANGES = ("0-1", "0-255")
-REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -291,10 +291,6 @@ class TrainConfig:
         if self.model_layers is not None:  # a model file: its architecture, not only its path
             keyed["model_layers"] = self.model_layers
         return keyed
-
-    def changed(self):
-        """The settings that differ from ``npconv train``'s defaults, as a dict."""
-        return {name: getattr(self, name) for name, spec in SETTINGS.items() if getattr(self, name) != spec.default}
 
     @classmethod
     def from_dict(cls, settings, where):

@@ -176,8 +176,9 @@ class ReportWriter:
                 notes.append("≈ best (within the spread)")
             if collapsed(test[i], p.all_diverged, self.chance):
                 notes.append("collapsed")
-            if p.status_note():
-                notes.append(p.status_note())
+            status = p.status_note()
+            if status:
+                notes.append(status)
             ours = [fmt(p.stat("train_loss"), digits=4), pct(p.stat("train_acc")), pct(test[i])]
             if study:
                 r = study[i]

@@ -41,11 +41,19 @@ class Point:
         return ", ".join(f"{s} ({k}/{len(self.statuses)})" for s, k in counts.items())
 
 
-def cell_figures(run, epoch):
-    """The figures and the history of one sweep run, at ``epoch`` (None: its end)."""
+def cell_figures(run, epoch, histories=None):
+    """The figures and the history of one sweep run, at ``epoch`` (None: its end).
+
+    ``histories`` (a dict by run folder), when given, keeps each run's history once read: several
+    cells (a section's baseline, a grid's shorter epochs) read the same run.
+    """
     if run is None or run.summary is None:
         return None, []
-    history = run.folder.read_history()
+    histories = {} if histories is None else histories
+    path = run.folder.path
+    if path not in histories:
+        histories[path] = run.folder.read_history()
+    history = histories[path]
     if epoch is None:
         s = run.summary
         return Figures(s.train_loss, s.train_acc, s.test_loss, s.test_acc, s.total_seconds,
@@ -65,11 +73,11 @@ def row_key(row):
 
 def gather(cell_runs):
     """``{section id: {row: Point}}`` from the study's cells, each paired with the sweep run that holds its figures."""
-    sections = {}
+    sections, histories = {}, {}
     for cell, run in cell_runs:
         points = sections.setdefault(cell.section, {})
         point = points.setdefault(row_key(cell.row), Point(cell.row))
-        figures, history = cell_figures(run, cell.epoch)
+        figures, history = cell_figures(run, cell.epoch, histories)
         status = run.status if run is not None else "missing"
         if cell.epoch is not None and figures is None and status == "completed":
             status = "missing"
