@@ -22,7 +22,6 @@ import contextlib
 import csv
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from canvases import KINDS, canvases  # noqa: E402
+from speed import machine  # noqa: E402
 
 from npconv import data  # noqa: E402
 from npconv.cli import main  # noqa: E402
@@ -41,28 +41,6 @@ from npconv.train import TrainConfig, run_training  # noqa: E402
 
 #: The must of issue 10: the default cnn keeps at least this accuracy on every kind of canvas.
 MUST_PCT = 98.0
-
-
-def machine():
-    """CPU model, ISA flags and the BLAS kernel, for the timing lines."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags"))
-        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
-    except (OSError, StopIteration):
-        isa = "?"
-    blas = "?"
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                         for i in threadpool_info() if i.get("user_api") == "blas")
-    except ImportError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores, {isa}); NumPy {np.__version__}, BLAS {blas}"
 
 
 def naive_input(content):

@@ -26,9 +26,7 @@ import base64
 import http.client
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,28 +37,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from canvases import canvases  # noqa: E402
 from served import start_server  # noqa: E402
+from speed import machine  # noqa: E402
 
 from npconv import models  # noqa: E402
 from npconv.serve.network import classify  # noqa: E402
 from npconv.train.modelfile import load_model, save_model  # noqa: E402
-
-
-def machine():
-    """CPU model, vector ISA and BLAS kernel of this machine (the server runs the same NumPy)."""
-    cpu = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        cpu = fields.get("Model name", cpu).strip()
-        flags = fields.get("Flags", "")
-        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
-    except (OSError, ValueError):
-        isa = "?"
-    from threadpoolctl import threadpool_info
-
-    blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} ({i.get('num_threads')} threads)"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
-    return f"{cpu}, {os.cpu_count()} cores, {isa}; NumPy {np.__version__}, BLAS: {'; '.join(blas) or '?'}"
 
 
 def untrained_model(folder):

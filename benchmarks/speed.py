@@ -83,6 +83,12 @@ def blas_description():
                      f"{i['num_threads']} threads by default)" for i in infos) or "unknown"
 
 
+def machine():
+    """The machine in one line, for the benchmarks' reports: CPU, cores, ISA, NumPy and its BLAS."""
+    cpu, isa = cpu_description()
+    return f"{cpu}, {os.cpu_count()} cores, {isa}; NumPy {np.__version__}, BLAS: {blas_description()}"
+
+
 # --- the workloads ------------------------------------------------------------
 
 @dataclass
