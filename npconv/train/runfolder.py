@@ -36,6 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .health import HEALTH_COLUMNS, health_csv
 from .interrupt import deferred_interrupts
 from .loop import EpochStats
+from .modelfile import save_model
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -217,8 +218,6 @@ class RunFolder:
         return Summary.from_json(read_json(path, "run summary"), path)
 
     def write_model(self, model, model_config):
-        from .modelfile import save_model
-
         save_model(self.file(MODEL_FILE), model, model_config)
 
     def write_curves(self, history, title):

@@ -298,7 +298,8 @@ class ReportWriter:
         if not theirs:
             return None
         try:
-            dataset = data.load_dataset(make_config(self.study.baseline).dataset)
+            baseline = make_config(self.study.baseline)
+            dataset = data.load_dataset(baseline.dataset, baseline.data_dir)
         except Exception:  # noqa: BLE001 - the data are only needed for this remark; without them it is left out
             return None
         counts = [int(n) for n in np.bincount(dataset.test_labels, minlength=len(dataset.classes))]
