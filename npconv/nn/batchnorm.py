@@ -1,10 +1,47 @@
 """Batch normalization: ``BatchNorm1d`` (features) and ``BatchNorm2d`` (channels of images)."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import backend as B
 from ._utils import batch_first, batch_last, is_batch_last, row_dots, row_sums
 from .module import Buffer, Module, Parameter, grad_enabled
+
+
+@dataclass
+class Moments:
+    """A batch's statistics per channel, as sums that add up over parts of a batch.
+
+    ``count`` values per channel, their ``total`` (C,), and ``squares`` (C,): the
+    sum of their squared deviations from their own mean. :func:`pooled` gives the
+    statistics of several parts' values together.
+    """
+
+    count: int
+    total: object
+    squares: object
+
+
+def pooled(parts):
+    """The mean and the biased variance (each (C,)) of all the values of ``parts`` (a list of :class:`Moments`).
+
+    With ``M = sum_k m_k`` values in all, and part ``k``'s own mean ``mu_k = total_k / m_k``::
+
+        mean = sum_k total_k / M
+        var  = sum_k (squares_k + m_k (mu_k - mean)^2) / M
+
+    the squared deviations from the common mean being those from each part's own
+    mean plus ``m_k`` times the square of its offset (Chan, Golub & LeVeque, 1979;
+    PyTorch's SyncBatchNorm pools its devices' statistics the same way). Each
+    part's sum of squares is taken around its own mean, as the two-pass variance,
+    never as a difference of large sums. The parts are added in the order given;
+    for one part this is its own mean and ``squares / M``.
+    """
+    count = sum(part.count for part in parts)
+    mean = sum(part.total for part in parts) / count
+    squares = sum(part.squares + part.count * (part.total / part.count - mean) ** 2 for part in parts)
+    return mean, squares / count
 
 
 class _BatchNorm(Module):
@@ -51,6 +88,14 @@ class _BatchNorm(Module):
     :func:`~npconv.nn._utils.row_dots`), which BLAS runs several times faster than
     NumPy's reductions; a training step of the first BatchNorm2d of ``cnn-bn`` (16
     channels, M = 78,400) went from 2.7 ms to 1.5 ms on one core.
+
+    Training-mode forward is written as three steps -- :meth:`moments`,
+    :func:`pooled`, :meth:`normalize` -- and backward as two --
+    :meth:`gradient_sums`, :meth:`input_gradient`: on a whole batch they are the
+    formulas above, bit for bit; a batch cut into chunks
+    (:class:`~npconv.train.parallel.DataParallel`) takes every step on every chunk
+    and pools between them, so that each chunk is normalized with the statistics
+    of the whole batch (docs/math.md, sections 18 and 20).
 
     Parameters
     ----------
@@ -108,58 +153,106 @@ class _BatchNorm(Module):
         return B.xp.ones(self.num_features, dtype=self.dtype), B.xp.zeros(self.num_features, dtype=self.dtype)
 
     def forward(self, x):
+        if self.training:  # the three steps a split batch takes apart (see moments)
+            moments = self.moments(x)
+            mean, var = pooled([moments])
+            self.track(mean, var, moments.count)
+            return self.normalize(mean, var)
         xp = B.xp
         x = xp.asarray(x, dtype=self.dtype)
         layout = self._layout(x)
         rows, to_input_shape = self._rows(x, layout)
         gamma, beta = self._gamma_beta()
-        if self.training:
-            m = rows.shape[1]
-            if m < 2:
-                raise ValueError(f"{type(self).__name__} in training mode needs more than one value per channel, "
-                                 f"got input of shape {x.shape}")
-            mean = row_sums(rows) / m
-            x_hat = rows - mean[:, None]
-            var = row_dots(x_hat, x_hat) / m  # biased: what the batch is normalized with
-            inv_std = 1 / xp.sqrt(var + self.eps)
-            x_hat *= inv_std[:, None]
-            self._track(mean, var * (m / (m - 1)))  # the running estimate uses the unbiased variance
-        else:
-            inv_std = 1 / xp.sqrt(self.running_var.data + self.eps)
-            if not grad_enabled():  # inference: y = x * scale + shift per channel, two passes, nothing kept
-                scale = gamma * inv_std
-                y = rows * scale[:, None]
-                y += (beta - self.running_mean.data * scale)[:, None]
-                self._save()
-                return to_input_shape(y)
-            x_hat = (rows - self.running_mean.data[:, None]) * inv_std[:, None]
-        y = x_hat * gamma[:, None]
-        y += beta[:, None]
-        self._save(x_hat, gamma * inv_std, self.training, layout)
-        return to_input_shape(y)
+        inv_std = 1 / xp.sqrt(self.running_var.data + self.eps)
+        if not grad_enabled():  # inference: y = x * scale + shift per channel, two passes, nothing kept
+            scale = gamma * inv_std
+            y = rows * scale[:, None]
+            y += (beta - self.running_mean.data * scale)[:, None]
+            self._save()
+            return to_input_shape(y)
+        x_hat = (rows - self.running_mean.data[:, None]) * inv_std[:, None]
+        return self._affine(x_hat, inv_std, False, layout, to_input_shape)
 
-    def _track(self, mean, unbiased_var):
-        """Move the running estimates towards this batch's statistics."""
+    # --- training mode, in steps: a batch cut into parts runs each step on every part -----
+    def moments(self, x):
+        """The first step of a training forward: the :class:`Moments` of the batch ``x``.
+
+        Keeps ``x``'s deviations from its own mean for :meth:`normalize`. Where a
+        batch is cut into parts (:class:`~npconv.train.parallel.DataParallel`),
+        every part's layer takes this step, :func:`pooled` gives the whole batch's
+        statistics, and every part's layer normalizes with them.
+        """
+        x = B.xp.asarray(x, dtype=self.dtype)
+        layout = self._layout(x)
+        rows, to_input_shape = self._rows(x, layout)
+        total = row_sums(rows)
+        deviations = rows - (total / rows.shape[1])[:, None]
+        self._pending = (deviations, total / rows.shape[1], layout, to_input_shape)
+        return Moments(rows.shape[1], total, row_dots(deviations, deviations))
+
+    def track(self, mean, var, count):
+        """Move the running estimates towards a batch's ``mean`` and biased ``var`` of ``count`` values."""
+        if count < 2:
+            raise ValueError(f"{type(self).__name__} in training mode needs more than one value per channel, "
+                             f"got a batch of {count}")
         self.num_batches_tracked.data += 1
         factor = 1 / int(self.num_batches_tracked.data) if self.momentum is None else self.momentum
+        unbiased_var = var * (count / (count - 1))  # the running estimate uses the unbiased variance
         for buffer, value in ((self.running_mean, mean), (self.running_var, unbiased_var)):
             buffer.data *= 1 - factor
             buffer.data += factor * value
 
+    def normalize(self, mean, var):
+        """The last step of a training forward: normalize the batch :meth:`moments` saw with ``mean`` and ``var``."""
+        deviations, own_mean, layout, to_input_shape = self._pending
+        self._pending = None
+        shift = mean - own_mean  # zero when the statistics are the batch's own
+        if shift.any():
+            deviations -= shift[:, None]
+        inv_std = 1 / B.xp.sqrt(var + self.eps)
+        deviations *= inv_std[:, None]  # now x_hat
+        return self._affine(deviations, inv_std, True, layout, to_input_shape)
+
+    def _affine(self, x_hat, inv_std, batch_statistics, layout, to_input_shape):
+        """``y = gamma * x_hat + beta``; keep what backward needs."""
+        gamma, beta = self._gamma_beta()
+        y = x_hat * gamma[:, None]
+        y += beta[:, None]
+        self._save(x_hat, gamma * inv_std, batch_statistics, layout)
+        return to_input_shape(y)
+
     def backward(self, dy, input_grad=True):
         """Fill ``weight.grad`` and ``bias.grad`` (if ``affine``); return ``dx`` (or None if not ``input_grad``)."""
-        x_hat, scale, batch_statistics, layout = self._saved_tensors()
-        dy_rows, to_input_shape = self._rows(dy, layout)
-        m = x_hat.shape[1]
+        sums = self.gradient_sums(dy)
+        return self.input_gradient(dy, sums) if input_grad else None
+
+    def gradient_sums(self, dy):
+        """The first step of backward: ``(dbeta, dgamma)`` of this batch, added to ``bias.grad`` and ``weight.grad``.
+
+        For a batch cut into parts, the whole batch's sums are the parts' sums
+        added up, and :meth:`input_gradient` takes those.
+        """
+        x_hat, _, _, layout = self._saved_tensors()
+        dy_rows, _ = self._rows(dy, layout)
         dbeta = row_sums(dy_rows)
         dgamma = row_dots(dy_rows, x_hat)
         if self.affine:
             self.bias.grad += dbeta
             self.weight.grad += dgamma
-        if not input_grad:
-            return None
+        return dbeta, dgamma
+
+    def input_gradient(self, dy, sums, count=None):
+        """The last step of backward: ``dx``, given ``dy`` and the ``sums`` (dbeta, dgamma) of the whole batch.
+
+        ``count`` is the number of values per channel in the whole batch (by
+        default this batch's own, when it is the whole batch).
+        """
+        x_hat, scale, batch_statistics, layout = self._saved_tensors()
+        dy_rows, to_input_shape = self._rows(dy, layout)
         if not batch_statistics:  # evaluation mode: mean and variance are constants
             return to_input_shape(dy_rows * scale[:, None])
+        dbeta, dgamma = sums
+        m = x_hat.shape[1] if count is None else count
         dx = x_hat * (-dgamma / m)[:, None]
         dx += dy_rows
         dx -= (dbeta / m)[:, None]

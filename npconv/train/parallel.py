@@ -36,17 +36,14 @@ outside: the layers know nothing of threads. The chunked result equals the
 model's own on the whole batch up to floating-point rounding (sums are split
 per chunk).
 
-**Stretches.** The network's layers are taken as stretches (:func:`_stretches`):
-runs of layers that treat each sample on its own, and between them the layers
-that need the whole batch (batch normalization in training mode, or any layer not
-known to be per-sample). A per-sample stretch with a convolution or a pooling
-layer is cut into the chunks; the other stretches run on the whole batch, in the
-calling thread: the chunks' outputs are joined before them and cut again after.
-The batch is **not** cut at all (the model runs on it as it is) when no stretch
-is worth cutting -- a network of Linear layers is a few matrix products, cheaper
-on the whole batch -- or with an array backend other than NumPy (a GPU has no
-use for CPU threads). Such a batch runs with NumPy's BLAS as configured -- on
-every core by default, where its own threads share out the matrix products (the
+**What is cut.** A network is cut into chunks when every layer treats each
+sample on its own -- or is a batch normalization, see below -- and one of them
+is a convolution or a pooling layer (:func:`_can_cut`). It is **not** cut (the
+model runs on the batch as it is) when it has a layer that mixes samples in
+another way, when it is only a few Linear layers -- matrix products, cheaper on
+the whole batch -- or with an array backend other than NumPy (a GPU has no use
+for CPU threads). Such a batch runs with NumPy's BLAS as configured -- on every
+core by default, where its own threads share out the matrix products (the
 study's mlp, quiet 2-core Zen 4: 0.33 s an epoch with OpenBLAS on 2 threads,
 0.44 s on one, 0.56 s in chunks on two Python threads). Its numbers then depend
 on BLAS's thread count, which is the same on every run on one machine
@@ -59,18 +56,29 @@ must be drawn in chunk order.
 mean and variance of the *whole* batch, and every output depends on every
 input of its channel; each chunk's own statistics would be a different
 normalization -- other outputs, other gradients, other running statistics --
-not a rounding difference. Sharing the statistics between threads would need
-the threads to meet inside the layer (sums of every chunk, then the
-normalization), which would make the layers know about threads. So a batch
-norm in training mode is a stretch of its own, run on the whole batch, and the
-convolutions and pools around it run in chunks (``cnn-bn``, quiet 2-core Zen 4:
-18 ms a training step on 2 threads, 25 ms on one; the whole network in one
-thread took 25 ms). In evaluation mode a BatchNorm layer uses its running
-statistics, the same for every sample, so the whole network is one stretch.
+not a rounding difference. So the chunks meet at every such layer, as
+PyTorch's SyncBatchNorm has the devices of a data-parallel run meet: the
+network is cut into segments (:func:`_segments`) that end at the batch norms;
+every chunk runs a segment and takes the :class:`~npconv.nn.batchnorm.Moments`
+of its values (:meth:`~npconv.nn.BatchNorm2d.moments`); the calling thread pools
+them, in chunk order, into the whole batch's mean and variance
+(:func:`~npconv.nn.batchnorm.pooled`) and moves the running statistics once;
+then every chunk normalizes with them and runs the next segment. Backward meets
+the same way: every chunk's ``dbeta`` and ``dgamma``
+(:meth:`~npconv.nn.BatchNorm2d.gradient_sums`) are added up before any chunk
+computes its ``dx`` (:meth:`~npconv.nn.BatchNorm2d.input_gradient`). The layers
+know nothing of threads: they offer their math in those steps, and this module
+runs the steps. ``cnn-bn``, quiet 2-core Zen 4, a training step: 14 ms in
+chunks on 2 threads, 22 ms on one; it took 17-18 ms on 2 threads when the batch
+norms ran on the whole batch between chunked stretches (joining and cutting the
+batch around each, and normalizing on one core). In evaluation mode a
+BatchNorm layer uses its running statistics, the same for every sample, and
+the network is one segment.
 """
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import time
@@ -83,6 +91,7 @@ from threadpoolctl import ThreadpoolController
 from .. import backend as B
 from .. import nn
 from ..nn._utils import batch_first, batch_last, is_batch_last
+from ..nn.batchnorm import pooled
 from .tuning import CoreMeter, ThreadTuner, usable_cores
 
 #: Images per chunk of a training batch. Measured on 2 cores (AMD Zen 4, one BLAS thread,
@@ -102,12 +111,11 @@ PER_SAMPLE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Linear, nn.Flatten, nn.R
               nn.Dropout)
 
 
-def _per_sample(layer):
-    """Whether ``layer`` computes each sample on its own: one of :data:`PER_SAMPLE`, or a batch
-    normalization in evaluation mode (it then uses its running statistics, the same for every sample)."""
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return not layer.training
-    return isinstance(layer, PER_SAMPLE)
+def _batch_statistics(layer):
+    """Whether ``layer`` uses the statistics of the whole batch: a batch normalization in training mode.
+    (In evaluation mode it uses its running statistics, the same for every sample.)"""
+    return isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and layer.training
+
 
 _max_threads = usable_cores()
 _executor = None
@@ -196,44 +204,46 @@ def _layers(model):
             yield layer
 
 
-#: Layers that make a per-sample stretch worth cutting into chunks: without one, a stretch is a
-#: few matrix products, cheaper on the whole batch (the study's mlp: +30 % CPU time per step in chunks).
+#: Layers that make a network worth cutting into chunks: without one, it is a few matrix
+#: products, cheaper on the whole batch (the study's mlp: +30 % CPU time per step in chunks).
 WORTH_CUTTING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
-def _stretches(layers):
-    """The network's ``layers`` as stretches ``(start, stop, cut)``, in order.
-
-    A stretch is cut into chunks (``cut``) when all its layers are per-sample
-    (:func:`_per_sample`) and one of them is a convolution or a pooling layer
-    (:data:`WORTH_CUTTING`); the layers between such stretches -- a batch
-    normalization in training mode, a few Linear layers -- run together on the whole batch.
-    """
-    stretches, start = [], 0
-    for per_sample, group in itertools.groupby(layers, _per_sample):
-        stop = start + len(list(group))
-        cut = per_sample and any(isinstance(layer, WORTH_CUTTING) for layer in layers[start:stop])
-        if stretches and not cut and not stretches[-1][2]:  # two whole stretches in a row are one
-            start = stretches.pop()[0]
-        stretches.append((start, stop, cut))
-        start = stop
-    return stretches
+def _can_cut(layers):
+    """Whether a network of ``layers`` may be cut into chunks and is worth it: every layer is
+    per-sample (:data:`PER_SAMPLE`) or a batch normalization (in training mode its statistics are
+    pooled over the chunks), and one of them is a convolution or a pooling layer (:data:`WORTH_CUTTING`)."""
+    return (all(isinstance(layer, PER_SAMPLE) or isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d))
+                for layer in layers)
+            and any(isinstance(layer, WORTH_CUTTING) for layer in layers))
 
 
 @dataclass
-class _Stage:
-    """One stretch of the network, ready to run: ``whole`` (a Sequential of the model's own layers) on
-    the whole batch, or, when it is cut, ``parts`` (a Sequential of the layers of chunk i's model or replica)."""
+class _Segment:
+    """The layers between two batch normalizations (training mode), for every chunk.
 
-    whole: nn.Sequential
-    parts: list | None = None
+    Chunk ``i`` runs ``layers[i]`` (a Sequential of chunk i's model or replica),
+    after normalizing with ``before[i]`` (the batch normalization that ends the
+    previous segment) and before taking the moments of ``after[i]`` (the one that
+    ends this segment); None at the network's two ends.
+    """
+
+    layers: list
+    before: list | None
+    after: list | None
 
 
-def _stages(workers, stretches):
-    """The network's ``stretches`` (:func:`_stretches`), ready to run; a cut one runs chunk ``i`` on ``workers[i]``."""
+def _segments(workers):
+    """The network of ``workers`` (the model and its replicas, one per chunk) cut at its batch normalizations."""
     layers = [list(_layers(worker)) for worker in workers]
-    return [_Stage(nn.Sequential(*layers[0][a:b]), [nn.Sequential(*mine[a:b]) for mine in layers] if cut else None)
-            for a, b, cut in stretches]
+    bounds = [i for i, layer in enumerate(layers[0]) if _batch_statistics(layer)]
+    segments, start = [], 0
+    for stop in bounds + [len(layers[0])]:
+        segments.append(_Segment([nn.Sequential(*mine[start:stop]) for mine in layers],
+                                 [mine[start - 1] for mine in layers] if start else None,
+                                 [mine[stop] for mine in layers] if stop < len(layers[0]) else None))
+        start = stop + 1
+    return segments
 
 
 def _split(a, sizes):
@@ -308,8 +318,7 @@ class DataParallel:
     def forward(self, x):
         started = time.perf_counter()
         self._timing = None
-        stretches = _stretches(list(_layers(self.model)))
-        chunks = self._cut(x, stretches)
+        chunks = self.chunks(x)
         if chunks is None:  # the model as it is, with BLAS as configured (see the module docstring)
             self.sizes, self.threads = None, 1
             return self.model(x)
@@ -317,20 +326,21 @@ class DataParallel:
         grad = nn.grad_enabled()
         tuner = self._tuner(grad, len(chunks))
         self.threads = min(tuner.threads(), _max_threads) if tuner else 1
-        if grad:  # each chunk keeps its own caches for backward: one model or replica per chunk
-            workers = [self.model] + self._replicas(len(chunks) - 1)
-        else:  # nothing is kept: one model or replica per thread, piece i in thread i % threads
-            runners = [self.model] + self._replicas(self.threads - 1)
-            workers = [runners[i % self.threads] for i in range(len(chunks))]
-        self._stages = _stages(workers, stretches)
+        self._segments = _segments(self._workers(len(chunks), grad))
+        self._counts = []  # per batch normalization: the values per channel of the whole batch
         with one_blas_thread():
-            out = x
-            for stage in self._stages:
-                if stage.parts is None:  # a stretch that runs on the whole batch
-                    out = stage.whole.forward(out)
-                    continue
-                pieces = chunks if out is x else _split(out, self.sizes)
-                out = _join(_run([lambda s=s, p=p: s.forward(p) for s, p in zip(stage.parts, pieces)], self.threads))
+            outs, statistics = chunks, None
+            for segment in self._segments:
+                def forward(i, piece, segment=segment, statistics=statistics):
+                    h = piece if segment.before is None else segment.before[i].normalize(*statistics)
+                    h = segment.layers[i].forward(h)
+                    return h if segment.after is None else segment.after[i].moments(h)
+                outs = _run([functools.partial(forward, i, piece) for i, piece in enumerate(outs)], self.threads)
+                if segment.after is not None:  # the whole batch's statistics, from every chunk's moments
+                    statistics = pooled(outs)
+                    self._counts.append(sum(moments.count for moments in outs))
+                    segment.after[0].track(*statistics, self._counts[-1])  # the model's own layer
+            out = _join(outs)
         if tuner is not None:
             seconds = time.perf_counter() - started
             if grad:
@@ -350,15 +360,20 @@ class DataParallel:
             for p in params:
                 p.grad.fill(0)
         with one_blas_thread():
-            for i, stage in reversed(list(enumerate(self._stages))):
-                needed = input_grad or i > 0  # the gradient of a stage's input (the network's: if asked for)
-                if stage.parts is None:
-                    dy = stage.whole.backward(dy, needed)
-                    continue
-                pieces = _split(dy, self.sizes)
-                dxs = _run([lambda s=s, d=d: s.backward(d, needed) for s, d in zip(stage.parts, pieces)],
-                           self.threads)
-                dy = _join(dxs) if needed else None
+            dys, sums = _split(dy, self.sizes), None
+            for k in reversed(range(len(self._segments))):
+                segment = self._segments[k]
+                needed = input_grad or k > 0  # the gradient of a segment's input (the network's: if asked for)
+                def backward(i, d, segment=segment, sums=sums, needed=needed, k=k):
+                    if segment.after is not None:
+                        d = segment.after[i].input_gradient(d, sums, self._counts[k])
+                    d = segment.layers[i].backward(d, needed)
+                    return d if segment.before is None else (d, segment.before[i].gradient_sums(d))
+                dys = _run([functools.partial(backward, i, d) for i, d in enumerate(dys)], self.threads)
+                if segment.before is not None:  # the whole batch's dbeta and dgamma, summed in chunk order
+                    sums = tuple(sum(parts) for parts in zip(*(s for _, s in dys)))
+                    dys = [d for d, _ in dys]
+            dy = _join(dys) if input_grad else None
         for params in replica_params:  # chunk order: the same sums on every run, with any number of threads
             for mine, theirs in zip(self._params, params):
                 mine.grad += theirs.grad
@@ -374,16 +389,25 @@ class DataParallel:
 
         :data:`CHUNK` images per chunk for a training batch, :data:`PIECE` under
         ``no_grad()``; sizes as equal as possible (``numpy.array_split``). Not cut
-        when no stretch of the network is worth cutting (see :func:`_stretches`).
+        when the network cannot be cut or is not worth it (see :func:`_can_cut`).
         """
-        return self._cut(x, _stretches(list(_layers(self.model))))
-
-    def _cut(self, x, stretches):
-        """:meth:`chunks`, given the model's :func:`_stretches`."""
         size = CHUNK if nn.grad_enabled() else PIECE
-        if B.xp is not np or len(x) <= size or not any(cut for _, _, cut in stretches):
+        if B.xp is not np or len(x) <= size or not _can_cut(list(_layers(self.model))):
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))
+
+    def _workers(self, count, grad):
+        """The model and its replicas that run ``count`` chunks: chunk i runs on the i-th.
+
+        A training step keeps every chunk's caches for backward, and a batch
+        normalization in training mode keeps a chunk's deviations between its
+        steps: one model or replica per chunk. Otherwise (inference) one per
+        thread, piece i in thread ``i % threads``.
+        """
+        if grad or any(_batch_statistics(layer) for layer in _layers(self.model)):
+            return [self.model] + self._replicas(count - 1)
+        runners = [self.model] + self._replicas(self.threads - 1)
+        return [runners[i % self.threads] for i in range(count)]
 
     def _tuner(self, grad, count):
         """The tuner of batches of ``count`` chunks, or None when they must run in one thread.

@@ -16,6 +16,7 @@ from npconv.nn import _utils
 def blocking(request, monkeypatch):
     monkeypatch.setattr(_utils, "BLOCKED_PRODUCTS", request.param)
     monkeypatch.setattr(_utils, "BLOCK_MACS", 64)  # tiny blocks, so that small test shapes have many
+    monkeypatch.setattr(_utils, "MIN_BLOCK_COLUMNS", 1)
     return request.param
 
 
@@ -38,6 +39,19 @@ def test_matmul_t_by_blocks_equals_the_plain_product(rng, blocking, m, r, length
     out = _utils.matmul_t_by_blocks(a, b)
     assert out.shape == (m, r)
     assert_close(out, a @ b.T, "a @ b.T")
+
+
+@pytest.mark.parametrize("m, r, length", [(3, 4, 40), (8, 10, 1000)])
+def test_too_short_blocks_give_one_swapped_product(rng, monkeypatch, m, r, length):
+    """Blocks shorter than MIN_BLOCK_COLUMNS: one product instead, the same sums up to float32 rounding."""
+    monkeypatch.setattr(_utils, "BLOCKED_PRODUCTS", True)
+    monkeypatch.setattr(_utils, "BLOCK_MACS", 64)
+    a = rng.standard_normal((m, length)).astype(np.float32)
+    b = rng.standard_normal((r, length)).astype(np.float32)
+    out = _utils.matmul_t_by_blocks(a, b)
+    assert out.shape == (m, r)
+    exact = a.astype(np.float64) @ b.astype(np.float64).T
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * float(np.max(np.abs(exact))))
 
 
 def test_blocked_sums_are_repeatable_and_really_blocked(rng, blocking):
