@@ -204,7 +204,8 @@ def test_batch_norm_pools_the_statistics_of_every_chunk(rng, threads):
 def test_chunk_statistics_would_be_another_computation(rng):
     """The check above can fail: normalizing each chunk with its own statistics gives other logits."""
     model = randomize_output_layer(models.build_model("cnn-bn", rng=rng, dtype=np.float64), rng)
-    x = rng.standard_normal((2 * parallel.CHUNK, 1, 28, 28)) + np.linspace(0, 3, 2 * parallel.CHUNK)[:, None, None, None]
+    n = 2 * parallel.CHUNK
+    x = rng.standard_normal((n, 1, 28, 28)) + np.linspace(0, 3, n)[:, None, None, None]  # the chunks differ
     whole = model(x)
     state = model.state_dict()
     per_chunk = np.concatenate([(model.load_state_dict(state), model(part))[1] for part in np.split(x, 2)])
