@@ -122,7 +122,7 @@ def _block_length(rows, inner):
     return max(1, BLOCK_MACS // (rows * inner))
 
 
-def matmul_by_blocks(a, b):
+def matmul_by_blocks(a, b, out=None):
     """``a @ b`` for ``a`` (M, K) and a long ``b`` (K, L), computed block of columns by block of columns.
 
     Column ``l`` of ``a @ b`` depends on column ``l`` of ``b`` only, so cutting ``b``
@@ -130,15 +130,18 @@ def matmul_by_blocks(a, b):
     small ones of :data:`BLOCK_MACS` multiply-adds, which OpenBLAS's AVX-512 kernels
     compute faster than one long product. The blocks go to BLAS in one ``matmul``
     call, as a stack of blocks. Where that does not pay
-    (:data:`BLOCKED_PRODUCTS` is False) this is ``a @ b``.
+    (:data:`BLOCKED_PRODUCTS` is False) this is ``a @ b``. With ``out`` (an (M, L)
+    array whose rows are contiguous, such as a range of columns of a larger one)
+    the product is written there.
     """
     xp = B.xp
     m, k = a.shape
     length = b.shape[1]
     size = _block_length(m, k)
     if not BLOCKED_PRODUCTS or xp is not np or length <= size:
-        return a @ b
-    out = xp.empty((m, length), dtype=xp.result_type(a, b))
+        return xp.matmul(a, b, out=out)
+    if out is None:
+        out = xp.empty((m, length), dtype=xp.result_type(a, b))
     count = length // size
     full = count * size
     # Block i is columns i*size ... (i+1)*size - 1; as views, stacked: (count, K, size) and (count, M, size).

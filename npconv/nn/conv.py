@@ -3,17 +3,24 @@
 from .. import backend as B
 from ._utils import batch_first, batch_last, matmul_by_blocks, matmul_t_by_blocks, output_size, pair
 from .init import default_rng, he_uniform
-from .module import Module, Parameter
+from .module import Module, Parameter, grad_enabled
 
 
-#: Input channels whose rows of ``dcols`` backward computes and folds back (col2im) at a time.
-#: The rows of 4 channels of ``cnn-bn``'s second convolution, a chunk of 50 images, are 1.4 MB:
-#: they are still in the processor's caches when col2im adds them, where all 16 channels' (5.6 MB)
-#: went out to memory and back. Quiet 2-core AMD Zen 4, ``cnn-bn`` training steps on 2 threads,
-#: 8 interleaved rounds: 14.05 ms median with all channels at once, 13.62 ms with 4, 13.74 ms with
-#: 8; the study's cnn (8 channels) 4.87 / 4.91 ms. Every model gave the same bits either way here
-#: (each entry of dcols is the same sum over the output channels, whichever rows are computed with it).
-COL2IM_CHANNELS = 4
+#: Bytes of ``cols`` (one chunk's, float32) up to which the convolution is one product, its ``cols``
+#: kept for backward; above it, it is computed in blocks of output rows (:data:`BLOCK_BYTES`).
+#: The study's cnn (2.9 MB for its second convolution at 50 images) and ``lenet5`` (at most 4.1 MB)
+#: stay whole: there ``cols`` stays in the caches, and blocks (``cols`` built again in backward)
+#: made a cnn step 8 % slower. ``cnn-bn``'s second convolution has 5.7 MB (see :data:`BLOCK_BYTES`).
+WHOLE_BYTES = 4 << 20
+
+#: Bytes of ``cols`` per block of output rows above :data:`WHOLE_BYTES`: about a core's level-2
+#: cache (1 MB on AMD Zen 4). A block's ``cols`` is built, multiplied and dropped while it is in
+#: the caches; backward builds it again from the padded input instead of reading a ``cols`` of the
+#: whole image back from memory. Quiet 2-core AMD Zen 4, ``cnn-bn`` training steps on 2 threads
+#: (its second convolution: 406 KB of ``cols`` per output row), medians of interleaved rounds: one
+#: product 14.06 ms against 13.63 ms in blocks of 4 rows; in another run, blocks of 2 rows (812 KB)
+#: 13.64 ms, of 4 rows 13.92 ms, of 7 rows 14.6 ms, of 1 row 14.6 ms.
+BLOCK_BYTES = 1 << 20
 
 
 class Conv2d(Module):
@@ -47,9 +54,7 @@ class Conv2d(Module):
     Both directions loop over the ``KH*KW`` kernel offsets ``(u, v)``, never over
     pixels: for one offset, the entries of every patch form a strided slice of
     the padded image, ``x_p[:, :, u : u + s_h*OH : s_h, v : v + s_w*OW : s_w]``, copied (im2col) or added
-    (col2im) in one go. Backward computes ``dcols`` and folds it back a few input
-    channels at a time (:data:`COL2IM_CHANNELS`), so that those rows of ``dcols``
-    are still in the caches when they are added.
+    (col2im) in one go.
 
     The bias rides along in the products: ``cols`` gets one more row, all ones,
     and the weights one more column, ``b``, so ``y = [Wm | b] @ [cols; 1]`` and
@@ -75,6 +80,15 @@ class Conv2d(Module):
     :func:`~npconv.nn._utils.matmul_t_by_blocks` for ``dy @ cols^T``, a sum over
     blocks of columns) where the BLAS computes small products faster.
 
+    A large ``cols`` -- more than :data:`WHOLE_BYTES`, ``cnn-bn``'s second
+    convolution -- does not stay in the processor's caches between its writing
+    and its reading. A training step then computes the layer in **blocks of
+    output rows** (:data:`BLOCK_BYTES` of ``cols`` each): forward builds a block's
+    ``cols`` and multiplies it at once; backward builds it again from the
+    padded input for ``dW`` and ``dcols`` and folds that block's ``dcols`` back
+    (col2im) at once. ``dW`` is then a sum over the blocks; every other number
+    is computed as in one block. Smaller layers are one block and keep ``cols``.
+
     Parameters
     ----------
     in_channels, out_channels : int
@@ -91,7 +105,8 @@ class Conv2d(Module):
     weight : Parameter (K, C, KH, KW), He-uniform with fan_in = C*KH*KW
     bias : Parameter (K,), zeros
 
-    Cached by forward: ``cols`` (with its row of ones) and the input shape.
+    Cached by forward: the padded input, ``cols`` (with its row of ones) when the
+    layer is one block, and the input shape.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, rng=None, dtype=None):
@@ -120,21 +135,17 @@ class Conv2d(Module):
         n, oh, ow = self._output_shape(x.shape)
         _, c, h, w = x.shape
         k = self.out_channels
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (ph, pw) = self.padding
         # Zero padding, batch-last: (C, H + 2ph, W + 2pw, N).
         padded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=self.dtype)
         padded[:, ph : ph + h, pw : pw + w] = batch_last(x)
-        # im2col, one kernel offset (u, v) at a time: rows (c, u, v), columns (i, j, n);
-        # then the row of ones that multiplies the bias.
-        cols = xp.empty((c * kh * kw + 1, oh * ow * n), dtype=self.dtype)
-        patches = cols[:-1].reshape(c, kh, kw, oh, ow, n)
-        for u in range(kh):
-            for v in range(kw):
-                patches[:, u, v] = padded[:, u : u + sh * oh : sh, v : v + sw * ow : sw]  # (C, OH, OW, N)
-        cols[-1] = 1
         weight_and_bias = xp.concatenate((self.weight.data.reshape(k, -1), self.bias.data[:, None]), axis=1)
-        y = matmul_by_blocks(weight_and_bias, cols)  # (K, OH*OW*N)
-        self._save(cols, x.shape)
+        y = xp.empty((k, oh * ow * n), dtype=self.dtype)  # (K, OH*OW*N)
+        blocks = self._blocks(c, oh, ow, n) if grad_enabled() else [(0, oh)]
+        for i0, i1 in blocks:  # one block, the whole image, unless cols is large (WHOLE_BYTES)
+            cols = self._im2col(padded, i0, i1, ow)
+            matmul_by_blocks(weight_and_bias, cols, out=y[:, i0 * ow * n : i1 * ow * n])
+        self._save(padded, cols if len(blocks) == 1 else None, x.shape)
         return batch_first(y.reshape(k, oh, ow, n))  # (N, K, OH, OW), a view
 
     def backward(self, dy, input_grad=True):
@@ -144,30 +155,55 @@ class Conv2d(Module):
         data that needs no gradient) ``dx`` is not computed and None is returned.
         """
         xp = B.xp
-        cols, x_shape = self._saved_tensors()
+        padded, kept, x_shape = self._saved_tensors()
         n, c, h, w = x_shape
         _, k, oh, ow = dy.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
 
         dy_mat = batch_last(dy).reshape(k, oh * ow * n)  # columns (i, j, n), like cols; free if dy is batch-last
-        grad_and_bias_grad = matmul_t_by_blocks(dy_mat, cols)  # (K, C*KH*KW + 1): [dW | db]
+        weight_t = self.weight.data.reshape(k, -1).T
+        dpadded = xp.zeros_like(padded, dtype=dy.dtype) if input_grad else None
+        grad_and_bias_grad = 0  # (K, C*KH*KW + 1): [dW | db], summed over the blocks
+        for i0, i1 in self._blocks(c, oh, ow, n):
+            cols = kept if kept is not None else self._im2col(padded, i0, i1, ow)
+            dy_block = dy_mat[:, i0 * ow * n : i1 * ow * n]
+            grad_and_bias_grad = grad_and_bias_grad + matmul_t_by_blocks(dy_block, cols)
+            if input_grad:
+                # col2im: entry (u, v) of the window at output (i, j) came from padded pixel
+                # (i*sh + u, j*sw + v), so for each offset add a whole strided slice at once.
+                dcols = matmul_by_blocks(weight_t, dy_block).reshape(c, kh, kw, i1 - i0, ow, n)
+                for u in range(kh):
+                    for v in range(kw):
+                        dpadded[:, u + sh * i0 : u + sh * i1 : sh, v : v + sw * ow : sw] += dcols[:, u, v]
         self.weight.grad += grad_and_bias_grad[:, :-1].reshape(self.weight.data.shape)
         self.bias.grad += grad_and_bias_grad[:, -1]
         if not input_grad:
             return None
-        # dcols = Wm^T @ dy, then col2im: entry (u, v) of the window at output (i, j) came from
-        # padded pixel (i*sh + u, j*sw + v), so for each offset add a whole strided slice at once.
-        # Both a few input channels at a time (COL2IM_CHANNELS): their rows of dcols are still
-        # in the processor's caches when they are added.
-        weight = self.weight.data.reshape(k, c, kh * kw)
-        dpadded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dy.dtype)
-        for c0 in range(0, c, COL2IM_CHANNELS):
-            group = slice(c0, min(c0 + COL2IM_CHANNELS, c))
-            dcols = matmul_by_blocks(weight[:, group].reshape(k, -1).T, dy_mat).reshape(-1, kh, kw, oh, ow, n)
-            for u in range(kh):
-                for v in range(kw):
-                    dpadded[group, u : u + sh * oh : sh, v : v + sw * ow : sw] += dcols[:, u, v]
         return batch_first(dpadded[:, ph : ph + h, pw : pw + w])  # (N, C, H, W), a view
+
+    def _blocks(self, c, oh, ow, n):
+        """The blocks of output rows ``(i0, i1)`` a training step computes in: one, ``(0, OH)``, unless
+        the whole ``cols`` would have more than :data:`WHOLE_BYTES`; then about :data:`BLOCK_BYTES` each.
+        (Under ``no_grad()`` nothing is kept for backward and the forward is one product: the same
+        bits as ever for inference.)"""
+        kh, kw = self.kernel_size
+        row_bytes = (c * kh * kw + 1) * ow * n * B.xp.dtype(self.dtype).itemsize  # cols of one output row
+        rows = oh if row_bytes * oh <= WHOLE_BYTES else max(1, BLOCK_BYTES // row_bytes)
+        return [(i0, min(i0 + rows, oh)) for i0 in range(0, oh, rows)]
+
+    def _im2col(self, padded, i0, i1, ow):
+        """``cols`` of output rows ``i0 .. i1 - 1``: rows ``(c, u, v)`` and a last row of ones (it multiplies
+        the bias), columns ``(i, j, n)``. Built one kernel offset ``(u, v)`` at a time, a strided slice each."""
+        xp = B.xp
+        c, _, _, n = padded.shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        cols = xp.empty((c * kh * kw + 1, (i1 - i0) * ow * n), dtype=self.dtype)
+        patches = cols[:-1].reshape(c, kh, kw, i1 - i0, ow, n)
+        for u in range(kh):
+            for v in range(kw):
+                patches[:, u, v] = padded[:, u + sh * i0 : u + sh * i1 : sh, v : v + sw * ow : sw]  # (C, rows, OW, N)
+        cols[-1] = 1
+        return cols
 
     def extra_repr(self):
         return (

@@ -75,3 +75,33 @@ def test_strided_operands(rng, blocking):
 def test_openblas_told_to_use_avx2_kernels_gets_plain_products(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     assert _utils._blas_has_small_matrix_kernels() is False
+
+
+@pytest.mark.parametrize("stride, padding, size", [(1, 1, 9), (2, 0, 11), (1, 2, 7)])
+def test_a_convolution_in_blocks_of_output_rows_equals_the_whole_one(rng, monkeypatch, stride, padding, size):
+    """A training step of a large convolution runs in blocks of output rows (cols built again in backward):
+    the same outputs, input gradient and parameter gradients, up to rounding, as one product."""
+    from npconv import nn
+    from npconv.nn import conv as conv_module
+
+    layer = nn.Conv2d(3, 4, 3, stride=stride, padding=padding, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((5, 3, size, size))
+
+    def step():
+        layer.zero_grad()
+        y = layer(x)
+        dy = np.cos(np.arange(y.size)).reshape(y.shape)
+        return y, layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy()
+
+    whole = step()
+    monkeypatch.setattr(conv_module, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(conv_module, "BLOCK_BYTES", 1)  # one output row per block
+    n, oh, ow = layer._output_shape(x.shape)
+    assert len(layer._blocks(3, oh, ow, n)) == oh > 1
+    blocked = step()
+    for name, a, b in zip(("y", "dx", "dW", "db"), blocked, whole):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * float(np.max(np.abs(b))), err_msg=name)
+    layer.zero_grad()
+    layer(x)
+    assert layer.backward(np.ones_like(whole[0]), input_grad=False) is None
+    np.testing.assert_allclose(layer.bias.grad, np.full(4, whole[0][:, 0].size), rtol=1e-13)
