@@ -204,6 +204,8 @@ class _BatchNorm(Module):
 
     def normalize(self, mean, var):
         """The last step of a training forward: normalize the batch :meth:`moments` saw with ``mean`` and ``var``."""
+        if getattr(self, "_pending", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.normalize() called before moments()")
         deviations, own_mean, layout, to_input_shape = self._pending
         self._pending = None
         shift = mean - own_mean  # zero when the statistics are the batch's own

@@ -148,11 +148,14 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
     assert_same_run(tmp_path / "three", tmp_path / "run")
 
 
-def test_a_model_file_network_with_batch_norm_and_shifts_resumes_bit_identical_without_its_file(tmp_path):
-    """Running statistics and the data generator's shift draws are restored; the .toml is not needed again."""
+@pytest.mark.parametrize("batch_size", [30, 60], ids=["one-chunk", "two-chunks"])
+def test_a_model_file_network_with_batch_norm_and_shifts_resumes_bit_identical_without_its_file(tmp_path, batch_size):
+    """Running statistics and the data generator's shift draws are restored; the .toml is not needed again.
+    A batch of 60 is computed in two chunks whose batch norms pool their statistics (DataParallel)."""
     net = tmp_path / "bn-net.toml"
     write_model_file(net, small_bn_net(hidden=32))
-    settings = {"model": str(net), "train_subset": 300, "epochs": 3, "batch_size": 30, "augment_shift": 2, "seed": 4}
+    settings = {"model": str(net), "train_subset": 300, "epochs": 3, "batch_size": batch_size, "augment_shift": 2,
+                "seed": 4}
     run_training(make_config(settings), tmp_path / "reference", **QUIET)
     with pytest.raises(Interrupted):
         run_training(make_config(settings), tmp_path / "run", progress=False, log=_stop_at(1))
@@ -161,7 +164,7 @@ def test_a_model_file_network_with_batch_norm_and_shifts_resumes_bit_identical_w
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert_same_checkpoint(tmp_path / "reference" / CHECKPOINT_FILE, tmp_path / "run" / CHECKPOINT_FILE)
     with np.load(tmp_path / "run" / "model.npz") as z:
-        assert int(z["1.num_batches_tracked"]) == 30 and z["6.running_var"].shape == (32,)
+        assert int(z["1.num_batches_tracked"]) == 3 * 300 // batch_size and z["6.running_var"].shape == (32,)
     net.unlink()
     assert main(["evaluate", str(tmp_path / "run" / "model.npz")]) == 0
 
