@@ -1,5 +1,7 @@
 """2-D convolution (cross-correlation, as in every deep-learning library)."""
 
+import numpy as np
+
 from .. import backend as B
 from ._utils import batch_first, batch_last, matmul_by_blocks, matmul_t_by_blocks, output_size, pair
 from .init import default_rng, he_uniform
@@ -87,7 +89,8 @@ class Conv2d(Module):
     ``cols`` and multiplies it at once; backward builds it again from the
     padded input for ``dW`` and ``dcols`` and folds that block's ``dcols`` back
     (col2im) at once. ``dW`` is then a sum over the blocks; every other number
-    is computed as in one block. Smaller layers are one block and keep ``cols``.
+    is computed as in one block. Smaller layers are one block and keep ``cols``;
+    so is every layer under ``no_grad()`` and on a GPU.
 
     Parameters
     ----------
@@ -141,11 +144,11 @@ class Conv2d(Module):
         padded[:, ph : ph + h, pw : pw + w] = batch_last(x)
         weight_and_bias = xp.concatenate((self.weight.data.reshape(k, -1), self.bias.data[:, None]), axis=1)
         y = xp.empty((k, oh * ow * n), dtype=self.dtype)  # (K, OH*OW*N)
-        blocks = self._blocks(c, oh, ow, n) if grad_enabled() else [(0, oh)]
+        blocks = self._blocks(c, oh, ow, n)
         for i0, i1 in blocks:  # one block, the whole image, unless cols is large (WHOLE_BYTES)
             cols = self._im2col(padded, i0, i1, ow)
             matmul_by_blocks(weight_and_bias, cols, out=y[:, i0 * ow * n : i1 * ow * n])
-        self._save(padded, cols if len(blocks) == 1 else None, x.shape)
+        self._save(padded, cols if len(blocks) == 1 else None, blocks, x.shape)
         return batch_first(y.reshape(k, oh, ow, n))  # (N, K, OH, OW), a view
 
     def backward(self, dy, input_grad=True):
@@ -155,7 +158,7 @@ class Conv2d(Module):
         data that needs no gradient) ``dx`` is not computed and None is returned.
         """
         xp = B.xp
-        padded, kept, x_shape = self._saved_tensors()
+        padded, kept, blocks, x_shape = self._saved_tensors()
         n, c, h, w = x_shape
         _, k, oh, ow = dy.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -164,7 +167,7 @@ class Conv2d(Module):
         weight_t = self.weight.data.reshape(k, -1).T
         dpadded = xp.zeros_like(padded, dtype=dy.dtype) if input_grad else None
         grad_and_bias_grad = 0  # (K, C*KH*KW + 1): [dW | db], summed over the blocks
-        for i0, i1 in self._blocks(c, oh, ow, n):
+        for i0, i1 in blocks:  # those of forward
             cols = kept if kept is not None else self._im2col(padded, i0, i1, ow)
             dy_block = dy_mat[:, i0 * ow * n : i1 * ow * n]
             grad_and_bias_grad = grad_and_bias_grad + matmul_t_by_blocks(dy_block, cols)
@@ -184,11 +187,13 @@ class Conv2d(Module):
     def _blocks(self, c, oh, ow, n):
         """The blocks of output rows ``(i0, i1)`` a training step computes in: one, ``(0, OH)``, unless
         the whole ``cols`` would have more than :data:`WHOLE_BYTES`; then about :data:`BLOCK_BYTES` each.
-        (Under ``no_grad()`` nothing is kept for backward and the forward is one product: the same
-        bits as ever for inference.)"""
+        One block under ``no_grad()`` (nothing is kept for backward, and inference keeps the bits it
+        always had) and on a GPU (the caches in question are the CPU's)."""
         kh, kw = self.kernel_size
-        row_bytes = (c * kh * kw + 1) * ow * n * B.xp.dtype(self.dtype).itemsize  # cols of one output row
-        rows = oh if row_bytes * oh <= WHOLE_BYTES else max(1, BLOCK_BYTES // row_bytes)
+        row_bytes = (c * kh * kw + 1) * ow * n * np.dtype(self.dtype).itemsize  # cols of one output row
+        if not grad_enabled() or B.xp is not np or row_bytes * oh <= WHOLE_BYTES:
+            return [(0, oh)]
+        rows = max(1, BLOCK_BYTES // row_bytes)
         return [(i0, min(i0 + rows, oh)) for i0 in range(0, oh, rows)]
 
     def _im2col(self, padded, i0, i1, ow):
