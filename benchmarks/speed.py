@@ -31,6 +31,7 @@ kernels, and the threading npconv chose. Usage::
     python benchmarks/speed.py               # about 3 minutes on 2 cores
     python benchmarks/speed.py --steps 200   # a quicker look
     python benchmarks/speed.py --no-load     # the quiet table only
+    python benchmarks/speed.py --torch-channels-last   # PyTorch in NHWC, its faster CPU layout for ConvNets
 """
 
 import argparse
@@ -141,11 +142,28 @@ def npconv_training(model_name, d, steps, report):
     return seconds
 
 
+#: PyTorch's memory format for images and convolution weights: its default, NCHW ("contiguous"), unless
+#: ``--torch-channels-last`` sets ``torch.channels_last`` (NHWC), which its CPU convolutions (oneDNN) run faster
+#: but which a user has to ask for.
+TORCH_FORMAT = "contiguous"
+
+
+def torch_model(model_name):
+    """:func:`torch_twin` in :data:`TORCH_FORMAT`, and the function that turns a NumPy batch into its input."""
+    import torch
+
+    model = torch_twin(model_name)
+    if TORCH_FORMAT == "contiguous":
+        return model, torch.from_numpy
+    fmt = getattr(torch, TORCH_FORMAT)
+    return model.to(memory_format=fmt), lambda x: torch.from_numpy(x).contiguous(memory_format=fmt)
+
+
 def torch_training(model_name, d, steps, report):
     """Seconds for ``steps`` training steps of PyTorch, batching included (the same batches as npconv)."""
     import torch
 
-    model = torch_twin(model_name)
+    model, as_input = torch_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loader = data.DataLoader(d.x, d.y.astype(np.int64), BATCH, shuffle=True, rng=np.random.default_rng(0))
 
@@ -154,7 +172,7 @@ def torch_training(model_name, d, steps, report):
             if i == n:
                 break
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)), torch.from_numpy(yb))
+            loss = torch.nn.functional.cross_entropy(model(as_input(xb)), torch.from_numpy(yb))
             loss.backward()
             opt.step()
 
@@ -194,10 +212,11 @@ def npconv_inference(model_name, d, steps, report):
 def torch_inference(model_name, d, steps, report):
     import torch
 
-    model = torch_twin(model_name).eval()
+    model, as_input = torch_model(model_name)
+    model.eval()
     with torch.no_grad():
-        model(torch.from_numpy(d.x_test[:1000]))
-        return best_pass(lambda x: model(torch.from_numpy(x)).argmax(1), d.x_test)
+        model(as_input(d.x_test[:1000]))
+        return best_pass(lambda x: model(as_input(x)).argmax(1), d.x_test)
 
 
 @dataclass
@@ -314,6 +333,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round (default 3)")
     parser.add_argument("--no-load", action="store_true", help="skip the table under load")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--torch-channels-last", action="store_true",
+                        help="PyTorch in its channels_last (NHWC) memory format instead of its default NCHW")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: npconv on the GPU (CuPy) against PyTorch CUDA, eager and graphed (speed_gpu.py)")
     args = parser.parse_args(argv)
@@ -324,6 +345,8 @@ def main(argv=None):
 
     if importlib.util.find_spec("torch") is None:
         sys.exit("speed.py compares with PyTorch: pip install -e '.[bench]'")
+    global TORCH_FORMAT
+    TORCH_FORMAT = "channels_last" if args.torch_channels_last else "contiguous"
 
     mnist = data.load_dataset("mnist")
     mean, std = data.pixel_stats(mnist.train_images)
@@ -347,7 +370,8 @@ def main(argv=None):
     print(f"\nmachine: {cpu}; {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
           f"cores; {isa}")
     print(f"software: Python {platform.python_version()}, NumPy {np.__version__}, BLAS {blas_description()}; "
-          f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
+          f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"{'channels_last (NHWC)' if TORCH_FORMAT == 'channels_last' else 'its default NCHW'} memory format")
     for name, how in quiet_report.items():
         print(f"npconv threading, {name}, quiet: {how}")
     for name, how in loaded_report.items():
