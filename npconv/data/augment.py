@@ -42,4 +42,8 @@ def random_shift(x, max_shift, fill, rng):
     cols = (s - offsets[:, 1:]) + xp.arange(w)  # (N, W)
     # Gather: out[n, :, i, j] = padded[n, :, rows[n, i], cols[n, j]] (the advanced indices go first).
     out = padded[xp.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-    return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    # Into an array with the ordinary (N, C, H, W) strides: for one channel ascontiguousarray would keep the
+    # transposed ones (the channel axis has one entry), and PyTorch reads those as its channels-last layout.
+    shifted = xp.empty((n, c, h, w), dtype=x.dtype)
+    shifted[...] = out.transpose(0, 3, 1, 2)
+    return shifted

@@ -53,3 +53,10 @@ def test_the_loader_shifts_each_batch_after_the_shuffle_reproducibly(rng):
     assert [yb.tolist() for _, yb in first[:4]] == [yb.tolist() for yb in plain[:4]], \
         "the first epoch's order is the plain loader's: the shifts are drawn after the shuffle"
     assert not all(np.array_equal(xb, x[yb]) for xb, yb in first), "the images were shifted"
+
+
+def test_a_shifted_batch_has_the_ordinary_strides():
+    """Even for one channel (whose stride NumPy ignores): PyTorch would read transposed strides as channels-last."""
+    x = np.zeros((5, 1, 6, 7), np.float32)
+    out = random_shift(x, 1, 0.0, np.random.default_rng(0))
+    assert out.strides == np.empty((5, 1, 6, 7), np.float32).strides
