@@ -185,6 +185,25 @@ def bn_convnet(ours, dtype, rng=None):
         tnn.Linear(100, 12), tnn.BatchNorm1d(12, momentum=0.3), tnn.ReLU(), tnn.Linear(12, 10)).to(TORCH_DTYPE[dtype])
 
 
+def assert_step_matches(ours, theirs, x, labels, what, dtype):
+    """Forward, softmax cross-entropy and backward through both networks (gradients accumulate into ``.grad``):
+    the logits, the loss, dx and every parameter gradient agree."""
+    loss_fn = nn.SoftmaxCrossEntropyLoss()
+    logits = ours(x)
+    loss = loss_fn(logits, labels)
+    dx = ours.backward(loss_fn.backward())
+    xt = torch.tensor(x, requires_grad=True)
+    logits_t = theirs(xt)
+    loss_t = tnn.functional.cross_entropy(logits_t, torch.from_numpy(labels))
+    loss_t.backward()
+    assert_matches(logits, logits_t, f"{what} logits", dtype)
+    assert_matches(loss, loss_t, f"{what} loss", dtype)
+    assert_matches(dx, xt.grad, f"{what} dx", dtype)
+    torch_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        assert_matches(p.grad, torch_params[name].grad, f"{what} grad of {name}", dtype)
+
+
 @BOTH_DTYPES
 def test_batchnorm_network_trains_like_torch(rng, dtype):
     """Five SGD steps of a network with both batch norms: at every step the logits, the loss, dx and every
@@ -193,25 +212,12 @@ def test_batchnorm_network_trains_like_torch(rng, dtype):
     copy_weights(ours, theirs)
     opt = optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    loss_fn = nn.SoftmaxCrossEntropyLoss()
     for step in range(5):
         x = rng.standard_normal((6, 1, 10, 10)).astype(dtype)
         labels = rng.integers(0, 10, size=6)
         opt.zero_grad()
-        logits = ours(x)
-        loss = loss_fn(logits, labels)
-        dx = ours.backward(loss_fn.backward())
         opt_t.zero_grad()
-        xt = torch.tensor(x, requires_grad=True)
-        logits_t = theirs(xt)
-        loss_t = tnn.functional.cross_entropy(logits_t, torch.from_numpy(labels))
-        loss_t.backward()
-        assert_matches(logits, logits_t, f"step {step} logits", dtype)
-        assert_matches(loss, loss_t, f"step {step} loss", dtype)
-        assert_matches(dx, xt.grad, f"step {step} dx", dtype)
-        torch_params = dict(theirs.named_parameters())
-        for name, p in ours.named_parameters():
-            assert_matches(p.grad, torch_params[name].grad, f"step {step} grad of {name}", dtype)
+        assert_step_matches(ours, theirs, x, labels, f"step {step}", dtype)
         opt.step()
         opt_t.step()
     state = ours.state_dict()
@@ -333,20 +339,6 @@ def test_whole_model_with_loss(rng, name, dtype):
     x = ((images - 0.1307) / 0.3081).astype(dtype)
     labels = rng.integers(0, 10, size=6)
 
-    loss_fn = nn.SoftmaxCrossEntropyLoss()
-    logits = ours(x)
-    loss = loss_fn(logits, labels)
-    dx = ours.backward(loss_fn.backward())
-
-    xt = torch.tensor(x, requires_grad=True)
-    logits_t = theirs(xt)
-    loss_t = tnn.CrossEntropyLoss()(logits_t, torch.from_numpy(labels))
-    loss_t.backward()
-
-    assert_matches(logits, logits_t, f"{name} logits", dtype)
-    assert_matches(loss, loss_t, f"{name} loss", dtype)
-    assert_matches(dx, xt.grad, f"{name} dx", dtype)
-    torch_params = dict(theirs.named_parameters())
+    assert_step_matches(ours, theirs, x, labels, name, dtype)
     for pname, p in ours.named_parameters():
         assert p.grad.dtype == dtype, f"{pname}.grad dtype {p.grad.dtype}"
-        assert_matches(p.grad, torch_params[pname].grad, f"{name} grad of {pname}", dtype)
