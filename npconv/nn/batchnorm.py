@@ -186,8 +186,9 @@ class _BatchNorm(Module):
         layout = self._layout(x)
         rows, to_input_shape = self._rows(x, layout)
         total = row_sums(rows)
-        deviations = rows - (total / rows.shape[1])[:, None]
-        self._pending = (deviations, total / rows.shape[1], layout, to_input_shape)
+        own_mean = total / rows.shape[1]
+        deviations = rows - own_mean[:, None]
+        self._pending = (deviations, own_mean, layout, to_input_shape)
         return Moments(rows.shape[1], total, row_dots(deviations, deviations))
 
     def track(self, mean, var, count):
@@ -225,8 +226,9 @@ class _BatchNorm(Module):
 
     def backward(self, dy, input_grad=True):
         """Fill ``weight.grad`` and ``bias.grad`` (if ``affine``); return ``dx`` (or None if not ``input_grad``)."""
-        sums = self.gradient_sums(dy)
-        return self.input_gradient(dy, sums) if input_grad else None
+        dy_rows, to_input_shape = self._dy_rows(dy)  # laid out once for both steps
+        sums = self._gradient_sums(dy_rows)
+        return self._input_gradient(dy_rows, to_input_shape, sums) if input_grad else None
 
     def gradient_sums(self, dy):
         """The first step of backward: ``(dbeta, dgamma)`` of this batch, added to ``bias.grad`` and ``weight.grad``.
@@ -234,14 +236,8 @@ class _BatchNorm(Module):
         For a batch cut into parts, the whole batch's sums are the parts' sums
         added up, and :meth:`input_gradient` takes those.
         """
-        x_hat, _, _, layout = self._saved_tensors()
-        dy_rows, _ = self._rows(dy, layout)
-        dbeta = row_sums(dy_rows)
-        dgamma = row_dots(dy_rows, x_hat)
-        if self.affine:
-            self.bias.grad += dbeta
-            self.weight.grad += dgamma
-        return dbeta, dgamma
+        dy_rows, _ = self._dy_rows(dy)
+        return self._gradient_sums(dy_rows)
 
     def input_gradient(self, dy, sums, count=None):
         """The last step of backward: ``dx``, given ``dy`` and the ``sums`` (dbeta, dgamma) of the whole batch.
@@ -249,8 +245,25 @@ class _BatchNorm(Module):
         ``count`` is the number of values per channel in the whole batch (by
         default this batch's own, when it is the whole batch).
         """
-        x_hat, scale, batch_statistics, layout = self._saved_tensors()
-        dy_rows, to_input_shape = self._rows(dy, layout)
+        dy_rows, to_input_shape = self._dy_rows(dy)
+        return self._input_gradient(dy_rows, to_input_shape, sums, count)
+
+    def _dy_rows(self, dy):
+        """``dy`` as a (C, M) matrix with its columns in the order of the saved ``x_hat``, and the way back."""
+        _, _, _, layout = self._saved_tensors()
+        return self._rows(dy, layout)
+
+    def _gradient_sums(self, dy_rows):
+        x_hat, _, _, _ = self._saved_tensors()
+        dbeta = row_sums(dy_rows)
+        dgamma = row_dots(dy_rows, x_hat)
+        if self.affine:
+            self.bias.grad += dbeta
+            self.weight.grad += dgamma
+        return dbeta, dgamma
+
+    def _input_gradient(self, dy_rows, to_input_shape, sums, count=None):
+        x_hat, scale, batch_statistics, _ = self._saved_tensors()
         if not batch_statistics:  # evaluation mode: mean and variance are constants
             return to_input_shape(dy_rows * scale[:, None])
         dbeta, dgamma = sums
