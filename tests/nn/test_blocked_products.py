@@ -3,13 +3,16 @@
 Blocks cut a long sum into partial sums (``matmul_t_by_blocks``) or a long
 product into independent column blocks (``matmul_by_blocks``); both are tried
 with blocking switched on and off, on shapes with and without a partial last
-block, against NumPy's plain product in float64.
+block, against NumPy's plain product in float64; and a convolution computed in
+blocks of output rows against the same layer in one block.
 """
 
 import numpy as np
 import pytest
 
+from npconv import nn
 from npconv.nn import _utils
+from npconv.nn import conv as conv_module
 
 
 @pytest.fixture(params=[True, False], ids=["blocked", "plain"])
@@ -81,9 +84,6 @@ def test_openblas_told_to_use_avx2_kernels_gets_plain_products(monkeypatch):
 def test_a_convolution_in_blocks_of_output_rows_equals_the_whole_one(rng, monkeypatch, stride, padding, size):
     """A training step of a large convolution runs in blocks of output rows (cols built again in backward):
     the same outputs, input gradient and parameter gradients, up to rounding, as one product."""
-    from npconv import nn
-    from npconv.nn import conv as conv_module
-
     layer = nn.Conv2d(3, 4, 3, stride=stride, padding=padding, rng=rng, dtype=np.float64)
     x = rng.standard_normal((5, 3, size, size))
 
