@@ -71,7 +71,8 @@ know nothing of threads: they offer their math in those steps, and this module
 runs the steps. ``cnn-bn``, quiet 2-core Zen 4, a training step: 14 ms in
 chunks on 2 threads, 22 ms on one; it took 17-18 ms on 2 threads when the batch
 norms ran on the whole batch between chunked stretches (joining and cutting the
-batch around each, and normalizing on one core). In evaluation mode a
+batch around each, and normalizing on one core); 13.3-13.9 ms once its second
+convolution ran in blocks of output rows (:mod:`npconv.nn.conv`). In evaluation mode a
 BatchNorm layer uses its running statistics, the same for every sample, and
 the network is one segment.
 """
