@@ -16,11 +16,17 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
 * peak memory (RSS) of ``npconv train`` on MNIST (one epoch, in a child process);
 * the physical floor: the multiply-adds of one ``cnn`` epoch (forward and backward)
   divided by the float32 matrix-product rate NumPy reaches here (the better of one
-  BLAS thread and all of them).
+  BLAS thread and all of them), timed at the start of every round, so that each
+  round's epoch is set against the rate of the same minutes (this machine's speed
+  drifts); the best round's multiple counts.
 
 The loaded table repeats the ``loaded`` workloads (``--loaded-steps`` steps each) while
 one CPU-bound process -- started and stopped by this script -- keeps a core busy, as a
-browser or an editor would on a student's laptop.
+browser or an editor would on a student's laptop. It compares npconv's loaded time with its
+quiet time and with its quiet time on **one thread** (timed in the quiet rounds too): with one
+core of two taken, a batch of two fixed chunks can do no better than one thread on the free
+core (``docs/math.md`` section 18), so loaded over quiet is about the one-thread step over the
+two-thread one, and loaded over quiet-on-one-thread shows what the load itself costs.
 
 The two libraries take turns, workload by workload, for ``--repeats`` rounds; each
 timing is the best round, and every round's ratio is printed too (timings on a shared
@@ -51,6 +57,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from npconv import data, models, nn, optim
+from npconv.train import parallel
 from npconv.train.parallel import DataParallel
 
 BATCH = 100
@@ -292,13 +299,36 @@ def matmul_rate():
 
 # --- measuring and reporting -------------------------------------------------------
 
-def measure(workloads, d, steps, repeats, report):
-    """``{(label, side): [seconds per round]}``, npconv and PyTorch taking turns, workload by workload."""
+def one_thread(fn):
+    """``fn`` (a workload's npconv side) run with npconv on one thread; its threading report is dropped."""
+    def run(model_name, d, steps, report):
+        before = parallel.get_num_threads()
+        parallel.set_num_threads(1)
+        try:
+            return fn(model_name, d, steps, {})
+        finally:
+            parallel.set_num_threads(before)
+    return run
+
+
+def measure(workloads, d, steps, repeats, report, *, one_thread_too=False, rates=None):
+    """``{(label, side): [seconds per round]}``, npconv and PyTorch taking turns, workload by workload.
+
+    With ``one_thread_too``, the ``loaded`` workloads are also timed with npconv on one
+    thread (side ``"npconv, one thread"``), the reference the loaded table compares with.
+    With a list ``rates``, NumPy's :func:`matmul_rate` is timed at the start of every round
+    and appended to it.
+    """
     times = {}
     scale = STEPS_PER_EPOCH / steps
     for _ in range(repeats):
+        if rates is not None:
+            rates.append(matmul_rate())
         for w in workloads:
-            for side, fn in (("npconv", w.npconv), ("torch", w.torch)):
+            sides = [("npconv", w.npconv), ("torch", w.torch)]
+            if one_thread_too and w.loaded:
+                sides.append(("npconv, one thread", one_thread(w.npconv)))
+            for side, fn in sides:
                 seconds = fn(w.model, d, steps, report)
                 times.setdefault((w.label, side), []).append(seconds * scale if w.per_epoch else seconds)
             time.sleep(1)  # PyTorch's OpenMP threads spin for a while after a run: let them stop
@@ -306,14 +336,18 @@ def measure(workloads, d, steps, repeats, report):
 
 
 def table(workloads, times, quiet=None):
-    """Markdown rows: best round of each side, their ratio; and, for a loaded table, npconv's loaded / quiet."""
-    header = "| workload | npconv | PyTorch | npconv / PyTorch |" + (" npconv loaded / quiet |" if quiet else "")
-    lines = [header, "|---" * (5 if quiet else 4) + "|"]
+    """Markdown rows: best round of each side, their ratio; and, for a loaded table, npconv's loaded / quiet
+    and loaded / quiet on one thread."""
+    header = "| workload | npconv | PyTorch | npconv / PyTorch |"
+    if quiet:
+        header += " npconv loaded / quiet | npconv loaded / quiet on one thread |"
+    lines = [header, "|---" * (6 if quiet else 4) + "|"]
     for w in workloads:
         ours, theirs = min(times[w.label, "npconv"]), min(times[w.label, "torch"])
         line = f"| {w.label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |"
         if quiet:
-            line += f" {ours / min(quiet[w.label, 'npconv']):.2f} |"
+            alone, alone_one_thread = min(quiet[w.label, "npconv"]), min(quiet[w.label, "npconv, one thread"])
+            line += f" {ours / alone:.2f} | {ours / alone_one_thread:.2f} |"
         lines.append(line)
     for w in workloads:
         rounds = " ".join(f"{a / b:.2f}" for a, b in zip(times[w.label, "npconv"], times[w.label, "torch"]))
@@ -354,10 +388,11 @@ def main(argv=None):
              data.to_float(mnist.test_images, mean, std))
 
     rss = None if args.no_memory else peak_rss_of_train()
-    rate = matmul_rate()
+    rates = []  # NumPy's matrix-product rate, at the start of each quiet round
     quiet_report, loaded_report = {}, {}
     # PyTorch is imported at its first run: `npconv train` never loads it.
-    quiet = measure(WORKLOADS, d, args.steps, args.repeats, quiet_report)
+    quiet = measure(WORKLOADS, d, args.steps, args.repeats, quiet_report, one_thread_too=not args.no_load,
+                    rates=rates)
     loaded_workloads = [w for w in WORKLOADS if w.loaded]
     loaded = None
     if not args.no_load:
@@ -387,17 +422,22 @@ def main(argv=None):
         print(table(loaded_workloads, loaded, quiet))
 
     cnn = WORKLOADS[0].label
-    floor = cnn_epoch_macs() / rate
-    cnn_ours = min(quiet[cnn, "npconv"])
-    print(f"\nfloor: one cnn epoch is {cnn_epoch_macs() / 1e9:.2f} G multiply-adds; at NumPy's "
-          f"{rate / 1e9:.1f} G multiply-adds/s that is {floor:.2f} s; npconv takes {cnn_ours / floor:.1f}x the floor")
+    macs = cnn_epoch_macs()
+    multiples = [seconds * rate / macs for seconds, rate in zip(quiet[cnn, "npconv"], rates)]  # round by round
+    best = min(range(len(rates)), key=lambda r: multiples[r])
+    print(f"\nfloor: one cnn epoch is {macs / 1e9:.2f} G multiply-adds; NumPy's matrix-product rate, timed in each "
+          f"round: {' '.join(f'{r / 1e9:.1f}' for r in rates)} G multiply-adds/s; npconv's epoch over its round's "
+          f"floor: {' '.join(f'{m:.1f}' for m in multiples)}; best round {macs / rates[best]:.2f} s floor, "
+          f"npconv {multiples[best]:.1f}x")
 
     summary = [f"{w.label.split(',')[0]} {ratio(quiet, w.label):.2f}x PyTorch" for w in WORKLOADS]
     if loaded is not None:
         for w in loaded_workloads:
             summary.append(f"{w.label.split(',')[0]} under load {ratio(loaded, w.label):.2f}x PyTorch and "
-                           f"{min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv']):.2f}x its quiet time")
-    summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
+                           f"{min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv']):.2f}x its quiet time "
+                           f"({min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv, one thread']):.2f}x "
+                           f"on one thread)")
+    summary.append(f"cnn epoch {multiples[best]:.1f}x the floor")
     print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]})")
 
 
