@@ -21,7 +21,7 @@ use, so ``import npconv.nn`` pulls in nothing but NumPy.
 
 import importlib
 
-__version__ = "0.2.2"
+__version__ = "0.2.3"
 
 _EXPORTS = {
     "TrainConfig": "npconv.train",

@@ -5,14 +5,15 @@ import numpy as np
 from .. import backend as B
 from ._utils import batch_first, batch_last, matmul_by_blocks, matmul_t_by_blocks, output_size, pair
 from .init import default_rng, he_uniform
-from .module import Module, Parameter, grad_enabled
+from .module import Module, Parameter
 
 
-#: Bytes of ``cols`` (one chunk's, float32) up to which the convolution is one product, its ``cols``
-#: kept for backward; above it, it is computed in blocks of output rows (:data:`BLOCK_BYTES`).
-#: The study's cnn (2.9 MB for its second convolution at 50 images) and ``lenet5`` (at most 4.1 MB)
-#: stay whole: there ``cols`` stays in the caches, and blocks (``cols`` built again in backward)
-#: made a cnn step 8 % slower. ``cnn-bn``'s second convolution has 5.7 MB (see :data:`BLOCK_BYTES`).
+#: Bytes of ``cols`` (float32) up to which the convolution is one product, its ``cols`` kept for
+#: backward; above it, it is computed in blocks of output rows (:data:`BLOCK_BYTES`). In training
+#: (chunks of 50 images) the study's cnn (2.9 MB for its second convolution) and ``lenet5`` (at most
+#: 4.1 MB) stay whole: there ``cols`` stays in the caches, and blocks (``cols`` built again in
+#: backward) made a cnn step 8 % slower. ``cnn-bn``'s second convolution has 5.7 MB (see
+#: :data:`BLOCK_BYTES`); so has the cnn's under ``no_grad()``, in pieces of 100 images.
 WHOLE_BYTES = 4 << 20
 
 #: Bytes of ``cols`` per block of output rows above :data:`WHOLE_BYTES`: about a core's level-2
@@ -23,6 +24,15 @@ WHOLE_BYTES = 4 << 20
 #: product 14.06 ms against 13.63 ms in blocks of 4 rows; in another run, blocks of 2 rows (812 KB)
 #: 13.64 ms, of 4 rows 13.92 ms, of 7 rows 14.6 ms, of 1 row 14.6 ms.
 BLOCK_BYTES = 1 << 20
+
+#: Bytes that one kernel offset's copy into a block's ``cols`` must move at least (its ``C`` input
+#: channels times the block's output rows, ``OW`` and ``N``); with less, the ``KH*KW`` copies per block
+#: are many small NumPy calls, and the layer stays one block. One core of an AMD Zen 4, under
+#: ``no_grad()``, 100 images: in blocks of 512 KB to 4 MB, ``lenet5``'s 5x5 convolutions (33 KB and 24 KB
+#: per copy in 1 MB blocks) took 0.67-1.19 ms instead of 0.66 ms and 0.78-0.96 ms instead of 0.75 ms;
+#: the 3x3 second convolutions of the cnn and ``cnn-bn`` (90 KB per copy) 0.76 ms instead of 0.92 ms and
+#: 2.7 ms instead of 4.4 ms.
+MIN_COPY_BYTES = 64 << 10
 
 
 class Conv2d(Module):
@@ -89,8 +99,11 @@ class Conv2d(Module):
     ``cols`` and multiplies it at once; backward builds it again from the
     padded input for ``dW`` and ``dcols`` and folds that block's ``dcols`` back
     (col2im) at once. ``dW`` is then a sum over the blocks; every other number
-    is computed as in one block. Smaller layers are one block and keep ``cols``;
-    so is every layer under ``no_grad()`` and on a GPU.
+    is computed as in one block. Smaller layers are one block and keep ``cols``,
+    as are layers whose blocks would be built from small copies
+    (:data:`MIN_COPY_BYTES`: ``lenet5``'s 5x5 kernels) and every layer on a GPU.
+    Under ``no_grad()`` (inference) the same blocks are computed and nothing is
+    kept, so inference gives the numbers of a training forward.
 
     Parameters
     ----------
@@ -185,15 +198,18 @@ class Conv2d(Module):
         return batch_first(dpadded[:, ph : ph + h, pw : pw + w])  # (N, C, H, W), a view
 
     def _blocks(self, c, oh, ow, n):
-        """The blocks of output rows ``(i0, i1)`` a training step computes in: one, ``(0, OH)``, unless
-        the whole ``cols`` would have more than :data:`WHOLE_BYTES`; then about :data:`BLOCK_BYTES` each.
-        One block under ``no_grad()`` (nothing is kept for backward, and inference keeps the bits it
-        always had) and on a GPU (the caches in question are the CPU's)."""
+        """The blocks of output rows ``(i0, i1)`` the layer computes in: one, ``(0, OH)``, unless the
+        whole ``cols`` would have more than :data:`WHOLE_BYTES`; then about :data:`BLOCK_BYTES` each,
+        if each kernel offset's copy into a block moves :data:`MIN_COPY_BYTES` or more. One block on
+        a GPU (the caches in question are the CPU's)."""
         kh, kw = self.kernel_size
-        row_bytes = (c * kh * kw + 1) * ow * n * np.dtype(self.dtype).itemsize  # cols of one output row
-        if not grad_enabled() or B.xp is not np or row_bytes * oh <= WHOLE_BYTES:
+        itemsize = np.dtype(self.dtype).itemsize
+        row_bytes = (c * kh * kw + 1) * ow * n * itemsize  # cols of one output row
+        if B.xp is not np or row_bytes * oh <= WHOLE_BYTES:
             return [(0, oh)]
         rows = max(1, BLOCK_BYTES // row_bytes)
+        if rows * c * ow * n * itemsize < MIN_COPY_BYTES:  # one offset's copy into a block
+            return [(0, oh)]
         return [(i0, min(i0 + rows, oh)) for i0 in range(0, oh, rows)]
 
     def _im2col(self, padded, i0, i1, ow):

@@ -80,6 +80,13 @@ def test_openblas_told_to_use_avx2_kernels_gets_plain_products(monkeypatch):
     assert _utils._blas_has_small_matrix_kernels() is False
 
 
+def one_row_per_block(monkeypatch):
+    """Every convolution, however small, computed in blocks of one output row."""
+    monkeypatch.setattr(conv_module, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(conv_module, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(conv_module, "MIN_COPY_BYTES", 0)
+
+
 @pytest.mark.parametrize("stride, padding, size", [(1, 1, 9), (2, 0, 11), (1, 2, 7)])
 def test_a_convolution_in_blocks_of_output_rows_equals_the_whole_one(rng, monkeypatch, stride, padding, size):
     """A training step of a large convolution runs in blocks of output rows (cols built again in backward):
@@ -94,8 +101,7 @@ def test_a_convolution_in_blocks_of_output_rows_equals_the_whole_one(rng, monkey
         return y, layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy()
 
     whole = step()
-    monkeypatch.setattr(conv_module, "WHOLE_BYTES", 0)
-    monkeypatch.setattr(conv_module, "BLOCK_BYTES", 1)  # one output row per block
+    one_row_per_block(monkeypatch)
     n, oh, ow = layer._output_shape(x.shape)
     assert len(layer._blocks(3, oh, ow, n)) == oh > 1
     blocked = step()
@@ -105,3 +111,30 @@ def test_a_convolution_in_blocks_of_output_rows_equals_the_whole_one(rng, monkey
     layer(x)
     assert layer.backward(np.ones_like(whole[0]), input_grad=False) is None
     np.testing.assert_allclose(layer.bias.grad, np.full(4, whole[0][:, 0].size), rtol=1e-13)
+
+
+def test_inference_computes_the_blocks_of_a_training_forward_and_keeps_nothing(rng, monkeypatch):
+    """Under no_grad a convolution in blocks gives a training forward's numbers, bit for bit (the same blocks,
+    the same products), and keeps nothing for backward."""
+    one_row_per_block(monkeypatch)
+    layer = nn.Conv2d(3, 4, 3, padding=1, rng=rng)
+    x = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
+    trained = layer(x)
+    with nn.no_grad():
+        inferred = layer(x)
+    np.testing.assert_array_equal(inferred, trained)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        layer.backward(np.ones_like(trained))
+
+
+def test_blocks_of_small_copies_are_not_worth_it(rng, monkeypatch):
+    """A large cols is cut into blocks only where each kernel offset's copy into a block moves
+    MIN_COPY_BYTES or more: lenet5's first convolution on 100 images stays one block, the study's
+    cnn's second does not (the sizes measured in conv.py)."""
+    lenet_c1 = nn.Conv2d(1, 6, 5, padding=2, rng=rng)  # cols: 26 rows x 28*28*100 columns, 8.2 MB
+    cnn_c2 = nn.Conv2d(8, 16, 3, padding=1, rng=rng)   # 73 rows x 14*14*100 columns, 5.7 MB
+    assert lenet_c1._blocks(1, 28, 28, 100) == [(0, 28)]
+    blocks = cnn_c2._blocks(8, 14, 14, 100)
+    assert len(blocks) > 1 and blocks[0][0] == 0 and blocks[-1][1] == 14
+    monkeypatch.setattr(conv_module, "MIN_COPY_BYTES", 0)
+    assert len(lenet_c1._blocks(1, 28, 28, 100)) > 1
