@@ -10,7 +10,10 @@ a :class:`ThreadTuner`
   the slower candidates' extra time) and keeps the fastest;
 * **re-checks** every :attr:`~ThreadTuner.check_every` steps: if the steps became
   :attr:`~ThreadTuner.slowdown` times slower than when it chose, or the number of
-  free cores changed, it tries again;
+  free cores changed, it tries again -- and in any case after
+  :attr:`~ThreadTuner.retry_every` checks, because a trial timed during a moment of
+  noise (on a shared or virtual machine) can choose wrongly, and a wrong choice does
+  not slow the steps down after it;
 * takes **more threads than there are free cores** only when they are clearly
   faster (:data:`CROWDING`): the free cores are this process's cores minus the
   cores other programs kept busy since the last check, measured from the
@@ -109,14 +112,20 @@ class ThreadTuner:
         Steps between two checks of the load and of the step time.
     slowdown : float
         Try again when the median step of a check is this many times the chosen candidate's time.
+    retry_every : int
+        Try again after this many checks without a trial, even when nothing changed (a trial
+        costs the slower candidates' extra time on a few steps: with the defaults, about 10 ms
+        in 500 steps of the study's cnn).
     """
 
-    def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3):
+    def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3, retry_every=20):
         self.max_threads = max(1, max_threads)
         self.meter = meter
         self.trial_steps = trial_steps
         self.check_every = check_every
         self.slowdown = slowdown
+        self.retry_every = retry_every
+        self._checks = 0          # checks since the last trial
         self.others = None        # cores other programs keep busy, smoothed over the checks
         self.free = None          # free cores (at least 1) at the last trial; None before the first check
         self.trials = {}          # candidate -> median seconds of its last trial
@@ -136,6 +145,7 @@ class ThreadTuner:
 
     def _start_trial(self):
         self.trials = {}
+        self._checks = 0
         self._times = []
         self._queue = [(c, warm_up) for c in range(1, self.max_threads + 1)
                        for warm_up in [True] + [False] * self.trial_steps]
@@ -177,8 +187,10 @@ class ThreadTuner:
         self._times = []
         free = self._free_now()
         slower = self._reference is not None and typical > self.slowdown * self._reference
-        # Try again at the first check, when the steps slowed down, or when the free cores changed.
-        if self.free is None or slower or free != self.free:
+        self._checks += 1
+        # Try again at the first check, when the steps slowed down, when the free cores changed,
+        # or after retry_every checks.
+        if self.free is None or slower or free != self.free or self._checks >= self.retry_every:
             self.free = free
             self._start_trial()
         elif typical < self._reference:

@@ -62,6 +62,20 @@ def test_tries_again_when_the_steps_slow_down():
     assert used[18:] == [1] * 5 and tuner.chosen == 1
 
 
+def test_a_wrong_choice_is_tried_again_after_retry_every_checks():
+    """A trial timed in a moment of noise chose one thread; nothing slows down after it, yet the tuner
+    tries again after retry_every checks and finds the faster count."""
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, retry_every=3)
+    run(tuner, {1: 0.010, 2: 0.010}, 10 + 4)   # the first check, then one thread's trial steps
+    run(tuner, {1: 0.010, 2: 0.030}, 4)        # two threads' trial steps, slowed by noise
+    assert tuner.chosen == 1
+    used = run(tuner, {1: 0.010, 2: 0.006}, 20)
+    assert used == [1] * 20, "two checks: nothing changed, no trial yet"
+    used = run(tuner, {1: 0.010, 2: 0.006}, 10 + 8 + 5)
+    assert used[10:18] == [1] * 4 + [2] * 4, "the third check tries again"
+    assert used[18:] == [2] * 5 and tuner.chosen == 2
+
+
 def test_more_threads_than_free_cores_only_when_clearly_faster():
     """Another program keeps a core busy: a second thread must beat one by the CROWDING margin."""
     meter = FakeMeter(others=1.0)
