@@ -162,9 +162,9 @@ class _BatchNorm(Module):
         x = xp.asarray(x, dtype=self.dtype)
         layout = self._layout(x)
         rows, to_input_shape = self._rows(x, layout)
-        gamma, beta = self._gamma_beta()
         inv_std = 1 / xp.sqrt(self.running_var.data + self.eps)
         if not grad_enabled():  # inference: y = x * scale + shift per channel, two passes, nothing kept
+            gamma, beta = self._gamma_beta()
             scale = gamma * inv_std
             y = rows * scale[:, None]
             y += (beta - self.running_mean.data * scale)[:, None]

@@ -214,8 +214,7 @@ def _can_cut(layers):
     """Whether a network of ``layers`` may be cut into chunks and is worth it: every layer is
     per-sample (:data:`PER_SAMPLE`) or a batch normalization (in training mode its statistics are
     pooled over the chunks), and one of them is a convolution or a pooling layer (:data:`WORTH_CUTTING`)."""
-    return (all(isinstance(layer, PER_SAMPLE) or isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d))
-                for layer in layers)
+    return (all(isinstance(layer, (*PER_SAMPLE, nn.BatchNorm1d, nn.BatchNorm2d)) for layer in layers)
             and any(isinstance(layer, WORTH_CUTTING) for layer in layers))
 
 
