@@ -11,7 +11,7 @@ PACKAGE = os.path.dirname(npconv.__file__)
 # Each subpackage's level: a module may import only from its own level or below.
 LEVELS = {
     "npconv.backend": 0, "npconv.errors": 0, "npconv.text": 0,
-    "npconv.nn": 1, "npconv.optim": 1, "npconv.data": 1, "npconv.io": 1,
+    "npconv.nn": 1, "npconv.optim": 1, "npconv.data": 1, "npconv.io": 1, "npconv.plots": 1,
     "npconv.models": 2,
     "npconv.train": 3,
     "npconv.inference": 4,

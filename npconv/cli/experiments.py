@@ -11,9 +11,9 @@ import sys
 import time
 
 from ..errors import NpconvError
-from ..experiments.compare import MAX_CURVES
 from ..experiments.executors import default_workers
 from ..experiments.runlist import MAX_DEPTH
+from ..plots import MAX_SERIES
 from ..text import WIDTH, plural, shorten, shorten_start
 from ..train.settings import SETTINGS
 from .options import add_grid_options, positive_int
@@ -71,7 +71,7 @@ def add_commands(sub):
         description="Print a Markdown table of the runs and plot their curves together into --out. A sweep or "
                     "study folder, or a folder of run folders such as runs/, stands for all its finished runs. Runs "
                     "that differ only in their seed are one curve: the mean over the seeds, with a band for their "
-                    f"spread. Each panel holds at most {MAX_CURVES} curves; more settings get more rows of panels.")
+                    f"spread. Each panel holds at most {MAX_SERIES} curves; more settings get more rows of panels.")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder, or a folder of runs")
     c.add_argument("--out", metavar="FILE.png", default="compare.png",
                    help="where the plot is written, a PNG (default: %(default)s)")

@@ -8,7 +8,7 @@ that is too long (a study varies many), by those that differ from the most
 common value -- and by its folder's name when they differ in none.
 
 The figure has four panels per row -- train loss, test loss, train
-accuracy, test accuracy -- each with at most :data:`MAX_CURVES` curves, one
+accuracy, test accuracy -- each with at most :data:`~npconv.plots.MAX_SERIES` curves, one
 colour per setting and the legend to the right of the row; more settings
 get more rows, in the order of the table. A sweep or study folder, or a
 folder of run folders such as ``runs/``, stands for all its finished runs
@@ -21,18 +21,14 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import NpconvError, SettingError
-from ..io import atomic_write
+from ..plots import plot_comparison
 from ..train.runfolder import SUMMARY_FILE, RunFolder, is_run_folder
 from ..train.settings import SETTINGS
-from .report.stats import fmt, mean_curve, pct, stat
+from .report.stats import fmt, pct, stat
 from .runlist import find_run_folders
 
-#: Curves per panel at most (matplotlib's ten distinct default colours); more settings get more rows of panels.
-MAX_CURVES = 10
 #: A label longer than this names only the settings that differ from their most common value.
 LABEL_WIDTH = 45
-PANELS = (("train_loss", "train loss", 1), ("test_loss", "test loss", 1), ("train_acc", "train accuracy (%)", 100),
-          ("test_acc", "test accuracy (%)", 100))
 
 
 @dataclass
@@ -155,39 +151,14 @@ def compare_table(groups):
 
 
 def plot_compare(groups, path):
-    """Rows of four panels (train/test loss, train/test accuracy), at most :data:`MAX_CURVES` settings a row."""
-    from ..train.curves import plt  # matplotlib, imported only to draw
-
-    chunks = [groups[i:i + MAX_CURVES] for i in range(0, len(groups), MAX_CURVES)]
-    fig = plt.figure(figsize=(17, 3.4 * len(chunks)), layout="constrained")
-    rows = fig.subfigures(len(chunks), 1) if len(chunks) > 1 else [fig]
-    for row, chunk in zip(rows, chunks):
-        axes = row.subplots(1, len(PANELS))
-        for i, g in enumerate(chunk):
-            histories = [r.history for r in g.records]
-            ended = {r.status for r in g.records}
-            label = g.label if ended == {"completed"} else f"{g.label} ({', '.join(sorted(ended))})"
-            for ax, (key, title, scale) in zip(axes, PANELS):
-                epochs, mean, std = mean_curve(histories, key)
-                single = len(epochs) == 1  # one epoch: a line would be invisible, so a marker shows it
-                ax.plot(epochs, [scale * m for m in mean], "-", marker="o", ms=6 if single else 3, color=f"C{i}",
-                        label=label)
-                if len(histories) > 1:
-                    ax.fill_between(epochs, [scale * (m - s) for m, s in zip(mean, std)],
-                                    [scale * (m + s) for m, s in zip(mean, std)], color=f"C{i}", alpha=0.15, lw=0)
-        longest = max(len(r.history) for g in chunk for r in g.records)
-        for ax, (_, title, _) in zip(axes, PANELS):
-            ax.set(xlabel="epoch", title=title)
-            ax.grid(alpha=0.3)
-            if longest == 1:
-                ax.set_xticks([1])  # one epoch: one tick, not a fractional axis around it
-            else:
-                ax.xaxis.get_major_locator().set_params(integer=True)
-        handles, labels = axes[0].get_legend_handles_labels()
-        row.legend(handles, labels, loc="outside right upper", fontsize=8)
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
+    """The figure of :func:`npconv.plots.plot_comparison`: one series per setting, labelled with how its runs ended
+    when not all completed."""
+    series = []
+    for g in groups:
+        ended = {r.status for r in g.records}
+        label = g.label if ended == {"completed"} else f"{g.label} ({', '.join(sorted(ended))})"
+        series.append((label, [r.history for r in g.records]))
+    plot_comparison(series, path)
 
 
 def compare(paths, plot_path="compare.png"):

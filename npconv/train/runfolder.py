@@ -224,9 +224,9 @@ class RunFolder:
         """``curves.png`` from the epochs whose figures are all finite (none: no plot)."""
         finite = [h for h in history if all(math.isfinite(getattr(h, name)) for name in _FIGURES)]
         if finite:
-            from .curves import plot_curves  # matplotlib takes a second to import: only when a plot is made
+            from ..plots import plot_curves  # matplotlib takes a second to import: only when a plot is made
 
-            plot_curves(finite, self.file(CURVES_FILE), title=title)
+            plot_curves([("", [finite])], self.file(CURVES_FILE), title=title)
 
     def write_error(self, text):
         os.makedirs(self.path, exist_ok=True)

@@ -8,7 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
-from npconv.experiments.compare import MAX_CURVES, compare
+from npconv.experiments.compare import compare
+from npconv.plots import MAX_SERIES
 from npconv.experiments.sweep import expand_grid, parse_grid, run_sweep
 from npconv.io import lock_dir
 
@@ -49,7 +50,7 @@ def test_many_settings_get_more_rows_of_panels_and_no_warning(sweeps, tmp_path):
     assert "2 runs (seeds 0, 1)" in rows[5] and "2 runs (seeds 0, 1)" in rows[10], rows
     one = compare([sweeps / "seeds"], tmp_path / "one.png")
     with Image.open(tmp_path / "many.png") as many, Image.open(tmp_path / "one.png") as single:
-        rows_of_panels = -(-12 // MAX_CURVES)
+        rows_of_panels = -(-12 // MAX_SERIES)
         assert rows_of_panels == 2 and many.height > 1.8 * single.height, (many.size, single.size)
     assert len(one.settings) == 2
 

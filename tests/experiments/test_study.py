@@ -222,11 +222,11 @@ def test_the_shipped_collapse_studies_share_their_baseline_runs_with_the_default
 
 def test_figures_of_a_one_epoch_quick_look_draw_points(tmp_path):
     """A quick look's curves have one epoch: markers, one tick, no fractional axis and no error."""
-    from npconv.experiments.report.figures import plot_curves_band
+    from npconv.plots import plot_curves
     from npconv.train.loop import EpochStats
 
     one = [[EpochStats(1, 2.29, 0.2, 2.28, 0.25, 0.2)], [EpochStats(1, 2.3, 0.22, 2.27, 0.3, 0.2)]]
     for series in ([("", one)], [("cnn", one), ("mlp", one)]):
         path = tmp_path / f"{len(series)}.png"
-        plot_curves_band(series, path, "quick")
+        plot_curves(series, path, "quick")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

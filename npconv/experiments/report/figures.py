@@ -1,65 +1,9 @@
-"""The report's figures (matplotlib, written as PNG): curves over seeds, a swept setting, the batch x epochs grid,
-an ablation's variants case by case."""
+"""The report's figures other than curves (matplotlib, written as PNG): a swept setting, the batch x epochs grid,
+an ablation's variants case by case. Its curves over seeds are :func:`npconv.plots.plot_curves`, in the same style."""
 
-from ...io import atomic_write
-from .verdicts import CHANCE_MARGIN_PP
+from ...plots import KEY, STYLES, pyplot, save_figure
 from .points import row_key
-from .stats import mean_curve
-
-
-def _plt():
-    from ...train.curves import plt  # Agg backend, imported only when a figure is drawn
-
-    return plt
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    _plt().close(fig)
-
-
-#: The one line-style key of every figure: train solid, test dashed.
-STYLES = {"train": "-", "test": "--"}
-#: ... and, for an axis of single points where no line shows, circles for train and squares for test.
-MARKERS = {"train": "o", "test": "s"}
-KEY = "solid: train, dashed: test"
-
-
-def plot_curves_band(series, path, title):
-    """Loss and accuracy against epoch (mean over seeds, ±1 std band) for each ``(label, histories)``.
-
-    Train is solid and test dashed (:data:`KEY`), with circles and squares;
-    each series has its colour, and a single series gets one colour for train
-    and another for test. An axis with one epoch shows its points as large markers.
-    """
-    plt = _plt()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (label, histories) in enumerate(series):
-        for key, ax, scale in (("train_loss", ax_loss, 1), ("test_loss", ax_loss, 1),
-                               ("train_acc", ax_acc, 100), ("test_acc", ax_acc, 100)):
-            epochs, mean, std = mean_curve(histories, key)
-            if not epochs:
-                continue
-            split = key.split("_")[0]
-            color = f"C{i}" if len(series) > 1 else ("C0" if split == "train" else "C1")
-            ax.plot(epochs, [scale * m for m in mean], STYLES[split], marker=MARKERS[split],
-                    ms=7 if len(epochs) == 1 else 3, color=color, label=f"{label} {split}" if label else split)
-            ax.fill_between(epochs, [scale * (m - s) for m, s in zip(mean, std)],
-                            [scale * (m + s) for m, s in zip(mean, std)], color=color, alpha=0.15, lw=0)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"Loss ({KEY})")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"Accuracy ({KEY})")
-    longest = max((len(h) for _, histories in series for h in histories), default=0)
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        if longest == 1:
-            ax.set_xticks([1])  # one epoch: one tick, not a fractional axis around it
-        else:
-            ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(title)
-    _save(fig, path)
+from .verdicts import CHANCE_MARGIN_PP
 
 
 def _log_axis(values):
@@ -69,7 +13,7 @@ def _log_axis(values):
 
 def plot_sweep(section, points, path):
     """Test (and train) accuracy against the swept value: mean ± std over seeds, the study's as hollow marks."""
-    plt = _plt()
+    plt = pyplot()
     values, labels = section.options["values"], section.options["labels"]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     xs = list(values) if numeric else list(range(len(values)))
@@ -91,12 +35,12 @@ def plot_sweep(section, points, path):
     ax.set(xlabel=section.options["vary"].replace("_", " "), ylabel="accuracy (%)", title=f"{section.title} ({KEY})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_grid(section, points, path):
     """Accuracy against epochs, one colour per batch size (train solid, test dashed)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     epochs = section.options["epochs"]
     for i, b in enumerate(section.options["batch_sizes"]):
@@ -112,14 +56,14 @@ def plot_grid(section, points, path):
     ax.set_xticks(epochs)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ablation(section, points, path, chance_pct):
     """One panel per case: each variant's test accuracy (mean ± std over seeds); the study's figure dashed, with
     the band of ``tolerance_pp`` around it shaded, and chance dotted. A variant whose every seed diverged is
     marked so where its bar would be."""
-    plt = _plt()
+    plt = pyplot()
     variants, cases = section.options["variants"], section.options["cases"]
     tolerance = section.options["tolerance_pp"]
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases) + 2.5, 0.45 * len(variants) + 1.8),
@@ -144,4 +88,4 @@ def plot_ablation(section, points, path, chance_pct):
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels([v["label"] for v in variants], fontsize=8)
     fig.suptitle(f"{section.title} (dashed: the study, shaded: ±{tolerance:g} points of it, dotted: chance)")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -12,10 +12,11 @@ import numpy as np
 
 from ... import __version__
 from ...io import atomic_write
+from ...plots import mean_curve, plot_curves
 from ...text import plural
-from .figures import plot_ablation, plot_curves_band, plot_grid, plot_sweep
+from .figures import plot_ablation, plot_grid, plot_sweep
 from .points import row_key
-from .stats import fmt, indistinguishable, mean_curve, pct, stat
+from .stats import fmt, indistinguishable, pct, stat
 from .verdicts import (
     CHANCE_MARGIN_PP,
     Finding,
@@ -85,8 +86,8 @@ class ReportWriter:
     def curves(self, section):
         point = next(iter(self.points[section.id].values()))
         rel, path = self.figure(section.id)
-        plot_curves_band([("", point.histories)], path,
-                         f"{section.title} (mean ± std over {plural(len(point.seeds), 'seed')})")
+        plot_curves([("", point.histories)], path,
+                    f"{section.title} (mean ± std over {plural(len(point.seeds), 'seed')})")
         out = [f"![{section.title}]({rel})", ""]
         rows = []
         epochs = max((len(h) for h in point.histories), default=0)
@@ -117,8 +118,8 @@ class ReportWriter:
         target = section.options["target_acc"]
         plateau_pp = section.options["plateau_pp"]
         rel, path = self.figure(section.id)
-        plot_curves_band([(m, p.histories) for m, p in zip(models, points)], path,
-                         f"{section.title} (mean ± std over {plural(len(points[0].seeds), 'seed')})")
+        plot_curves([(m, p.histories) for m, p in zip(models, points)], path,
+                    f"{section.title} (mean ± std over {plural(len(points[0].seeds), 'seed')})")
         rows, conv = [], {}
         for m, p in zip(models, points):
             reach = [next((h.epoch for h in hist if 100 * h.test_acc >= target), None) for hist in p.histories]

@@ -62,15 +62,3 @@ def indistinguishable(a, b):
     """Whether two Stats overlap at ±1 std (see the module docstring)."""
     return abs(a.mean - b.mean) < a.std + b.std
 
-
-def mean_curve(histories, key):
-    """Per epoch: ``(epochs, means, stds)`` of ``key`` over the seeds' histories that reached that epoch."""
-    longest = max((len(h) for h in histories), default=0)
-    epochs, means, stds = [], [], []
-    for i in range(longest):
-        s = stat([getattr(h[i], key) for h in histories if len(h) > i])
-        if s:
-            epochs.append(i + 1)
-            means.append(s.mean)
-            stds.append(s.std)
-    return epochs, means, stds
