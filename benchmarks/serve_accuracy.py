@@ -3,7 +3,7 @@
 
 The canvases are those of :mod:`canvases` (white PNG, transparent PNG, JPEG; the same images the ``predict``
 benchmark uses). Each kind's accuracy is printed, and how many answers agree with the library path of
-``npconv predict`` (:func:`npconv.inference.predict_images`) on the same files: both preprocess with
+``npconv predict`` (:class:`npconv.inference.Classifier`) on the same files: both preprocess with
 :func:`npconv.data.images.preprocess`, so every answer should agree.
 
 Usage::
@@ -26,8 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from canvases import KINDS, canvases  # noqa: E402
 from served import start_server  # noqa: E402
 
-from npconv.inference import predict_images  # noqa: E402
-from npconv.train.modelfile import load_model  # noqa: E402
+from npconv.inference import Classifier  # noqa: E402
 
 TARGET = 0.98
 
@@ -49,7 +48,7 @@ def main():
         model_path = args.model or train_default(tmp)
         if os.path.isdir(model_path):
             model_path = os.path.join(model_path, "model.npz")
-        model, config = load_model(model_path)
+        classifier = Classifier(model_path)
         proc, host, port = start_server(model_path)
         conn = http.client.HTTPConnection(host, port, timeout=60)
         rows = []
@@ -70,7 +69,7 @@ def main():
                     path = os.path.join(tmp, f"{kind}-{i}.{'jpg' if kind == 'jpeg' else 'png'}")
                     with open(path, "wb") as f:
                         f.write(image)
-                    agree += answer == int(predict_images(model, config, [path])[0].argmax())
+                    agree += answer == classifier.classify([path])[0].index
                 rows.append((kind, args.n, right / args.n, agree, failed, time.perf_counter() - start))
         finally:
             proc.terminate()

@@ -40,8 +40,9 @@ from served import start_server  # noqa: E402
 from speed import machine  # noqa: E402
 
 from npconv import models  # noqa: E402
+from npconv.inference import Classifier  # noqa: E402
 from npconv.serve.network import classify  # noqa: E402
-from npconv.train.modelfile import load_model, save_model  # noqa: E402
+from npconv.train.modelfile import save_model  # noqa: E402
 
 
 def untrained_model(folder):
@@ -122,7 +123,7 @@ def percentile(values, q):
     return float(np.percentile(np.array(values), q))
 
 
-def in_process_times(model, config, images, repeats):
+def in_process_times(classifier, images, repeats):
     """Median seconds per image without HTTP: npconv's classify with activations, and PyTorch's equivalent,
     both on one thread (one image is far too little work to share; on a busy machine PyTorch's threads spin)."""
     from threadpoolctl import threadpool_limits
@@ -132,7 +133,7 @@ def in_process_times(model, config, images, repeats):
         for _ in range(repeats):
             for image in images:
                 start = time.perf_counter()
-                classify(model, config, image, activations=True)
+                classify(classifier, image, activations=True)
                 ours.append(time.perf_counter() - start)
     try:
         import torch
@@ -140,19 +141,19 @@ def in_process_times(model, config, images, repeats):
         return statistics.median(ours), None
     torch.set_num_threads(1)
     from npconv.data.images import preprocess
-    from npconv.serve.network import model_input
 
     twin = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Flatten(), torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
-    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()})
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                          for k, v in classifier.network.state_dict().items()})
     theirs = []
     with torch.no_grad():
         for _ in range(repeats):
             for image in images:
                 start = time.perf_counter()
-                x = torch.from_numpy(model_input(preprocess(image)[None], config))
+                x = torch.from_numpy(classifier.inputs(preprocess(image)[None]))
                 outputs = []
                 for layer in twin:
                     x = layer(x)
@@ -171,14 +172,13 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model or untrained_model(tmp)
-        model, config = load_model(model_path)
-        model.eval()
-        if config["model"] != "cnn":
+        classifier = Classifier(model_path)
+        if classifier.config["model"] != "cnn":
             sys.exit("the PyTorch reference here is the default cnn; give a cnn model")
         images = [image for image, _ in canvases("white", args.images)]
-        expected = [classify(model, config, image).probabilities.tolist() for image in images]
-        layers = len(model)
-        ours, theirs = in_process_times(model, config, images, repeats=3)
+        expected = [list(classify(classifier, image).prediction.probabilities.values()) for image in images]
+        layers = len(classifier.network)
+        ours, theirs = in_process_times(classifier, images, repeats=3)
 
         proc, host, port = start_server(model_path)
         try:

@@ -1,4 +1,4 @@
-"""Using a trained model: classify images, evaluate a model file on a test set.
+"""Using a trained model: classify images, evaluate a model file on a test set -- npconv's one prediction path.
 
 Each image is first made the way the training images were made
 (:func:`npconv.data.images.preprocess`: ink, crop, fit, centre by mass), then
@@ -11,7 +11,9 @@ file). In one call::
 
 :class:`Classifier` loads the model once, for many calls (a server, a loop).
 A prediction is flagged *not sure* when its top probability is below
-:data:`LOW_CONFIDENCE`.
+:data:`LOW_CONFIDENCE`. ``npconv predict``, ``npconv evaluate``, ``npconv serve``
+(which adds only its views of every layer, :mod:`npconv.serve.network`), the
+tests and the benchmarks all predict through :class:`Classifier`.
 """
 
 import glob
@@ -83,6 +85,13 @@ class Prediction:
         """The ``k`` most likely classes as ``(label, probability)``, most likely first."""
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
 
+    @classmethod
+    def of(cls, image, probabilities, classes):
+        """The prediction for ``image`` (its name) from its class probabilities (K,), classes named by ``classes``."""
+        k = int(np.argmax(probabilities))
+        return cls(image, k, classes[k], float(probabilities[k]),
+                   {c: float(v) for c, v in zip(classes, probabilities)})
+
     def to_json(self):
         return {"image": self.image, "class": self.label, "index": self.index, "probability": self.probability,
                 "not_sure": self.not_sure, "probabilities": dict(self.probabilities)}
@@ -99,15 +108,34 @@ class Classifier:
         Where the model computes (:mod:`npconv.backend`); results come back as host arrays.
 
     Raises :class:`~npconv.errors.ModelFileError` for a file that is not a usable model.
+
+    Attributes
+    ----------
+    network : the model as its layers (an ``nn.Sequential`` in evaluation mode)
+    model : the same model run in chunks on the CPU's threads (:class:`~npconv.train.parallel.DataParallel`)
+    config : dict -- its model file's config (dataset, classes, pixel scaling, dtype)
+    classes : list of str -- the class names
     """
 
     def __init__(self, model_file, device="cpu"):
-        self.model_file = os.fspath(model_file)
-        self.device = device
         with B.on_device(device):
-            model, self.config = load_model(self.model_file)
-        self.model = DataParallel(model.eval())
-        self.classes = class_names(self.config)
+            model, config = load_model(os.fspath(model_file))
+        self._use(model, config, device, os.fspath(model_file))
+
+    @classmethod
+    def from_model(cls, model, config, device="cpu"):
+        """A classifier of a model already in memory; ``config`` is what its model file would record."""
+        classifier = cls.__new__(cls)
+        classifier._use(model, config, device, None)
+        return classifier
+
+    def _use(self, model, config, device, model_file):
+        self.model_file = model_file
+        self.device = device
+        self.config = config
+        self.network = model.eval()
+        self.model = DataParallel(self.network)
+        self.classes = class_names(config)
 
     def inputs(self, images):
         """The network's input for uint8 28x28 images (N, 28, 28): scaled as in training, (N, 1, 28, 28)."""
@@ -128,13 +156,7 @@ class Classifier:
 
     def predictions(self, images, names):
         """A :class:`Prediction` per preprocessed image (N, 28, 28), named by ``names``."""
-        probs = self.probabilities(images)
-        out = []
-        for name, p in zip(names, probs):
-            k = int(p.argmax())
-            out.append(Prediction(name, k, self.classes[k], float(p[k]),
-                                  {c: float(v) for c, v in zip(self.classes, p)}))
-        return out
+        return [Prediction.of(name, p, self.classes) for name, p in zip(names, self.probabilities(images))]
 
     def classify(self, images, names=None):
         """A :class:`Prediction` for each image (paths, or the files' bytes), in order.
@@ -191,15 +213,6 @@ def image_files(arguments):
     return list(dict.fromkeys(found))
 
 
-def predict_images(model, config, paths):
-    """Class probabilities for each image: returns an array of shape (len(paths), K)."""
-    images = np.stack([preprocess(p, fit_for(config)) for p in paths])
-    x = model_input(images, config)
-    model.eval()
-    with nn.no_grad():
-        return softmax(model(x))
-
-
 def confusion_matrix(labels, predictions, num_classes):
     """``m[t, p]`` = how many images of true class t were predicted as p."""
     m = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -248,21 +261,21 @@ def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, devi
     model computes (``"cpu"`` or ``"cuda"``, :mod:`npconv.backend`).
     """
     with B.on_device(device):
-        return _evaluate_model_file(path, dataset, data_dir, batch_size)
+        return _evaluate_model_file(path, dataset, data_dir, batch_size, device)
 
 
-def _evaluate_model_file(path, dataset, data_dir, batch_size):
-    model, config = load_model(path)
+def _evaluate_model_file(path, dataset, data_dir, batch_size, device):
+    classifier = Classifier(path, device)
+    config = classifier.config
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
     if len(loaded.classes) != config["num_classes"]:
         raise NpconvError(f"{path}: the model has {config['num_classes']} classes, the data {len(loaded.classes)}")
-    x = model_input(loaded.test_images, config)
-    loss, acc, predictions = evaluate(DataParallel(model), nn.SoftmaxCrossEntropyLoss(), B.to_device(x),
+    x = classifier.inputs(loaded.test_images)
+    loss, acc, predictions = evaluate(classifier.model, nn.SoftmaxCrossEntropyLoss(), B.to_device(x),
                                       B.to_device(loaded.test_labels), batch_size)
     return Evaluation(loaded.name, loss, acc, predictions, loaded.test_labels, config["num_classes"],
                       data_mismatch(config, loaded))
 
 
 __all__ = ["BATCH", "Classifier", "Evaluation", "IMAGE_EXTENSIONS", "LOW_CONFIDENCE", "Prediction", "class_names",
-           "classify", "confusion_matrix", "data_mismatch", "evaluate_model_file", "fit_for", "image_files",
-           "predict_images"]
+           "classify", "confusion_matrix", "data_mismatch", "evaluate_model_file", "fit_for", "image_files"]

@@ -43,8 +43,7 @@ from starlette.routing import Route
 from ..data import load_dataset
 from ..data.images import ImageError
 from ..errors import NpconvError
-from ..inference import class_names
-from ..train.modelfile import load_model
+from ..inference import Classifier
 from ..train.runfolder import CURVES_FILE
 from ..train.settings import SETTINGS
 from .mistakes import answer_test_set
@@ -109,7 +108,7 @@ class Server:
     def __init__(self, catalog, max_body=MAX_BODY):
         self.catalog = catalog
         self.max_body = max_body
-        self._models = {}    # model file path -> ((mtime, size), model, config)
+        self._models = {}    # model file path -> ((mtime, size), Classifier)
         self._datasets = {}  # (name, data_dir) -> Dataset
         self._answers = {}   # model file path -> ((mtime, size), Answers)
         self._lock = threading.Lock()
@@ -122,12 +121,13 @@ class Server:
     def collection(self, collection_id):
         return self.catalog.collection(collection_id) or not_found(f"folder of runs {collection_id!r}")
 
-    def model(self, run):
-        """``(model, config)`` of a run's model file, loaded once (again if the file changed)."""
-        return self._loaded(run)[1:]
+    def classifier(self, run):
+        """The :class:`~npconv.inference.Classifier` of a run's model file, loaded once (again if the file changed)."""
+        return self._loaded(run)[1]
 
     def _loaded(self, run):
-        """``(stamp, model, config)``: the model as :meth:`model` gives it, and the file's stamp it was loaded at."""
+        """``(stamp, classifier)``: the classifier as :meth:`classifier` gives it, and the file's stamp it was loaded
+        at."""
         path = run.model_file
         if path is None:
             raise HTTPException(404, f"run {run.id!r} has no model file (it has not completed)")
@@ -135,20 +135,19 @@ class Server:
         with self._lock:
             cached = self._models.get(path)
             if cached is None or cached[0] != stamp:
-                model, config = load_model(path)
-                self._models[path] = cached = (stamp, model.eval(), config)
+                self._models[path] = cached = (stamp, Classifier(path))
         return cached
 
     def answers(self, run):
         """The run's model's answers on its test set, computed once per model file (in a worker thread)."""
-        stamp, model, config = self._loaded(run)
+        stamp, classifier = self._loaded(run)
         path = run.model_file
         with self._lock:
             lock = self._answer_locks.setdefault(path, threading.Lock())
         with lock:  # two requests for the same run's matrix compute it once
             cached = self._answers.get(path)
             if cached is None or cached[0] != stamp:
-                cached = (stamp, answer_test_set(model, config, self.dataset(run, config)))
+                cached = (stamp, answer_test_set(classifier, self.dataset(run, classifier.config)))
                 self._answers[path] = cached
         return cached[1]
 
@@ -182,7 +181,7 @@ class Server:
         folder = run.folder()
         summary = folder.read_summary() if folder is not None else None
         row["status"] = summary.status if summary is not None else run.status()
-        config = folder.read_config() if folder is not None else self.model(run)[1] if row["has_model"] else {}
+        config = folder.read_config() if folder is not None else self.classifier(run).config if row["has_model"] else {}
         row.update(model=config.get("model"), dataset=config.get("dataset"), classes=config.get("classes"))
         if folder is not None:
             row["settings"] = {name: config.get(name) for name in SETTINGS if name in config}
@@ -202,10 +201,10 @@ class Server:
                           history=[vars(h) for h in folder.read_history()], health=folder.read_health(),
                           curves=run.file(CURVES_FILE) is not None)
         if run.model_file:
-            model, config = self.model(run)
-            detail.update(model_config={k: v for k, v in config.items() if k != "format"},
-                          classes=class_names(config), architecture=architecture(model, config))
-            filters = first_filters(model)
+            classifier = self.classifier(run)
+            detail.update(model_config={k: v for k, v in classifier.config.items() if k != "format"},
+                          classes=classifier.classes, architecture=architecture(classifier))
+            filters = first_filters(classifier.network)
             if filters is not None:
                 detail["filters"] = {"layer": filters[0], "weights": filters[1].tolist()}
         return detail
@@ -300,9 +299,9 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
             raise HTTPException(415, f"send the image file as the body with Content-Type image/png or image/jpeg "
                                      f"(got {content_type or 'none'!r})")
         body = await read_body(request, server.max_body)
-        model, config = await run_in_threadpool(server.model, run)
-        result = await run_in_threadpool(classify, model, config, body, want_activations)
-        return JSON(_prediction_json(run, config, result))
+        classifier = await run_in_threadpool(server.classifier, run)
+        drawing = await run_in_threadpool(classify, classifier, body, want_activations)
+        return JSON(_prediction_json(run, classifier, drawing))
 
     def confusion(request):
         answers = server.answers(server.run(request.path_params["run"]))
@@ -369,17 +368,17 @@ def _class_index(text, k):
     return int(text)
 
 
-def _prediction_json(run, config, result):
-    classes = class_names(config)
-    out = {"run": run.id, "prediction": result.prediction, "label": classes[result.prediction],
-           "probabilities": result.probabilities.tolist(), "not_sure": result.not_sure, "classes": classes,
-           "input": result.image.tolist()}
-    if result.layers is not None:
+def _prediction_json(run, classifier, drawing):
+    prediction = drawing.prediction
+    out = {"run": run.id, "prediction": prediction.index, "label": prediction.label,
+           "probabilities": list(prediction.probabilities.values()), "not_sure": prediction.not_sure,
+           "classes": classifier.classes, "input": drawing.image.tolist()}
+    if drawing.layers is not None:
         out["activations"] = [{"layer": a.index, "type": a.type, "description": a.description,
                                "shape": list(a.values.shape), "kind": a.kind,
                                "min": float(a.values.min()), "max": float(a.values.max()),
                                "data": base64.b64encode(a.values.astype("<f4").tobytes()).decode("ascii")}
-                              for a in result.layers]
+                              for a in drawing.layers]
     return out
 
 

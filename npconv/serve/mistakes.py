@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import nn
-from ..inference import confusion_matrix, model_input
-from ..nn.loss import softmax
+from ..inference import confusion_matrix
 from .network import INFERENCE_LOCK
 
 #: Test images per forward pass. Other requests (a drawing being classified) wait at most one chunk.
@@ -57,15 +55,14 @@ class Answers:
         return index[order]
 
 
-def answer_test_set(model, config, dataset):
-    """Run ``model`` (``config``: from its model file or run) over the test set of ``dataset``
+def answer_test_set(classifier, dataset):
+    """Run ``classifier`` (a :class:`~npconv.inference.Classifier`) over the test set of ``dataset``
     (a :class:`npconv.data.Dataset`)."""
     images = dataset.test_images
     chunks = []
     for start in range(0, len(images), CHUNK):
-        with INFERENCE_LOCK, nn.no_grad():
-            logits = model(model_input(images[start : start + CHUNK], config))
-        chunks.append(softmax(logits.astype(np.float64)).astype(np.float32))
-    classes = list(config.get("classes") or dataset.classes)
+        with INFERENCE_LOCK:
+            chunks.append(classifier.probabilities(images[start : start + CHUNK]).astype(np.float32))
+    classes = list(classifier.config.get("classes") or dataset.classes)
     return Answers(dataset.name, classes, images, np.asarray(dataset.test_labels, dtype=np.int64),
                           np.concatenate(chunks))

@@ -1,10 +1,11 @@
 """What a trained network does with one image, layer by layer: the Draw view and ``POST /api/predict``.
 
-The image is made the way the training images were made
-(:func:`npconv.data.images.preprocess`: ink, crop, fit, centre by mass -- the
-same function as ``npconv predict``), scaled and normalized as in training,
-then run through the model's layers **one at a time, in the order they were
-defined**, keeping every layer's output::
+The image is classified by npconv's one prediction path,
+:class:`npconv.inference.Classifier` (made the way the training images were
+made, scaled as in training; a :class:`~npconv.inference.Prediction`), as
+``npconv predict`` classifies it. What the server adds is the view of every
+layer: the input is run through the model's layers **one at a time, in the
+order they were defined**, keeping every layer's output::
 
     x_0 = image (1, 1, 28, 28),   x_i = layer_i(x_{i-1}),   p = softmax(x_L)
 
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import backend as B
 from .. import nn
-from ..data.images import SIZE, preprocess
-from ..inference import LOW_CONFIDENCE, fit_for, model_input
+from ..data.images import SIZE
+from ..inference import Prediction
 from ..nn.loss import softmax
 
 #: Held during every forward pass of the server (see the module docstring).
@@ -47,22 +49,13 @@ class LayerOutput:
 
 
 @dataclass
-class Prediction:
-    """The answer for one image: the 28x28 input the model saw (uint8, white ink on black), the class
-    probabilities (K,), and every layer's output when asked for."""
+class Drawing:
+    """The answer for one image: the :class:`~npconv.inference.Prediction`, the 28x28 input the model saw (uint8,
+    white ink on black) and every layer's output (a :class:`LayerOutput` each) when asked for."""
 
+    prediction: Prediction
     image: np.ndarray
-    probabilities: np.ndarray
     layers: list | None = None
-
-    @property
-    def prediction(self):
-        return int(self.probabilities.argmax())
-
-    @property
-    def not_sure(self):
-        """The top probability is below :data:`npconv.inference.LOW_CONFIDENCE`."""
-        return bool(self.probabilities.max() < LOW_CONFIDENCE)
 
 
 def layer_outputs(model, x):
@@ -78,28 +71,33 @@ def layer_outputs(model, x):
     return outputs
 
 
-def classify(model, config, image, activations=False):
-    """Classify one image file (its bytes); a :class:`Prediction` (with every layer's output if ``activations``).
+def classify(classifier, image, activations=False):
+    """Classify one image file (its bytes) with ``classifier`` (a :class:`~npconv.inference.Classifier`): a
+    :class:`Drawing`, with every layer's output if ``activations``.
 
     Raises :class:`npconv.data.images.ImageError` for bytes that are not a readable image, or too large a one.
     """
-    pixels = preprocess(image, fit_for(config))
-    outputs = layer_outputs(model, model_input(pixels[None], config))
-    probabilities = softmax(outputs[-1].astype(np.float64))[0]
-    layers = None
-    if activations:
-        layers = [LayerOutput(i, type(layer).__name__, repr(layer), np.ascontiguousarray(out[0], dtype=np.float32))
-                  for i, (layer, out) in enumerate(zip(model, outputs))]
-    return Prediction(pixels, probabilities, layers)
+    pixels = classifier.preprocess(image)
+    if not activations:
+        with INFERENCE_LOCK:
+            (prediction,) = classifier.predictions(pixels[None], ["image"])
+        return Drawing(prediction, pixels)
+    # The layers' outputs end in the model's own logits (the same numbers, see the module docstring): one pass.
+    network = classifier.network
+    outputs = layer_outputs(network, classifier.inputs(pixels[None]))
+    prediction = Prediction.of("image", B.to_numpy(softmax(outputs[-1]))[0], classifier.classes)
+    layers = [LayerOutput(i, type(layer).__name__, repr(layer), np.ascontiguousarray(out[0], dtype=np.float32))
+              for i, (layer, out) in enumerate(zip(network, outputs))]
+    return Drawing(prediction, pixels, layers)
 
 
-def architecture(model, config):
-    """Each layer of the model: ``{"index", "type", "description", "output_shape", "parameters"}``.
+def architecture(classifier):
+    """Each layer of the classifier's model: ``{"index", "type", "description", "output_shape", "parameters"}``.
 
     Output shapes are found by running one blank image through the layers (the batch axis left out).
     """
-    blank = np.zeros((1, SIZE, SIZE), dtype=np.uint8)
-    outputs = layer_outputs(model, model_input(blank, config))
+    model = classifier.network
+    outputs = layer_outputs(model, classifier.inputs(np.zeros((1, SIZE, SIZE), dtype=np.uint8)))
     return [{"index": i, "type": type(layer).__name__, "description": repr(layer),
              "output_shape": list(out.shape[1:]), "parameters": sum(int(p.data.size) for p in layer.parameters())}
             for i, (layer, out) in enumerate(zip(model, outputs))]

@@ -17,8 +17,7 @@ from PIL import Image
 from .webclient import decode_activation, on_paper, start_server, stop_server
 
 from npconv.data.images import preprocess
-from npconv.inference import predict_images
-from npconv.train.modelfile import load_model
+from npconv.inference import Classifier
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -38,16 +37,17 @@ def test_runs_lists_everything_served(server, served):
 
 
 def test_predict_answers_as_npconv_predict(server, served, mnist, tmp_path):
-    model, config = load_model(os.path.join(served.run, "model.npz"))
+    classifier = Classifier(os.path.join(served.run, "model.npz"))
     for i in range(5):
         image = on_paper(mnist.test_images[i])
         status, headers, body = server.predict(image)
         assert status == 200, body
         answer = json.loads(body)
         (tmp_path / f"{i}.png").write_bytes(image)
-        expected = predict_images(model, config, [tmp_path / f"{i}.png"])[0]
-        np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-5, atol=1e-6)
-        assert answer["prediction"] == int(expected.argmax()) and answer["label"] == str(answer["prediction"])
+        (expected,) = classifier.classify([tmp_path / f"{i}.png"])
+        np.testing.assert_allclose(answer["probabilities"], list(expected.probabilities.values()), rtol=1e-5,
+                                   atol=1e-6)
+        assert answer["prediction"] == expected.index and answer["label"] == expected.label == str(expected.index)
         assert answer["not_sure"] == (max(answer["probabilities"]) < 0.5)
         np.testing.assert_array_equal(np.array(answer["input"], dtype=np.uint8), preprocess(image))
         assert "activations" not in answer
@@ -96,7 +96,7 @@ def test_run_detail_has_what_the_model_view_shows(server, served):
     assert [layer["parameters"] for layer in d["architecture"]] == [80, 0, 0, 1168, 0, 0, 0, 100480, 0, 1290]
     weights = np.array(d["filters"]["weights"])
     assert d["filters"]["layer"] == 0 and weights.shape == (8, 1, 3, 3)
-    model, _ = load_model(os.path.join(served.run, "model.npz"))
+    model = Classifier(os.path.join(served.run, "model.npz")).network
     np.testing.assert_allclose(weights, model.state_dict()["0.weight"], rtol=1e-6)
     assert d["curves"] is True
     status, headers, png = server.get("/api/runs/cnn-run/curves.png")

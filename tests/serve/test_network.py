@@ -8,9 +8,9 @@ from .webclient import on_paper
 
 from npconv import models, nn
 from npconv.data.images import preprocess
-from npconv.inference import confusion_matrix
+from npconv.inference import Classifier, Prediction, confusion_matrix, model_input
 from npconv.serve.mistakes import Answers, answer_test_set
-from npconv.serve.network import architecture, classify, first_filters, layer_outputs, model_input
+from npconv.serve.network import architecture, classify, first_filters, layer_outputs
 
 CONFIG = {"dtype": "float32", "normalize_mean": 0.1307, "normalize_std": 0.3081, "dataset": "mnist", "num_classes": 10}
 
@@ -36,31 +36,41 @@ def test_layer_by_layer_is_the_models_own_forward_pass(cnn, mnist):
 
 def test_classify_gives_probabilities_input_and_every_layer(cnn, mnist):
     image = on_paper(mnist.test_images[0])
-    answer = classify(cnn, CONFIG, image, activations=True)
+    classifier = Classifier.from_model(cnn, CONFIG)
+    answer = classify(classifier, image, activations=True)
     np.testing.assert_array_equal(answer.image, preprocess(image))
-    assert answer.probabilities.shape == (10,) and answer.probabilities.sum() == pytest.approx(1)
-    assert answer.prediction == int(np.argmax(answer.layers[-1].values))
+    probabilities = list(answer.prediction.probabilities.values())
+    assert len(probabilities) == 10 and sum(probabilities) == pytest.approx(1)
+    assert answer.prediction.index == int(np.argmax(answer.layers[-1].values))
     assert [layer.kind for layer in answer.layers] == ["maps"] * 6 + ["vector"] * 4
     assert answer.layers[0].description.startswith("Conv2d(1, 8") and answer.layers[0].values.dtype == np.float32
-    assert classify(cnn, CONFIG, image).layers is None
+    plain = classify(classifier, image)
+    assert plain.layers is None
+    # With or without the layers' view, the answer is the one npconv predict gives (the same Classifier).
+    (predicted,) = classifier.classify([image])
+    np.testing.assert_allclose(list(plain.prediction.probabilities.values()),
+                               list(predicted.probabilities.values()), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(probabilities, list(predicted.probabilities.values()), rtol=1e-6, atol=1e-7)
+    assert answer.prediction.label == plain.prediction.label == predicted.label
 
 
 def test_fashion_models_fit_the_whole_image(cnn, mnist):
     image = on_paper(mnist.test_images[0])
-    fashion = classify(cnn, {**CONFIG, "dataset": "fashion-mnist"}, image)
+    fashion = classify(Classifier.from_model(cnn, {**CONFIG, "dataset": "fashion-mnist"}), image)
     np.testing.assert_array_equal(fashion.image, preprocess(image, fit=28))
 
 
 def test_not_sure_below_even_odds(cnn):
-    answer = classify(cnn, CONFIG, on_paper(np.zeros((28, 28), np.uint8)))
-    assert answer.not_sure == (answer.probabilities.max() < 0.5)
-    sure = type(answer)(answer.image, np.array([0.02] * 9 + [0.82]))
-    unsure = type(answer)(answer.image, np.array([0.06] * 9 + [0.46]))
-    assert not sure.not_sure and unsure.not_sure and unsure.prediction == 9
+    answer = classify(Classifier.from_model(cnn, CONFIG), on_paper(np.zeros((28, 28), np.uint8))).prediction
+    assert answer.not_sure == (answer.probability < 0.5)
+    classes = [str(k) for k in range(10)]
+    sure = Prediction.of("a", np.array([0.02] * 9 + [0.82]), classes)
+    unsure = Prediction.of("b", np.array([0.06] * 9 + [0.46]), classes)
+    assert not sure.not_sure and unsure.not_sure and unsure.index == 9 and unsure.label == "9"
 
 
 def test_architecture_and_filters(cnn, rng):
-    rows = architecture(cnn, CONFIG)
+    rows = architecture(Classifier.from_model(cnn, CONFIG))
     assert [r["type"] for r in rows] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
                                          "Linear", "ReLU", "Linear"]
     assert sum(r["parameters"] for r in rows) == sum(p.data.size for p in cnn.parameters())
@@ -68,13 +78,13 @@ def test_architecture_and_filters(cnn, rng):
     assert index == 0 and weights.shape == (8, 1, 3, 3)
     mlp = models.mlp(dropout=0.2, rng=rng).eval()
     assert first_filters(mlp) is None
-    assert [r["output_shape"] for r in architecture(mlp, CONFIG)] == [[784], [784], [128], [128], [128], [10]]
+    assert [r["output_shape"] for r in architecture(Classifier.from_model(mlp, CONFIG))] == [[784], [784], [128], [128], [128], [10]]
 
 
 def test_test_set_answers_and_cells(cnn, mnist):
     data = types.SimpleNamespace(name="mnist", classes=[str(k) for k in range(10)],
                                  test_images=mnist.test_images[:1200], test_labels=mnist.test_labels[:1200])
-    answers = answer_test_set(cnn, CONFIG, data)
+    answers = answer_test_set(Classifier.from_model(cnn, CONFIG), data)
     with nn.no_grad():
         logits = cnn(model_input(data.test_images, CONFIG))
     np.testing.assert_array_equal(answers.predictions, logits.argmax(axis=1))
