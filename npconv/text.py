@@ -1,4 +1,4 @@
-"""Lines for people to read: the width every line fits in, counts with the right plural, shortening.
+"""Lines for people to read: the width every line fits in, counts with the right plural, shortening, durations.
 
 Every line npconv prints fits in :data:`WIDTH` columns (a terminal's 100),
 says ``1 epoch`` and ``2 epochs``, and, when a part of it can be arbitrarily
@@ -23,3 +23,13 @@ def shorten(text, width=WIDTH):
 def shorten_start(text, width):
     """``text`` cut to ``width`` characters from its start (a path keeps its file name): ``...ts/seven.png``."""
     return text if len(text) <= width else "..." + text[len(text) - max(width - 3, 0):]
+
+
+def format_seconds(seconds):
+    """A duration as people say it: ``"1 h 05 min"``, ``"12 min 30 s"``, ``"45 s"``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"

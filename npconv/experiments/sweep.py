@@ -49,7 +49,7 @@ from ..train.interrupt import Interrupted
 from ..train.run import check_subset
 from ..train.runfolder import CHECKPOINT_FILE, RunFolder, check_folder
 from ..train.settings import SETTINGS, TrainConfig, make_config
-from ..text import WIDTH, plural, shorten
+from ..text import WIDTH, format_seconds, plural, shorten
 from .results import describe, typical_values, write_results
 
 
@@ -227,16 +227,6 @@ def store_result(run, result):
 
 
 # ------------------------------------------------------------------ the sweep
-
-
-def format_seconds(seconds):
-    """``"1 h 05 min"``, ``"12 min 30 s"``, ``"45 s"``."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
 
 
 def run_sweep(configs, out_dir, *, workers=None, scheduler=None, progress=True, estimate=True, log=print,

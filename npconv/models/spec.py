@@ -66,7 +66,7 @@ from dataclasses import dataclass
 
 from .. import nn
 from ..errors import NpconvError, is_int, is_number
-from ..nn._utils import output_size, pair
+from ..nn.conv import output_size, pair  # the layers' own output-size formula and size pairs
 
 #: The shape of one input image, (C, H, W): every dataset npconv reads is 28x28 grey (see npconv.data).
 INPUT_SHAPE = (1, 28, 28)

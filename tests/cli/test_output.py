@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from npconv.text import WIDTH, plural, shorten, shorten_start
+from npconv.text import WIDTH, format_seconds, plural, shorten, shorten_start
 
 TINY = ["--model", "mlp", "--train-subset", "200", "--batch-size", "50"]
 
@@ -23,6 +23,7 @@ def test_text_helpers():
     assert plural(1, "epoch") == "1 epoch" and plural(3, "class", "classes") == "3 classes"
     assert shorten("x" * 120) == "x" * 97 + "..." and len(shorten("x" * 120, 10)) == 10
     assert shorten_start("runs/a/b/seven.png", 12) == "...seven.png"
+    assert [format_seconds(s) for s in (44.6, 60, 750, 3900)] == ["45 s", "1 min 00 s", "12 min 30 s", "1 h 05 min"]
 
 
 def test_every_line_of_a_session_fits_and_no_progress_bar_goes_to_a_pipe(tmp_path):
