@@ -11,7 +11,6 @@ In dependency order:
 ``interrupt.py``    stopping cleanly on SIGINT / SIGTERM
 ``checkpoint.py``   everything needed to continue a run exactly
 ``modelfile.py``    model files: ``save_model``, ``load_model``
-``curves.py``       the training curves as PNG
 ``runfolder.py``    the run folder: its files, its typed ``Summary``
 ``run.py``          ``run_training``, ``resume_training``
 ==================  ==========================================================

@@ -51,7 +51,7 @@ class Checkpoint:
     epoch: int
     config: dict
     history: list          # EpochStats, one per completed epoch
-    health: list           # dicts keyed by npconv.health.HEALTH_COLUMNS
+    health: list           # dicts keyed by npconv.train.health.HEALTH_COLUMNS
     advice: list           # {"epoch", "key", "message"} of each advice given (once per kind per run)
     rng: dict              # name -> bit_generator.state dict
     model_state: dict      # name -> array

@@ -69,7 +69,7 @@ class HealthMonitor:
 
     The training loop calls :meth:`before_update` and :meth:`after_update`
     around the optimizer step of each epoch's last step
-    (:func:`npconv.training.train_epoch` does, when given a monitor); then
+    (:func:`npconv.train.loop.train_epoch` does, when given a monitor); then
     :meth:`measure` gives the epoch's rows.
 
     Parameters

@@ -1,7 +1,7 @@
 """Stopping a run cleanly on Ctrl-C (SIGINT) or SIGTERM.
 
 A training run keeps a checkpoint of its last completed epoch on disk (see
-:mod:`npconv.checkpoint`). Stopping it must never leave that set of files
+:mod:`npconv.train.checkpoint`). Stopping it must never leave that set of files
 half-updated, so a run writes its end-of-epoch files inside
 :func:`deferred_interrupts`, and the command line installs
 :func:`stop_on_signals`:

@@ -111,7 +111,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
     training went (so with dropout active), the figures the progress bar shows.
     Raises :class:`TrainingDiverged` as soon as the loss is NaN or infinite.
 
-    ``monitor``, if given (a :class:`npconv.health.HealthMonitor`), has its
+    ``monitor``, if given (a :class:`npconv.train.health.HealthMonitor`), has its
     ``before_update()`` and ``after_update()`` called around the optimizer
     step of the epoch's last step only, so it costs nothing on the others.
     """
