@@ -9,8 +9,8 @@ import sys
 
 # One BLAS thread for the whole test session, set before NumPy loads OpenBLAS.
 # Why: on a small, shared machine OpenBLAS's worker threads spin against each
-# other and a 20x784 @ 784x128 product went from 0.1 ms to 30 ms; one thread is
-# also what makes float sums bit-for-bit repeatable from run to run.
+# other (docs/performance.md); one thread is also what makes float sums
+# bit-for-bit repeatable from run to run.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

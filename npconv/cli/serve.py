@@ -50,7 +50,7 @@ def listen(host, port):
     except socket.gaierror as e:
         raise NpconvError(f"--host {host}: not an address of this machine ({e.strerror})") from None
     # proto must say TCP: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that do. With it on,
-    # a small answer's body waits for the client's delayed ACK of its headers: 40 ms per request.
+    # a small answer's body waits for the client's delayed ACK of its headers (Linux delays an ACK up to 40 ms).
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -91,8 +91,8 @@ def pixel_stats(images):
         raise ValueError("pixel_stats needs at least one pixel")
     pixels = images.ravel()
     counts = np.zeros(256, dtype=np.int64)
-    # bincount converts its input to int64; in chunks that copy stays small
-    # (one call on all of MNIST makes a 376 MB temporary and is 8x slower).
+    # bincount converts its input to int64; in chunks that copy stays small (one call on all of MNIST
+    # makes a 376 MB temporary, and is slower: docs/performance.md).
     for start in range(0, pixels.size, _STATS_CHUNK):
         counts += np.bincount(pixels[start : start + _STATS_CHUNK], minlength=256)
     counts = counts.astype(np.float64)

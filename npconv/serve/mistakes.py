@@ -1,7 +1,7 @@
 """The Mistakes view: a model's test-set answers, the confusion matrix and the images behind each of its cells.
 
-A model is run once over its dataset's test set (10,000 images for MNIST,
-about a second on two cores); the class probabilities of every image are kept,
+A model is run once over its dataset's test set (10,000 images for MNIST);
+the class probabilities of every image are kept,
 so that a cell of the confusion matrix -- true class t, predicted class p --
 can list its images with what the model thought of them:
 

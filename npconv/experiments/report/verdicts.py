@@ -78,7 +78,7 @@ def more_accurate(first, a, second, b):
 
 
 #: Epochs shorter than this (seconds) are too short to compare: a shared machine's scheduling jitter (tens of
-#: milliseconds) weighs as much as the work. A quick look's MLP epoch of 1,000 images takes about 0.02 s.
+#: milliseconds) weighs as much as the work, as in a quick look's epochs (docs/performance.md).
 MIN_TIMED_SECONDS = 0.1
 
 
