@@ -1,4 +1,4 @@
-"""Shared fixtures: a seeded random Generator, torch-or-skip, one BLAS thread.
+"""Shared fixtures: a seeded random Generator, torch (skip, or fail in CI: ``dependencies.py``), one BLAS thread.
 
 The naive loop-based conv/pool reference lives next to this file in
 ``reference.py`` (``import reference`` in a test module).
@@ -16,6 +16,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from dependencies import require  # noqa: E402
 
 try:  # NumPy may already have been imported (by a plugin) with more threads.
     from threadpoolctl import threadpool_limits
@@ -36,8 +37,8 @@ def rng():
 
 @pytest.fixture(scope="session")
 def torch():
-    """The ``torch`` module (one CPU thread); skips the test cleanly when torch is not installed."""
-    torch = pytest.importorskip("torch")
+    """The ``torch`` module (one CPU thread); without torch the test skips, or fails under ``CI=true``."""
+    torch = require("torch")
     torch.set_num_threads(1)
     return torch
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import small_bn_net, write_model_file
+from dependencies import require_fashion_mnist
 
 from npconv.cli import main
 from npconv.data import load_dataset
@@ -253,7 +254,7 @@ def test_a_bad_model_file_gives_one_line_naming_the_file_and_the_layer(tmp_path)
 
 
 def test_evaluate_on_another_dataset_says_so_in_one_line(trained_run, capsys):
-    pytest.importorskip("npconv.data").load_dataset("fashion-mnist")  # skips where Fashion-MNIST is not installed
+    require_fashion_mnist()
     assert main(["evaluate", str(trained_run / "model.npz"), "--dataset", "fashion-mnist"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ("npconv: warning: the model was trained on mnist, not fashion-mnist: its accuracy here "

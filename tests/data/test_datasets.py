@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dependencies import require_that
 
 import npconv.data.datasets as datasets_module
 from npconv.data import DATASETS, load_dataset, pixel_stats, read_idx, to_float, write_idx
@@ -125,8 +126,8 @@ def test_registry():
         assert info.mirrors and info.licence
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_loads_from_the_debian_package():
+    require_that(FASHION_DIR.is_dir(), f"no {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     fashion = load_dataset("fashion-mnist")
     assert Path(fashion.source) == FASHION_DIR
     assert fashion.train_images.shape == (60000, 28, 28)

@@ -139,7 +139,7 @@ def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(local_sweep):
 
 
 def test_dask_cluster_gives_the_same_results_as_local_processes(local_sweep, tmp_path):
-    distributed = pytest.importorskip("dask.distributed")
+    distributed = require("dask.distributed")
     local_out, _ = local_sweep
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         run_sweep(expand_grid(parse_grid(GRID)), str(tmp_path), scheduler=cluster.scheduler_address, log=quiet)
@@ -155,7 +155,7 @@ def test_dask_cluster_gives_the_same_results_as_local_processes(local_sweep, tmp
 
 
 def test_dask_scheduler_that_does_not_answer_is_a_clear_error(tmp_path):
-    pytest.importorskip("dask.distributed")
+    require("dask.distributed")
     from npconv.experiments.executors import DaskCluster
 
     with pytest.raises(NpconvError, match="cannot connect to a Dask scheduler"):

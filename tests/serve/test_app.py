@@ -16,11 +16,13 @@ import pytest
 from PIL import Image
 from .webclient import decode_activation, on_paper, start_server, stop_server
 
+from dependencies import require
+
 from npconv.data.images import preprocess
 from npconv.inference import Classifier
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+require("starlette")
+require("uvicorn")
 
 
 def test_runs_lists_everything_served(server, served):

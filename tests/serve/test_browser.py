@@ -10,6 +10,8 @@ import os
 import time
 
 import pytest
+from dependencies import require, require_that
+
 from .webclient import draw_digit, on_paper
 
 def expect(locator):
@@ -28,24 +30,12 @@ def wait_until(page, predicate, seconds=20):
 
 
 CHROMIUM = os.environ.get("NPCONV_CHROMIUM", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _require(condition, why):
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"{why} (CI must run the browser tests)")
-        pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    _require(sync_playwright is not None, 'Playwright is not installed (pip install -e ".[dev]")')
-    _require(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set NPCONV_CHROMIUM)")
+    sync_playwright = require("playwright.sync_api").sync_playwright
+    require_that(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set NPCONV_CHROMIUM)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield browser

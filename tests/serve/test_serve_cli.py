@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import pytest
+from dependencies import require
+
 from .webclient import start_server
 
 from npconv.cli import main
 from npconv.cli.serve import is_loopback
 
-pytest.importorskip("uvicorn")
+require("uvicorn")
 
 
 def run_cli(*args, cwd=None, code=None):
