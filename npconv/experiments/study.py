@@ -239,6 +239,9 @@ def _parse_section(raw, what, bad):
         vary, values = options.get("vary"), options.get("values")
         if vary not in SETTINGS:
             bad(f"{what}: vary must name a training setting ({', '.join(SETTINGS)}), got {vary!r}")
+        if vary == "seed":  # every cell is trained once per seed of the study: a varied seed would be overridden
+            bad(f"{what}: a study's seeds are its `seeds` list, which every section is trained with; vary another "
+                "setting")
         if not (isinstance(values, list) and values):
             bad(f"{what}: values must be a non-empty list")
         if len({json.dumps(v) for v in values}) != len(values):

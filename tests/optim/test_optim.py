@@ -158,10 +158,35 @@ def test_empty_parameter_list_is_an_error(make):
         make([])
 
 
-def test_boundary_hyperparameters_are_accepted(rng):
-    SGD(make_params(rng, F64), lr=1e-12, momentum=0.0, weight_decay=0.0)
-    SGD(make_params(rng, F64), lr=10.0, momentum=0.999)
-    Adam(make_params(rng, F64), lr=1.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0)
+def _two_steps(optimizer, grads):
+    """Run two steps with the given gradients; the parameters' values before, after one and after two steps."""
+    values = [[p.data.copy() for p in optimizer.params]]
+    for step in grads:
+        for p, g in zip(optimizer.params, step):
+            p.grad = g.copy()
+        optimizer.step()
+        values.append([p.data.copy() for p in optimizer.params])
+    return values
+
+
+def test_boundary_hyperparameters_are_accepted_and_follow_the_update_rule(rng):
+    grads = gradient_sequence(rng, 2, F64)
+    # The smallest learning rate still moves every parameter by -lr * g.
+    p0, p1, p2 = _two_steps(SGD(make_params(rng, F64), lr=1e-12, momentum=0.0, weight_decay=0.0), grads)
+    for a, b, c, g1, g2 in zip(p0, p1, p2, *grads):
+        np.testing.assert_allclose(b, a - 1e-12 * g1, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(c, b - 1e-12 * g2, rtol=1e-15, atol=0)
+        assert not np.array_equal(c, a), "a learning rate of 1e-12 must still change the weights"
+    # Momentum just below 1 keeps almost all of the last step: v2 = 0.999 * g1 + g2.
+    p0, p1, p2 = _two_steps(SGD(make_params(rng, F64), lr=10.0, momentum=0.999), grads)
+    for a, b, c, g1, g2 in zip(p0, p1, p2, *grads):
+        np.testing.assert_allclose(b, a - 10.0 * g1, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(c, b - 10.0 * (0.999 * g1 + g2), rtol=1e-14, atol=1e-13)
+    # Adam with betas (0, 0) and eps 0: m = g, sqrt(v) = |g|, so each step moves every weight by lr * sign(g).
+    p0, p1, p2 = _two_steps(Adam(make_params(rng, F64), lr=1.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0), grads)
+    for a, b, c, g1, g2 in zip(p0, p1, p2, *grads):
+        np.testing.assert_allclose(b, a - np.sign(g1), rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(c, b - np.sign(g2), rtol=1e-14, atol=1e-14)
 
 
 # --- against torch.optim ------------------------------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import write_model_file
 
-from npconv.errors import SettingError
-from npconv.experiments.study import parse_study
+from npconv.errors import NpconvError, SettingError
+from npconv.experiments.study import parse_study, study_cells
 from npconv.experiments.sweep import parse_values
 from npconv.train.settings import ARCHITECTURE, SETTINGS, TrainConfig, make_config
 
@@ -59,13 +59,19 @@ def test_every_setting_can_be_varied_in_a_study_file():
     for name in SETTINGS:
         if name in ("data_dir", "dataset"):
             continue  # they need data on disk; their parsing is the same code
+        if name == "seed":  # the study's own `seeds` list: a section that varies it is refused, saying so
+            doc = {"section": [{"id": "s", "kind": "sweep", "vary": "seed", "values": [1, 2]}]}
+            with pytest.raises(NpconvError, match="a study's seeds are its `seeds` list"):
+                parse_study(doc, "test")
+            continue
         value = make_config({name: SETTINGS[name].parse(SAMPLE[name])}).canonical()[name]
         baseline = {"model": "mlp" if name != "dropout_at" else "cnn"}
         if name == "pixel_range":
             baseline["normalize"] = False  # 0-255 pixels need standardization off
         doc = {"baseline": baseline,
                "section": [{"id": "s", "kind": "sweep", "vary": name, "values": [value]}]}
-        parse_study(doc, "test")
+        (cell,) = study_cells(parse_study(doc, "test"))
+        assert cell.config.canonical()[name] == value, f"{name}: the study trains {cell.config.canonical()[name]!r}"
 
 
 def test_defaults_are_npconv_trains():
