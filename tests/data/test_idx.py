@@ -2,7 +2,6 @@
 
 import gzip
 import os
-import time
 import tracemalloc
 
 import numpy as np
@@ -170,15 +169,12 @@ def test_zero_dimension(tmp_path, compress):
 )
 def test_absurd_header_fails_fast_without_allocating(tmp_path, compress, type_code, dims):
     path = write_bytes(tmp_path / "a", idx_header(type_code, dims) + b"\x00" * 100, compress)
-    tracemalloc.start()
-    start = time.perf_counter()
+    tracemalloc.start()  # the header is refused before anything is allocated (the time it takes: benchmarks/budgets.py)
     try:
         message = assert_data_error(path)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 0.5, f"took {elapsed:.2f} s to reject an absurd header"
     assert peak < 10 * 2**20, f"allocated {peak} bytes for an absurd header"
     assert "bytes of data" in message
 

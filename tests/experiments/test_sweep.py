@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import small_bn_net, write_model_file
+from dependencies import require
 
 from npconv.errors import NpconvError
 from npconv.train import TrainConfig
