@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can fix.
 
 Anything that is the user's doing -- a bad option value, a missing or malformed
-file, a model file that does not fit -- raises :class:`NpconvError` (or a
+file, a model file (``model.npz``) that does not fit -- raises :class:`NpconvError` (or a
 subclass) with a message that names the thing at fault. The command line turns
 it into one line on stderr and exit status 2 (see :mod:`npconv.cli`); library
 users can catch it. Bugs in npconv itself stay ordinary Python exceptions.

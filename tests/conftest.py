@@ -104,8 +104,8 @@ def _toml_value(value):
     return repr(value)
 
 
-def write_model_file(path, layers):
-    """Write ``layers`` (dicts: ``type`` and options) to ``path`` as a TOML model file, as a user writes one.
+def write_architecture_file(path, layers):
+    """Write ``layers`` (dicts: ``type`` and options) to ``path`` as a TOML architecture file, as a user writes one.
 
     Returns the path as a string (what ``--model`` takes).
     """
@@ -117,7 +117,7 @@ def write_model_file(path, layers):
 
 
 def small_bn_net(channels=4, hidden=None):
-    """A small ConvNet with batch normalization as model-file layers: conv 3x3 - BN - ReLU - max-pool - flatten,
+    """A small ConvNet with batch normalization as architecture-file layers: conv 3x3 - BN - ReLU - max-pool - flatten,
     then (with ``hidden``) Linear - BN1d - ReLU, and a Linear to 10 classes."""
     layers = [{"type": "conv2d", "out_channels": channels, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
               {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"}]

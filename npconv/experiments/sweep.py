@@ -14,8 +14,8 @@ Every setting can be swept: a grid's keys are the settings of
 
 **Run keys.** A run is named by the SHA-256 of its full configuration (as
 canonical JSON), the dataset's SHA-256 and npconv's version (:func:`run_key`);
-its folder is ``MODEL-`` plus the key's first 12 hex digits (``MODEL`` a model file's
-name without ``.toml``). The key of a model-file run hashes the file's layers too
+its folder is ``MODEL-`` plus the key's first 12 hex digits (``MODEL`` an architecture
+file's name without ``.toml``). The key of a run of an architecture file hashes the file's layers too
 (:meth:`~npconv.train.settings.TrainConfig.canonical`), so it changes when the
 file's architecture changes. A run whose
 folder already holds a summary with status ``completed`` or ``diverged`` is not

@@ -31,10 +31,10 @@ instead of the Euclidean RBF units; He initialization.
     Conv2d(16, 32, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   # 32 x 7 x 7
     Flatten (1568) -> Linear(1568, 128) -> BatchNorm1d -> ReLU -> Linear(128, 10)
 
-``lenet5`` and ``cnn-bn`` are written in the model-file format
-(:mod:`npconv.models.spec`), so a model file is the way to vary them.
+``lenet5`` and ``cnn-bn`` are written in the architecture-file format
+(:mod:`npconv.models.spec`), so an architecture file is the way to vary them.
 
-Any model, a preset or a model file (:func:`build_model` with ``layers``),
+Any model, a preset or an architecture file (:func:`build_model` with ``layers``),
 takes dropout as the study placed it, by rate ``dropout`` and location
 ``dropout_at``: ``"before-conv"`` (before each Conv2d, so the first one drops
 input pixels), ``"before-pool"`` (before each MaxPool2d or AvgPool2d) or
@@ -50,7 +50,7 @@ exactly ``ln 10``. Batch normalization starts as PyTorch's: gamma 1, beta 0.
 from .. import backend as B
 from .. import nn
 from ..nn.init import zero_classifier
-from .spec import build_layers, check_layers, is_model_file, read_model_file
+from .spec import build_layers, check_layers, is_architecture_file, read_architecture_file
 
 DROPOUT_LOCATIONS = ("before-conv", "before-pool", "before-fc")
 _LAYER_KIND = {"before-conv": (nn.Conv2d,), "before-pool": (nn.MaxPool2d, nn.AvgPool2d), "before-fc": (nn.Linear,)}
@@ -98,7 +98,7 @@ def mlp(dropout=0.0, dropout_at="before-fc", *, num_classes=10, rng=None, dtype=
 
 
 def lenet5_layers(num_classes=10):
-    """LeNet-5 as layers in the model-file format (see the module docstring for the modern choices)."""
+    """LeNet-5 as layers in the architecture-file format (see the module docstring for the modern choices)."""
     return [
         {"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2}, {"type": "relu"},
         {"type": "avgpool2d", "kernel_size": 2},
@@ -112,7 +112,7 @@ def lenet5_layers(num_classes=10):
 
 
 def cnn_bn_layers(num_classes=10):
-    """The ConvNet with batch normalization as layers in the model-file format (see the module docstring)."""
+    """The ConvNet with batch normalization as layers in the architecture-file format (see the module docstring)."""
     return [
         {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
         {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
@@ -134,8 +134,8 @@ def model_layers(name, layers=None, num_classes=None):
     """The layers (normalized) of a preset written as layers, or of ``layers`` given; None for ``cnn``, ``mlp``."""
     if layers is None and name in LAYER_PRESETS:
         layers = LAYER_PRESETS[name](10 if num_classes is None else num_classes)
-    if layers is None and is_model_file(name):
-        return read_model_file(name, num_classes)
+    if layers is None and is_architecture_file(name):
+        return read_architecture_file(name, num_classes)
     return None if layers is None else check_layers(layers, num_classes).layers
 
 
@@ -151,7 +151,7 @@ def dropout_fits(name, dropout_at, layers=None):
 def build_model(name, dropout=0.0, dropout_at="before-fc", *, layers=None, num_classes=10, rng=None, dtype=None):
     """Build the model called ``name``: a preset (:data:`MODELS`) or, with ``layers``, a described one.
 
-    ``layers`` is a list of layer tables in the model-file format
+    ``layers`` is a list of layer tables in the architecture-file format
     (:mod:`npconv.models.spec`), e.g. the ones a run recorded; when ``name``
     is a path ending in ``.toml`` and ``layers`` is None, the file is read.
     A model described by layers starts its last layer at zero, if it is a
@@ -162,8 +162,8 @@ def build_model(name, dropout=0.0, dropout_at="before-fc", *, layers=None, num_c
         raise ValueError(f"unknown dropout location {dropout_at!r}; choose from {', '.join(DROPOUT_LOCATIONS)}")
     if name in ("cnn", "mlp") and layers is None:
         return {"cnn": cnn, "mlp": mlp}[name](dropout, dropout_at, num_classes=num_classes, rng=rng, dtype=dtype)
-    if layers is None and name not in LAYER_PRESETS and not is_model_file(name):
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}, or a .toml model file")
+    if layers is None and name not in LAYER_PRESETS and not is_architecture_file(name):
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}, or a .toml architecture file")
     built = build_layers(model_layers(name, layers, num_classes), rng=rng, dtype=B.resolve_dtype(dtype))
     if isinstance(built[-1], nn.Linear):
         zero_classifier(built[-1])

@@ -1,6 +1,6 @@
-"""Models described as a list of layers: the model-file format, its checks, shape inference and building.
+"""Models described as a list of layers: the architecture-file format, its checks, shape inference and building.
 
-A **model file** is a TOML file that lists the layers in order, one ``[[layer]]``
+An **architecture file** is a TOML file that lists the layers in order, one ``[[layer]]``
 table each: its ``type`` and its options, named as PyTorch names them::
 
     [[layer]]
@@ -55,7 +55,7 @@ flatten layer before it``.
 A checked list of layers is **normalized**: every option present, defaults and
 inferred sizes filled in, a square pair written as one integer. That list is
 what a run records (``config.json``, ``model.npz``), so a run never needs its
-model file again, and two files that describe the same network record the same
+architecture file again, and two files that describe the same network record the same
 architecture.
 """
 
@@ -103,27 +103,32 @@ _ACCEPTED = {
 
 
 class ModelSpecError(NpconvError):
-    """A model description (a model file, or the layers a run or model file recorded) that does not work.
+    """A model description (an architecture file, or the layers a run or a model file recorded) that does not work.
 
     The message names the layer and the problem; callers put the file's name in front.
     """
 
 
-def is_model_file(model):
-    """Whether a ``model`` setting names a model file (a path ending in ``.toml``) rather than a preset."""
+def is_architecture_file(model):
+    """Whether a ``model`` setting names an architecture file (a path ending in ``.toml``) rather than a preset."""
     return isinstance(model, str) and model.lower().endswith(".toml")
 
 
+#: The name :func:`is_architecture_file` had while "model file" meant both the .toml and model.npz; still imported
+#: by npconv/train/settings.py.
+is_model_file = is_architecture_file
+
+
 def model_label(model):
-    """A short name for file and folder names: the preset's name, or the model file's name without ``.toml``."""
-    if not is_model_file(model):
+    """A short name for file and folder names: the preset's name, or the architecture file's name without ``.toml``."""
+    if not is_architecture_file(model):
         return model
     stem = os.path.basename(model)[: -len(".toml")]
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or "model"
 
 
-def read_model_file(path, num_classes=None):
-    """Read and check the model file at ``path``; returns its layers, normalized (see the module docstring).
+def read_architecture_file(path, num_classes=None):
+    """Read and check the architecture file at ``path``; returns its layers, normalized (see the module docstring).
 
     Raises :class:`ModelSpecError` naming the file, and the layer, for anything wrong.
     """
@@ -131,18 +136,19 @@ def read_model_file(path, num_classes=None):
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except FileNotFoundError:
-        raise ModelSpecError(f"{path}: no such model file") from None
+        raise ModelSpecError(f"{path}: no such architecture file") from None
     except IsADirectoryError:
-        raise ModelSpecError(f"{path}: is a directory, not a model file") from None
+        raise ModelSpecError(f"{path}: is a directory, not an architecture file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ModelSpecError(f"{path}: not a valid TOML model file ({e})") from None
+        raise ModelSpecError(f"{path}: not a valid TOML architecture file ({e})") from None
     except OSError as e:
-        raise ModelSpecError(f"{path}: cannot read the model file ({e.strerror})") from None
+        raise ModelSpecError(f"{path}: cannot read the architecture file ({e.strerror})") from None
     unknown = sorted(set(doc) - {"layer"})
     if unknown:
-        raise ModelSpecError(f"{path}: unknown top-level key {unknown[0]!r}; a model file lists [[layer]] tables")
+        raise ModelSpecError(f"{path}: unknown top-level key {unknown[0]!r}; an architecture file lists [[layer]] "
+                             "tables")
     if "layer" not in doc:
-        raise ModelSpecError(f"{path}: no [[layer]] tables; a model file lists its layers as [[layer]] tables")
+        raise ModelSpecError(f"{path}: no [[layer]] tables; an architecture file lists its layers as [[layer]] tables")
     try:
         return check_layers(doc["layer"], num_classes).layers
     except ModelSpecError as e:
@@ -164,7 +170,7 @@ def check_layers(layers, num_classes=None, input_shape=INPUT_SHAPE):
     Parameters
     ----------
     layers : list of dict
-        One dict per layer: ``type`` and options (from a model file, or a
+        One dict per layer: ``type`` and options (from an architecture file, or a
         normalized list recorded earlier).
     num_classes : int, optional
         When given, the last layer must give ``(num_classes,)`` outputs.
@@ -181,7 +187,7 @@ def check_layers(layers, num_classes=None, input_shape=INPUT_SHAPE):
         ``layer K (type): problem`` for the first layer that does not work.
     """
     if not isinstance(layers, list) or not layers:
-        raise ModelSpecError("the layers must be a non-empty list of tables ([[layer]] in a model file)")
+        raise ModelSpecError("the layers must be a non-empty list of tables ([[layer]] in an architecture file)")
     if len(layers) > MAX_LAYERS:
         raise ModelSpecError(f"{len(layers)} layers, more than the {MAX_LAYERS} a model may have")
     shape, normalized, parameters = tuple(input_shape), [], 0

@@ -7,12 +7,12 @@ Layout of the npz archive (plain arrays only, so it loads with ``allow_pickle=Fa
 * ``"__config__"``: a 0-d unicode string holding JSON -- the ``format``
   (``npconv-model-2``), the model's architecture settings (those marked
   ``architecture`` in :mod:`npconv.train.settings`: model, dropout, dropout
-  location, dtype), the layers of a model described by a model file
+  location, dtype), the layers of a model described by an architecture file
   (``model_layers``, :mod:`npconv.models.spec`; null for a preset), the number
   and names of the classes, the dataset and its SHA-256, and the input scaling
   used in training (:data:`MODEL_FILE_KEYS`).
 
-The model is rebuilt from the file alone: a model-file model from the layers
+The model is rebuilt from the file alone: an architecture file's model from the layers
 it recorded, never from the ``.toml`` file, which may have changed or be gone.
 Files of the first format, ``npconv-model-1`` (presets only, no buffers), load
 as before.
@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend as B
 from ..errors import ModelFileError, SettingError, is_int, is_number
 from ..io.npz import json_entry, one_line, parse_json_entry, read_npz, write_npz
-from ..models import ModelSpecError, build_model, check_layers, is_model_file
+from ..models import ModelSpecError, build_model, check_layers, is_architecture_file
 from .settings import ARCHITECTURE, SETTINGS
 
 CONFIG_KEY = "__config__"
@@ -69,9 +69,9 @@ def check_model_config(config, where, error, stored_values=None):
 
     The architecture settings (:data:`npconv.train.settings.ARCHITECTURE`) are
     checked as a training run checks them; ``dropout`` and ``dropout_at`` may be
-    absent (no dropout), ``model`` and ``dtype`` may not. A model-file model
-    must record its layers (``model_layers``), which are checked as a model
-    file is; ``stored_values``, the number of values the file holds, bounds the
+    absent (no dropout), ``model`` and ``dtype`` may not. An architecture file's
+    model must record its layers (``model_layers``), which are checked as an
+    architecture file's are; ``stored_values``, the number of values the file holds, bounds the
     parameters they may declare, so that a hostile config cannot make npconv
     allocate more than the file itself holds.
     """
@@ -88,11 +88,12 @@ def check_model_config(config, where, error, stored_values=None):
     if not is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
         raise error(f"{where}: 'num_classes' must be an integer from 1 to {MAX_CLASSES}, got {num_classes!r}")
     layers = config.get("model_layers")
-    if is_model_file(spec["model"]) or layers is not None:
-        if not is_model_file(spec["model"]):
-            raise error(f"{where}: 'model_layers' is for a model-file model, but the model is {spec['model']!r}")
+    if is_architecture_file(spec["model"]) or layers is not None:
+        if not is_architecture_file(spec["model"]):
+            raise error(f"{where}: 'model_layers' is for a model described by an architecture file, but the model is "
+                        f"{spec['model']!r}")
         if layers is None:
-            raise error(f"{where}: the model {spec['model']} was described by a model file, but its layers "
+            raise error(f"{where}: the model {spec['model']} was described by an architecture file, but its layers "
                         "('model_layers') are not recorded")
         try:
             checked = check_layers(layers, num_classes)

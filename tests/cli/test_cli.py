@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import small_bn_net, write_model_file
+from conftest import small_bn_net, write_architecture_file
 from dependencies import require_fashion_mnist
 
 from npconv.cli import main
@@ -229,7 +229,7 @@ def test_predict_rejects_a_truncated_image(trained_run, tmp_path, capsys):
 
 def test_a_model_file_trains_and_its_run_evaluates_and_predicts_without_it(tmp_path, mnist, capsys):
     net = tmp_path / "net.toml"
-    write_model_file(net, small_bn_net())
+    write_architecture_file(net, small_bn_net())
     out = tmp_path / "run"
     assert main(["train", "--model", str(net), *SMALL, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -243,9 +243,9 @@ def test_a_model_file_trains_and_its_run_evaluates_and_predicts_without_it(tmp_p
     assert main(["predict", str(out / "model.npz"), str(tmp_path / "digit.png")]) == 0
 
 
-def test_a_bad_model_file_gives_one_line_naming_the_file_and_the_layer(tmp_path):
+def test_a_bad_architecture_file_gives_one_line_naming_the_file_and_the_layer(tmp_path):
     net = tmp_path / "net.toml"
-    write_model_file(net, [{**small_bn_net()[0], "kernel_size": 31}, *small_bn_net()[1:]])
+    write_architecture_file(net, [{**small_bn_net()[0], "kernel_size": 31}, *small_bn_net()[1:]])
     result = run_cli("train", "--model", str(net), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr == (f"npconv: error: --model {net}: layer 1 (conv2d): on its 1x28x28 input: height: input "

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import small_bn_net, write_model_file
+from conftest import small_bn_net, write_architecture_file
 
 from npconv.errors import NpconvError
 from npconv.experiments.study import Published, config_id, load_study, shrink, study_cells
@@ -197,7 +197,7 @@ def test_study_again_reuses_every_run(tiny_study):
 
 
 def test_a_study_compares_presets_and_model_files(tmp_path):
-    net = write_model_file(tmp_path / "net.toml", small_bn_net())
+    net = write_architecture_file(tmp_path / "net.toml", small_bn_net())
     path = tmp_path / "study.toml"
     path.write_text(TINY_STUDY.replace('models = ["cnn", "mlp"]', f'models = ["lenet5", "cnn-bn", "{net}"]'))
     cells = [c for c in study_cells(load_study(path)) if c.section == "models"]
@@ -205,7 +205,7 @@ def test_a_study_compares_presets_and_model_files(tmp_path):
     assert set(configs) == {"lenet5", "cnn-bn", net}
     assert configs["cnn-bn"].augment_shift == 2, "a preset's own defaults fill what the baseline does not set"
     assert configs["cnn-bn"].epochs == 2, "the baseline's settings win over a preset's defaults"
-    assert configs[net].model_layers[1]["type"] == "batchnorm2d", "a model file's config carries its layers"
+    assert configs[net].model_layers[1]["type"] == "batchnorm2d", "an architecture file's config carries its layers"
 
 
 def test_the_shipped_collapse_studies_share_their_baseline_runs_with_the_default_study():

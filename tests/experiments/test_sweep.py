@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import small_bn_net, write_model_file
+from conftest import small_bn_net, write_architecture_file
 from dependencies import require
 
 from npconv.errors import NpconvError
@@ -292,9 +292,9 @@ def test_scheduler_without_dask_names_the_extra(tmp_path):
     assert not out.exists(), "nothing is written when the executor cannot start"
 
 
-def test_a_sweep_over_model_files_names_runs_by_file_and_keys_them_by_architecture(tmp_path):
-    write_model_file(tmp_path / "a.toml", small_bn_net(channels=2))
-    write_model_file(tmp_path / "b.toml", small_bn_net(channels=3))
+def test_a_sweep_over_architecture_files_names_runs_by_file_and_keys_them_by_architecture(tmp_path):
+    write_architecture_file(tmp_path / "a.toml", small_bn_net(channels=2))
+    write_architecture_file(tmp_path / "b.toml", small_bn_net(channels=3))
     grid = parse_grid({**TINY, "model": f"{tmp_path / 'a.toml'},{tmp_path / 'b.toml'}"})
     out = tmp_path / "sweep"
     first = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet)
@@ -303,7 +303,7 @@ def test_a_sweep_over_model_files_names_runs_by_file_and_keys_them_by_architectu
     recorded = json.loads((out / "runs" / os.path.basename(first[0].folder.path) / "config.json").read_text())
     assert recorded["model_layers"][0]["out_channels"] == 2
 
-    write_model_file(tmp_path / "a.toml", small_bn_net(channels=4))
+    write_architecture_file(tmp_path / "a.toml", small_bn_net(channels=4))
     second = run_sweep(expand_grid(grid), str(out), workers=1, progress=False, log=quiet, estimate=False)
     assert second[0].key != first[0].key and not second[0].reused, "a.toml changed: another run"
     assert second[1].key == first[1].key and second[1].reused, "b.toml did not change: its run is reused"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npconv import models, nn
-from npconv.models import ModelSpecError, check_layers, read_model_file
+from npconv.models import ModelSpecError, check_layers, read_architecture_file
 
 SMALL = """
 [[layer]]
@@ -39,8 +39,8 @@ def write(tmp_path, text, name="net.toml"):
     return str(path)
 
 
-def test_a_model_file_is_read_checked_and_normalized(tmp_path):
-    layers = read_model_file(write(tmp_path, SMALL), num_classes=10)
+def test_an_architecture_file_is_read_checked_and_normalized(tmp_path):
+    layers = read_architecture_file(write(tmp_path, SMALL), num_classes=10)
     assert layers == [
         {"type": "conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1},
         {"type": "batchnorm2d", "num_features": 4, "eps": 1e-5, "momentum": 0.2, "affine": True},
@@ -64,7 +64,8 @@ def test_the_built_model_has_the_layers_the_file_lists(tmp_path, rng):
 
 def test_two_files_describing_the_same_network_record_the_same_layers(tmp_path):
     explicit = SMALL.replace("kernel_size = [3, 3]", "kernel_size = 3\nin_channels = 1\nstride = [1, 1]")
-    assert read_model_file(write(tmp_path, SMALL, "a.toml")) == read_model_file(write(tmp_path, explicit, "b.toml"))
+    a, b = write(tmp_path, SMALL, "a.toml"), write(tmp_path, explicit, "b.toml")
+    assert read_architecture_file(a) == read_architecture_file(b)
 
 
 BAD_FILES = [
@@ -98,28 +99,28 @@ BAD_FILES = [
     ("[[layer]]\ntype = 'conv2d'\nout_channels = 2000\nkernel_size = 1\n",
      "layer 1 (conv2d): its output has 1568000 values per image, more than the 1000000 a layer may have"),
     ("layer = []\n", "the layers must be a non-empty list"),
-    ("[[layers]]\ntype = 'relu'\n", "unknown top-level key 'layers'; a model file lists [[layer]] tables"),
+    ("[[layers]]\ntype = 'relu'\n", "unknown top-level key 'layers'; an architecture file lists [[layer]] tables"),
     ("name = 'x'\n", "unknown top-level key 'name'"),
     ("", "no [[layer]] tables"),
-    ("[[layer]\ntype = 'relu'\n", "not a valid TOML model file"),
+    ("[[layer]\ntype = 'relu'\n", "not a valid TOML architecture file"),
 ]
 
 
 @pytest.mark.parametrize("text, message", BAD_FILES, ids=[m[:40] for _, m in BAD_FILES])
-def test_a_bad_model_file_gets_one_line_naming_the_file_the_layer_and_the_problem(tmp_path, text, message):
+def test_a_bad_architecture_file_gets_one_line_naming_the_file_the_layer_and_the_problem(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ModelSpecError) as info:
-        read_model_file(path, num_classes=10)
+        read_architecture_file(path, num_classes=10)
     text = str(info.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text, text
 
 
 def test_a_missing_file_and_a_folder_are_clear_errors(tmp_path):
-    with pytest.raises(ModelSpecError, match="no such model file"):
-        read_model_file(str(tmp_path / "nope.toml"))
+    with pytest.raises(ModelSpecError, match="no such architecture file"):
+        read_architecture_file(str(tmp_path / "nope.toml"))
     (tmp_path / "dir.toml").mkdir()
     with pytest.raises(ModelSpecError, match="is a directory"):
-        read_model_file(str(tmp_path / "dir.toml"))
+        read_architecture_file(str(tmp_path / "dir.toml"))
 
 
 @pytest.mark.parametrize("model, label", [("cnn", "cnn"), ("nets/small.toml", "small"), ("a b/c d.TOML", "c_d")])

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import small_bn_net, write_model_file
+from conftest import small_bn_net, write_architecture_file
 
 from npconv.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from npconv.train.runfolder import CHECKPOINT_FILE
@@ -149,17 +149,17 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("batch_size", [30, 60], ids=["one-chunk", "two-chunks"])
-def test_a_model_file_network_with_batch_norm_and_shifts_resumes_bit_identical_without_its_file(tmp_path, batch_size):
+def test_an_architecture_file_network_with_bn_and_shifts_resumes_bit_identical_without_its_file(tmp_path, batch_size):
     """Running statistics and the data generator's shift draws are restored; the .toml is not needed again.
     A batch of 60 is computed in two chunks whose batch norms pool their statistics (DataParallel)."""
     net = tmp_path / "bn-net.toml"
-    write_model_file(net, small_bn_net(hidden=32))
+    write_architecture_file(net, small_bn_net(hidden=32))
     settings = {"model": str(net), "train_subset": 300, "epochs": 3, "batch_size": batch_size, "augment_shift": 2,
                 "seed": 4}
     run_training(make_config(settings), tmp_path / "reference", **QUIET)
     with pytest.raises(Interrupted):
         run_training(make_config(settings), tmp_path / "run", progress=False, log=_stop_at(1))
-    write_model_file(net, small_bn_net(hidden=8))  # changed: the run must not read it again
+    write_architecture_file(net, small_bn_net(hidden=8))  # changed: the run must not read it again
     assert resume_training(tmp_path / "run", **QUIET).status == "completed"
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert_same_checkpoint(tmp_path / "reference" / CHECKPOINT_FILE, tmp_path / "run" / CHECKPOINT_FILE)

@@ -281,7 +281,7 @@ def test_buffers_round_trip_and_the_loaded_model_predicts_the_same(tmp_path, rng
     np.testing.assert_array_equal(loaded.eval()(x), model.eval()(x))
 
 
-def test_a_model_file_model_is_rebuilt_from_its_recorded_layers_alone(tmp_path, rng):
+def test_an_architecture_file_model_is_rebuilt_from_its_recorded_layers_alone(tmp_path, rng):
     """The .toml named in the config does not exist: the layers recorded in the file are all it takes."""
     model = trained_bn_model(NET_CONFIG["model"], NET_LAYERS)
     save_model(tmp_path / "net.npz", model, NET_CONFIG)
@@ -326,7 +326,8 @@ def _net(config):
         (_bn(drop=["5.running_var"]), "missing ['5.running_var']"),
         (_bn(**{"1.running_mean": np.array(["x"] * 16)}), "1.running_mean: dtype <U1 does not fit"),
         (_net({**NET_CONFIG, "model_layers": None}), "its layers ('model_layers') are not recorded"),
-        (_net({**MODEL_CONFIG, "model_layers": NET_LAYERS}), "'model_layers' is for a model-file model"),
+        (_net({**MODEL_CONFIG, "model_layers": NET_LAYERS}),
+         "'model_layers' is for a model described by an architecture file"),
         (_net({**NET_CONFIG, "model_layers": [{"type": "flatten"}, {"type": "linear", "out_features": 100_000},
                                               {"type": "linear", "out_features": 10}]}),
          "its layers declare 79500010 parameters, but the file holds only"),

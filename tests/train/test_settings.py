@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import write_model_file
+from conftest import write_architecture_file
 
 from npconv.errors import NpconvError, SettingError
 from npconv.experiments.study import parse_study, study_cells
@@ -120,26 +120,26 @@ def test_run_keys_of_the_first_settings_are_stable():
     assert key == "76aaf934bde3e4055f87f68d7fed29bb760763c843f218503e748ab17035ef43", "the key npconv 0.1.0 gave"
 
 
-# --- model files and the presets' own defaults ---------------------------------------------------
+# --- architecture files and the presets' own defaults ---------------------------------------------------
 
 NET = [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "relu"},
        {"type": "linear", "out_features": 10}]
 
 
-def test_a_model_file_is_read_once_and_its_architecture_keys_the_run(tmp_path):
+def test_an_architecture_file_is_read_once_and_keys_the_run(tmp_path):
     from dataclasses import asdict
 
     from npconv.experiments.sweep import run_key
 
     path = tmp_path / "net.toml"
-    write_model_file(path, NET)
+    write_architecture_file(path, NET)
     config = make_config({"model": str(path)})
     config.validate()
     assert config.model_layers[1] == {"type": "linear", "in_features": 784, "out_features": 32}
     key = run_key(config, "d" * 64)
     assert config.canonical()["model_layers"] == config.model_layers
 
-    write_model_file(path, [NET[0], {**NET[1], "out_features": 64}, *NET[2:]])
+    write_architecture_file(path, [NET[0], {**NET[1], "out_features": 64}, *NET[2:]])
     changed = make_config({"model": str(path)})
     changed.validate()
     assert run_key(changed, "d" * 64) != key, "another architecture in the same file is another run"
@@ -150,9 +150,9 @@ def test_a_model_file_is_read_once_and_its_architecture_keys_the_run(tmp_path):
     assert run_key(again, "d" * 64) == key
 
 
-def test_a_bad_model_file_is_a_setting_error_naming_the_file_and_the_layer(tmp_path):
+def test_a_bad_architecture_file_is_a_setting_error_naming_the_file_and_the_layer(tmp_path):
     path = tmp_path / "net.toml"
-    write_model_file(path, [{"type": "relu"}, *NET[1:]])
+    write_architecture_file(path, [{"type": "relu"}, *NET[1:]])
     with pytest.raises(SettingError) as e:
         make_config({"model": str(path)}).validate()
     assert e.value.name == "model"
@@ -160,7 +160,7 @@ def test_a_bad_model_file_is_a_setting_error_naming_the_file_and_the_layer(tmp_p
                              "put a flatten layer before it"
 
 
-def test_layers_belong_to_model_files_only():
+def test_layers_belong_to_architecture_files_only():
     with pytest.raises(SettingError, match="cnn is a preset: model_layers are for a model file only"):
         TrainConfig(model="cnn", model_layers=[{"type": "flatten"}]).validate()
 
@@ -171,7 +171,7 @@ def test_layers_belong_to_model_files_only():
 ])
 def test_dropout_goes_only_where_the_model_has_such_layers(tmp_path, monkeypatch, model, dropout_at, fits):
     monkeypatch.chdir(tmp_path)
-    write_model_file(tmp_path / "net.toml", NET)
+    write_architecture_file(tmp_path / "net.toml", NET)
     config = make_config({"model": model, "dropout": 0.2, "dropout_at": dropout_at})
     if fits:
         config.validate()
