@@ -105,3 +105,14 @@ def test_importing_the_layers_pulls_in_nothing_above_them():
     outside = [m for m in loaded if not m.startswith(("npconv.nn", "npconv.optim"))
                and m not in ("npconv", "npconv.backend", "npconv.errors")]
     assert not outside, f"import npconv.nn / npconv.optim also loaded: {outside}"
+
+
+def test_nothing_outside_nn_imports_its_private_modules():
+    """``npconv.nn``'s helpers behind an underscore are its own: other layers use what ``nn`` makes public."""
+    known = modules()
+    # Moved out of train/ by the engine work of issue 20, which takes its imports with it.
+    pending = {"npconv.train.parallel"}
+    private = [f"{name} imports {dep}" for name, path in known.items()
+               if not name.startswith("npconv.nn") and name not in pending
+               for dep in imports(name, path, known) if dep.startswith("npconv.nn._")]
+    assert not private, "private modules of npconv.nn imported from outside it:\n" + "\n".join(sorted(private))
