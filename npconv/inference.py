@@ -124,7 +124,9 @@ class Classifier:
 
     @classmethod
     def from_model(cls, model, config, device="cpu"):
-        """A classifier of a model already in memory; ``config`` is what its model file would record."""
+        """A classifier of a model already in memory (put in evaluation mode); ``config`` is what its model file
+        would record (at least ``dtype`` and ``num_classes``; the pixel scaling and ``classes`` when not the
+        defaults)."""
         classifier = cls.__new__(cls)
         classifier._use(model, config, device, None)
         return classifier

@@ -15,6 +15,8 @@ import os
 
 import pytest
 
+#: The Chromium the browser tests drive: Debian's, or the one named by NPCONV_CHROMIUM.
+CHROMIUM = os.environ.get("NPCONV_CHROMIUM", "/usr/bin/chromium")
 #: The modules of the ``[dev]`` extra that some test imports (``pip install -e ".[dev]"`` gives them).
 DEV_MODULES = ("pytest", "hypothesis", "torch", "dask.distributed", "starlette", "uvicorn", "markdown_it",
                "playwright.sync_api")

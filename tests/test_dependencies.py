@@ -4,10 +4,9 @@ everything the README's test command and ``.ci/run`` install is present."""
 import os
 
 import pytest
-from _pytest.outcomes import Failed, Skipped
-from dependencies import DEV_MODULES, in_ci, require, require_fashion_mnist, require_that
+from dependencies import CHROMIUM, DEV_MODULES, in_ci, require, require_fashion_mnist, require_that
 
-CHROMIUM = os.environ.get("NPCONV_CHROMIUM", "/usr/bin/chromium")
+Skipped, Failed = pytest.skip.Exception, pytest.fail.Exception
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("1", True), ("yes", True), ("TRUE", True),

@@ -10,7 +10,7 @@ import os
 import time
 
 import pytest
-from dependencies import require, require_that
+from dependencies import CHROMIUM, require, require_that
 
 from .webclient import draw_digit, on_paper
 
@@ -27,9 +27,6 @@ def wait_until(page, predicate, seconds=20):
     while not page.evaluate(predicate):
         assert time.monotonic() < deadline, f"still false after {seconds} s: {predicate}"
         page.wait_for_timeout(100)
-
-
-CHROMIUM = os.environ.get("NPCONV_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
