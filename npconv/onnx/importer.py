@@ -12,6 +12,8 @@ ONNX                                  npconv
 ``Relu``, ``Sigmoid``, ``Tanh``       ReLU, Sigmoid, Tanh
 ``MaxPool``                           MaxPool2d (no padding, no ceil mode)
 ``AveragePool``                       AvgPool2d (padding only with ``count_include_pad = 1``)
+``GlobalMaxPool``,                    MaxPool2d, AvgPool2d with a window the size of the image
+``GlobalAveragePool``
 ``BatchNormalization``                BatchNorm2d on images, BatchNorm1d on features
 ``Flatten`` (axis 1), ``Reshape``     Flatten; a Reshape to ``(N, -1)``, also through the ``Shape``,
                                       ``Gather``, ``Unsqueeze``, ``Concat`` nodes ``x.view(x.size(0), -1)``
@@ -48,8 +50,8 @@ from .export import check_out_file
 MAX_ONNX_BYTES = 256 << 20
 
 #: The operations :func:`import_onnx` turns into layers (or into nothing, or into the input normalization).
-SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "MaxPool", "AveragePool",
-                 "BatchNormalization", "Flatten", "Reshape", "Identity", "Dropout", "Sub", "Div")
+SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "MaxPool", "AveragePool", "GlobalMaxPool",
+                 "GlobalAveragePool", "BatchNormalization", "Flatten", "Reshape", "Identity", "Dropout", "Sub", "Div")
 # Nodes that only compute a shape, for a Reshape: evaluated on the known shape, never on data.
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast")
 
@@ -127,10 +129,10 @@ def read_onnx(path):
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - protobuf's parser of untrusted bytes: any failure means "not a model"
-        raise OnnxImportError(f"{path}: not an ONNX file (damaged or truncated: {one_line(e)})") from None
+    except Exception:  # noqa: BLE001 - protobuf's parser of untrusted bytes: any failure means "not a model"
+        raise OnnxImportError(f"{path}: not an ONNX file, or a damaged or truncated one") from None
     if not proto.HasField("graph") or not proto.graph.node or not proto.opset_import:
-        raise OnnxImportError(f"{path}: not an ONNX model file (no graph in it)")
+        raise OnnxImportError(f"{path}: not an ONNX file, or a damaged or truncated one (no graph in it)")
     try:
         onnx.checker.check_model(proto)
     except Exception as e:  # noqa: BLE001 - the checker reports a malformed graph in several exception types
@@ -243,7 +245,8 @@ class _Chain:
             raise OnnxImportError(f"the graph has {len(inputs)} inputs; npconv imports a graph of one (the images)")
         value = inputs[0]
         if not value.type.HasField("tensor_type") or value.type.tensor_type.elem_type != 1:  # 1: FLOAT
-            raise OnnxImportError(f"the graph's input {value.name!r} is not float32 images")
+            raise OnnxImportError(f"the graph's input {value.name!r} is not float32 images (export the network in "
+                                  "float32)")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         shown = "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
         if dims[1:] == [1, 28, 28]:
@@ -263,8 +266,8 @@ class _Chain:
         if not users:
             raise OnnxImportError(f"the tensor {x!r} leads nowhere: the chain does not reach the graph's output")
         if len(users) > 1:
-            raise OnnxImportError(f"{self._name(users[1])}: uses {x!r}, which {self._name(users[0])} uses too: "
-                                  "a branch (npconv imports a chain of layers)")
+            raise OnnxImportError(f"{self._name(users[0])} and {self._name(users[1])} both use {x!r}: a branch "
+                                  "(npconv imports a chain of layers)")
         return users[0]
 
     def _take(self, k, x):
@@ -356,6 +359,20 @@ class _Chain:
                                   "whole window, count_include_pad = 1)")
         self._append_layer({"type": "avgpool2d", "kernel_size": a.get("kernel_shape"),
                             "stride": a.get("strides", [1, 1]), "padding": pads}, {}, where)
+
+    def _globalmaxpool(self, where, node, a):
+        self._global_pool(where, "maxpool2d")
+
+    def _globalaveragepool(self, where, node, a):
+        self._global_pool(where, "avgpool2d")
+
+    def _global_pool(self, where, kind):
+        """A pool over the whole image (PyTorch's ``AdaptiveAvgPool2d(1)``): a window the size of the image."""
+        shape = self._shape()
+        if len(shape) != 3:
+            raise OnnxImportError(f"{where}: needs images (N, C, H, W), gets {_describe(shape)}")
+        size = list(shape[1:])
+        self._append_layer({"type": kind, "kernel_size": size, "stride": size}, {}, where)
 
     def _pool_checks(self, where, a):
         if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):

@@ -132,15 +132,15 @@ def bad_inputs(tmp_path_factory):
     (folder / "text.onnx").write_text("this is not a model\n")
     (folder / "truncated.onnx").write_bytes(good[: len(good) // 2])
     w = np.zeros((784, 10), np.float32)
-    flat = helper.make_node("Flatten", ["x"], ["f"], name="flat")
-    hand_written(onnx, folder / "softmax.onnx", [flat, helper.make_node("MatMul", ["f", "w"], ["m"], name="fc"),
-                                                 helper.make_node("Softmax", ["m"], ["y"], name="probs")], initializers={"w": w})
+    node = helper.make_node
+    flat = node("Flatten", ["x"], ["f"], name="flat")
+    hand_written(onnx, folder / "softmax.onnx", [flat, node("MatMul", ["f", "w"], ["m"], name="fc"),
+                                                 node("Softmax", ["m"], ["y"], name="probs")], initializers={"w": w})
     hand_written(onnx, folder / "branch.onnx", [
-        flat, helper.make_node("Relu", ["f"], ["a"], name="left"), helper.make_node("Sigmoid", ["f"], ["b"], name="right"),
-        helper.make_node("Add", ["a", "b"], ["s"], name="join"), helper.make_node("MatMul", ["s", "w"], ["y"], name="fc")],
+        flat, node("Relu", ["f"], ["a"], name="left"), node("Sigmoid", ["f"], ["b"], name="right"),
+        node("Add", ["a", "b"], ["s"], name="join"), node("MatMul", ["s", "w"], ["y"], name="fc")],
         initializers={"w": w})
-    hand_written(onnx, folder / "colour.onnx", [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
-                                                helper.make_node("MatMul", ["f", "w"], ["y"], name="fc")],
+    hand_written(onnx, folder / "colour.onnx", [flat, node("MatMul", ["f", "w"], ["y"], name="fc")],
                  input_shape=("N", 3, 32, 32), initializers={"w": np.zeros((3072, 10), np.float32)})
     damaged = bytearray((folder / "good.npz").read_bytes())
     damaged[len(damaged) // 2:] = b"\0" * (len(damaged) - len(damaged) // 2)
@@ -152,14 +152,18 @@ def bad_inputs(tmp_path_factory):
     out.mkdir()
     npz, onnx_out = str(out / "m.npz"), str(out / "m.onnx")
     return out, {
-        "not ONNX": (["import", folder / "text.onnx", "--out", npz], "not an ONNX"),
-        "truncated": (["import", folder / "truncated.onnx", "--out", npz], "truncated.onnx: "),
+        "not ONNX": (["import", folder / "text.onnx", "--out", npz], "text.onnx: not an ONNX file"),
+        "truncated": (["import", folder / "truncated.onnx", "--out", npz],
+                      "truncated.onnx: not an ONNX file, or a damaged or truncated one"),
         "missing": (["import", folder / "nope.onnx", "--out", npz], "no such file"),
-        "unsupported op": (["import", folder / "softmax.onnx", "--out", npz], "node 'probs' (Softmax): npconv has no layer"),
+        "unsupported op": (["import", folder / "softmax.onnx", "--out", npz],
+                           "node 'probs' (Softmax): npconv has no layer"),
         "branch": (["import", folder / "branch.onnx", "--out", npz], "a branch"),
-        "not an image batch": (["import", folder / "colour.onnx", "--out", npz], "(N, 3, 32, 32), not an image batch"),
+        "not an image batch": (["import", folder / "colour.onnx", "--out", npz],
+                               "(N, 3, 32, 32), not an image batch"),
         "mean given twice": (["import", folder / "good.onnx", "--out", npz, "--mean", "0.5"], "leave out --mean"),
-        "damaged model.npz": (["export", folder / "damaged.npz", "--out", onnx_out], "damaged.npz: "),
+        "damaged model.npz": (["export", folder / "damaged.npz", "--out", onnx_out],
+                              "damaged or not an npz model file"),
         "run without a model": (["export", run, "--out", onnx_out], "has no model.npz"),
         "no such folder": (["export", folder / "good.npz", "--out", folder / "nowhere" / "m.onnx"], "does not exist"),
     }

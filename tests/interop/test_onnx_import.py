@@ -151,7 +151,7 @@ def test_what_npconv_cannot_follow_is_refused_naming_the_node(onnx, tmp_path):
         "node 'soft' (Softmax): npconv has no layer": [
             flatten, helper.make_node("MatMul", ["f", "w"], ["m"], name="mm"),
             helper.make_node("Softmax", ["m"], ["y"], name="soft")],
-        "node 'second' (Relu): uses 'f', which node 'first' (Relu) uses too: a branch": [
+        "node 'first' (Relu) and node 'second' (Relu) both use 'f': a branch": [
             flatten, helper.make_node("Relu", ["f"], ["r1"], name="first"),
             helper.make_node("Relu", ["f"], ["r2"], name="second"),
             helper.make_node("Add", ["r1", "r2"], ["s"], name="sum"),
@@ -170,3 +170,36 @@ def test_what_npconv_cannot_follow_is_refused_naming_the_node(onnx, tmp_path):
                           {"w2": np.zeros((10, 784), np.float32)}), str(tmp_path / "bad.onnx"))
     with pytest.raises(OnnxImportError, match=r"node 'fc' \(Gemm\): .*needs flat input"):
         import_onnx(tmp_path / "bad.onnx", tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("pool, op, layer", [("AdaptiveAvgPool2d", "GlobalAveragePool", "avgpool2d"),
+                                             ("AdaptiveMaxPool2d", "MaxPool", "maxpool2d")])
+def test_global_pooling_imports_as_a_window_the_size_of_the_image(pool, op, layer, torch, onnx, tmp_path,
+                                                                  test_images):
+    torch.manual_seed(2)
+    tnn = torch.nn
+    net = tnn.Sequential(tnn.Conv2d(1, 6, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2), getattr(tnn, pool)(1),
+                         tnn.Flatten(), tnn.Linear(6, 10)).eval()
+    path = torch_export(torch, net, tmp_path / "gap.onnx")
+    assert op in {n.op_type for n in onnx.load(str(path)).graph.node}
+    import_onnx(path, tmp_path / "gap.npz", mean=MEAN, std=STD)
+    got, config = npconv_logits(tmp_path / "gap.npz", test_images)
+    assert config["model_layers"][3] == {"type": layer, "kernel_size": 14, "stride": 14,
+                                         **({"padding": 0} if layer == "avgpool2d" else {})}
+    expected = torch_logits(torch, net, test_images)
+    assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
+
+
+def test_a_hand_written_global_max_pool_imports(onnx, ort, tmp_path, test_images):
+    from onnx import helper
+
+    w = np.random.default_rng(3).standard_normal((10, 1)).astype(np.float32)
+    nodes = [helper.make_node("GlobalMaxPool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)]
+    proto = graph_model(onnx, nodes, {"w": w})
+    onnx.save(proto, str(tmp_path / "gmp.onnx"))
+    import_onnx(tmp_path / "gmp.onnx", tmp_path / "gmp.npz")
+    got, config = npconv_logits(tmp_path / "gmp.npz", test_images)
+    assert config["model_layers"][0] == {"type": "maxpool2d", "kernel_size": 28, "stride": 28}
+    expected = session(ort, tmp_path / "gmp.onnx").run(None, {"x": pixels(test_images)})[0]
+    assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
