@@ -98,7 +98,7 @@ def onnx_model(model, config):
     if std is not None:
         x = graph.node("Div", [x, graph.constant("normalize_std", np.float32(std))], "normalize")
     for index, layer in enumerate(model):
-        write = _WRITERS.get(type(layer))
+        write = next((w for kind, w in _WRITERS.items() if isinstance(layer, kind)), None)
         if write is None:
             raise NpconvError(f"layer {index} ({type(layer).__name__}) has no ONNX form in npconv's export")
         x = write(graph, str(index), layer, x)
@@ -160,8 +160,13 @@ def _parameter(graph, prefix, name, value):
     return graph.constant(f"{prefix}.{name}", np.asarray(value))
 
 
+def _pair(value):
+    """A size as (along H, along W): npconv's layers keep pairs, an int means the same along both."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def _conv(graph, prefix, layer, x):
-    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    (kh, kw), (sh, sw), (ph, pw) = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding)
     inputs = [x, _parameter(graph, prefix, "weight", layer.weight.data),
               _parameter(graph, prefix, "bias", layer.bias.data)]
     return graph.node("Conv", inputs, prefix, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
@@ -174,19 +179,21 @@ def _linear(graph, prefix, layer, x):
 
 
 def _max_pool(graph, prefix, layer, x):
-    return graph.node("MaxPool", [x], prefix, kernel_shape=list(layer.kernel_size), strides=list(layer.stride))
+    return graph.node("MaxPool", [x], prefix, kernel_shape=list(_pair(layer.kernel_size)),
+                      strides=list(_pair(layer.stride)))
 
 
 def _avg_pool(graph, prefix, layer, x):
-    (ph, pw) = layer.padding
-    return graph.node("AveragePool", [x], prefix, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                      pads=[ph, pw, ph, pw], count_include_pad=1)
+    ph, pw = _pair(layer.padding)
+    return graph.node("AveragePool", [x], prefix, kernel_shape=list(_pair(layer.kernel_size)),
+                      strides=list(_pair(layer.stride)), pads=[ph, pw, ph, pw], count_include_pad=1)
 
 
 def _batch_norm(graph, prefix, layer, x):
-    c = layer.num_features
-    scale = layer.weight.data if layer.affine else np.ones(c)
-    shift = layer.bias.data if layer.affine else np.zeros(c)
+    c = layer.running_mean.data.shape[0]
+    affine = getattr(layer, "weight", None) is not None  # without learnable gamma and beta: 1 and 0
+    scale = layer.weight.data if affine else np.ones(c)
+    shift = layer.bias.data if affine else np.zeros(c)
     inputs = [x, _parameter(graph, prefix, "weight", scale), _parameter(graph, prefix, "bias", shift),
               _parameter(graph, prefix, "running_mean", layer.running_mean.data),
               _parameter(graph, prefix, "running_var", layer.running_var.data)]

@@ -42,7 +42,7 @@ from ..data import DATASETS
 from ..errors import NpconvError
 from ..io.npz import one_line
 from ..models import ModelSpecError, build_model, check_layers
-from ..train.modelfile import save_model
+from ..train.modelfile import MAX_CLASSES, save_model
 from . import INPUT_NAME, require_onnx
 from .export import check_out_file
 
@@ -54,6 +54,8 @@ SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "MaxPool",
                  "GlobalAveragePool", "BatchNormalization", "Flatten", "Reshape", "Identity", "Dropout", "Sub", "Div")
 # Nodes that only compute a shape, for a Reshape: evaluated on the known shape, never on data.
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast")
+# Most nodes a Reshape's shape may go through (PyTorch's x.view(x.size(0), -1) writes four).
+_MAX_SHAPE_DEPTH = 16
 
 
 class OnnxImportError(NpconvError):
@@ -83,11 +85,15 @@ def import_onnx(path, out, mean=None, std=None):
     metadata = {p.key: p.value for p in proto.metadata_props}
     if chain.mean is not None or chain.std is not None:
         if mean is not None or std is not None:
-            raise OnnxImportError(f"{path}: the graph normalizes its input itself (mean {chain.mean}, std "
-                                  f"{chain.std}); leave out --mean and --std")
+            shown = ", ".join(f"{k} {_short(v)}" for k, v in (("mean", chain.mean), ("std", chain.std)) if v is not None)
+            raise OnnxImportError(f"{path}: the graph normalizes its input itself ({shown}); leave out --mean and "
+                                  "--std")
         mean, std = (_from_graph(value, metadata.get(key)) for value, key in
                      ((chain.mean, "normalize_mean"), (chain.std, "normalize_std")))
     num_classes = chain.shape[0]
+    if num_classes > MAX_CLASSES:
+        raise OnnxImportError(f"{path}: the graph gives {num_classes} values per image, more than the "
+                              f"{MAX_CLASSES} classes a model may have")
     classes, dataset, more = _classes_and_dataset(metadata, num_classes)
     notes += more
     stem = os.path.splitext(os.path.basename(path))[0] or "imported"
@@ -146,7 +152,7 @@ def _from_graph(value, exact):
         return None
     try:
         recorded = json.loads(exact) if exact is not None else None
-    except ValueError:
+    except (ValueError, RecursionError):
         recorded = None
     if isinstance(recorded, (int, float)) and np.float32(recorded) == np.float32(value):
         return float(recorded)
@@ -164,7 +170,7 @@ def _classes_and_dataset(metadata, num_classes):
     classes = None
     try:
         recorded = json.loads(metadata["classes"]) if "classes" in metadata else None
-    except ValueError:
+    except (ValueError, RecursionError):
         recorded = None
     if isinstance(recorded, list) and len(recorded) == num_classes and all(isinstance(c, str) for c in recorded):
         classes = recorded
@@ -488,7 +494,7 @@ class _Chain:
         """The per-image shape after the layers so far: (C, H, W) or (features,)."""
         return (1, 28, 28) if not self.layers else check_layers(self.layers).output_shape
 
-    def _shape_value(self, where, name, shape, data):
+    def _shape_value(self, where, name, shape, data, depth=0):
         """The integers a Reshape's shape input holds: stored, or computed from ``Shape`` of the data, whose
         batch size is ``"N"`` (the nodes are read, never run: only these few ops on a known shape)."""
         if name in self.constants:
@@ -499,6 +505,8 @@ class _Chain:
         k = self.producer.get(name)
         if k is None:
             raise OnnxImportError(f"{where}: its shape {name!r} comes from nowhere")
+        if depth > _MAX_SHAPE_DEPTH:
+            raise OnnxImportError(f"{where}: its shape is computed by more than {_MAX_SHAPE_DEPTH} nodes")
         node, a = self.graph.node[k], _attributes(self.graph.node[k])
         inner = self._name(k)
         if node.op_type not in _SHAPE_OPS or len(self.consumers.get(name, [])) != 1:
@@ -512,8 +520,8 @@ class _Chain:
                 raise OnnxImportError(f"{inner}: a part of the shape")
             return ["N", *shape]
         if node.op_type == "Concat":
-            return [v for part in node.input for v in self._shape_value(inner, part, shape, data)]
-        value = self._shape_value(inner, node.input[0], shape, data)
+            return [v for part in node.input for v in self._shape_value(inner, part, shape, data, depth + 1)]
+        value = self._shape_value(inner, node.input[0], shape, data, depth + 1)
         if node.op_type == "Cast":
             return value
         if node.op_type == "Gather":

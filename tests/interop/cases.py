@@ -56,8 +56,9 @@ def with_statistics(model, rng):
             c = layer.num_features
             layer.running_mean.data[...] = rng.uniform(-0.5, 0.5, c)
             layer.running_var.data[...] = rng.uniform(0.5, 2.0, c)
-            layer.weight.data[...] = rng.uniform(0.5, 1.5, c)
-            layer.bias.data[...] = rng.uniform(-0.2, 0.2, c)
+            if getattr(layer, "weight", None) is not None:  # affine: learnable gamma and beta
+                layer.weight.data[...] = rng.uniform(0.5, 1.5, c)
+                layer.bias.data[...] = rng.uniform(-0.2, 0.2, c)
             layer.num_batches_tracked.data[...] = 7
     last = model[len(model) - 1]
     last.weight.data[...] = 0.1 * rng.standard_normal(last.weight.data.shape)

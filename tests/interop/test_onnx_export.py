@@ -124,3 +124,21 @@ def test_a_float64_model_is_written_in_float32_with_a_note(tmp_path, onnx, ort, 
     expected = npconv_logits(model, config, test_images)
     got = session(ort, tmp_path / "model.onnx").run(None, {"pixels": pixels(test_images)})[0]
     assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
+
+
+def test_batch_norm_without_gamma_and_beta_exports_and_comes_back_with_ones_and_zeros(tmp_path, onnx, ort,
+                                                                                       test_images):
+    layers = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm2d", "affine": False},
+              {"type": "relu"}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]
+    model, config = model_and_config(write_model_file(tmp_path / "plain-bn.toml", layers))
+    save_model(tmp_path / "model.npz", model, config)
+    export_onnx(tmp_path / "model.npz", tmp_path / "model.onnx")
+    expected = npconv_logits(model, config, test_images)
+    got = session(ort, tmp_path / "model.onnx").run(None, {"pixels": pixels(test_images)})[0]
+    assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
+    import_onnx(tmp_path / "model.onnx", tmp_path / "back.npz")
+    back, back_config = load_model(tmp_path / "back.npz")
+    assert back_config["model_layers"][1]["affine"] is True
+    assert np.array_equal(back[1].weight.data, np.ones(4)) and np.array_equal(back[1].bias.data, np.zeros(4))
+    np.testing.assert_array_equal(npconv_logits(back.eval(), back_config, test_images[:50]),
+                                  npconv_logits(model, config, test_images[:50]))
