@@ -29,9 +29,12 @@ def add_commands(sub):
 
     i = sub.add_parser(
         "import", help="turn an ONNX chain of layers (e.g. from torch.onnx.export) into an npconv model file",
-        description="Turn an ONNX graph made of layers npconv has (Conv, Gemm or MatMul, Relu, Sigmoid, Tanh, "
-                    "MaxPool, AveragePool, BatchNormalization, Flatten or Reshape, Dropout) in one chain into a "
-                    "model.npz for evaluate, predict and serve. Needs the onnx extra: pip install \"npconv[onnx]\".")
+        description="Turn an ONNX graph made of layers npconv has, in one chain (as torch.onnx.export writes a "
+                    "torch.nn.Sequential), into a model.npz for evaluate, predict and serve. It imports Conv, Gemm, "
+                    "MatMul (+ Add), Relu, Sigmoid, Tanh, MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool, "
+                    "BatchNormalization, Flatten, a Reshape that flattens, Identity, Dropout, and a Sub and Div "
+                    "first (the input normalization); see docs/onnx.md. Needs the onnx extra: "
+                    'pip install "npconv[onnx]".')
     i.add_argument("onnx_file", metavar="FILE.onnx")
     i.add_argument("--out", required=True, metavar="FILE.npz", help="the model file to write")
     i.add_argument("--mean", type=_number, metavar="M",

@@ -181,7 +181,7 @@ def _classes_and_dataset(metadata, num_classes):
         classes = list(DATASETS[dataset].classes)
     if dataset is None:
         dataset = "mnist"
-        notes.append("the file does not name its dataset: taken as MNIST (evaluate --dataset chooses another)")
+        notes.append("the file does not name its dataset: taken as MNIST (evaluate --dataset: another)")
     if classes is None:
         classes = [str(i) for i in range(num_classes)]
         if num_classes == 10:
@@ -282,8 +282,8 @@ class _Chain:
         self.visited.add(k)
         where = self._name(k)
         if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
-            raise OnnxImportError(f"{where}: npconv has no layer for this operation (it imports "
-                                  f"{', '.join(SUPPORTED_OPS)})")
+            raise OnnxImportError(f"{where}: npconv has no layer for this operation (npconv import --help lists "
+                                  "those it imports)")
         if not node.input or node.input[0] != x:
             raise OnnxImportError(f"{where}: takes {x!r} as another input than its first")
         outputs = [name for name in node.output if name]

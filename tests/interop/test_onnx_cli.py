@@ -215,3 +215,13 @@ def test_without_onnx_the_error_names_the_extra(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert 'pip install "npconv[onnx]"' in done.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_help_and_the_docs_name_every_operation_the_import_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "onnx.md"), encoding="utf-8").read()
+    for op in importer.SUPPORTED_OPS:
+        assert f"`{op}`" in docs, f"docs/onnx.md does not list {op}"
+        assert op in help_text, f"npconv import --help does not name {op}"
