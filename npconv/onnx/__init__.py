@@ -15,7 +15,7 @@ import importlib
 
 from ..errors import NpconvError
 
-#: The ONNX operator set npconv writes (ONNX Runtime has run it since 1.12), and the IR version that goes with it.
+#: The ONNX operator set npconv writes (one every current ONNX Runtime runs), and the IR version that goes with it.
 OPSET = 17
 IR_VERSION = 8
 #: Names of the exported graph's input and output.

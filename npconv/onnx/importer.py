@@ -85,7 +85,8 @@ def import_onnx(path, out, mean=None, std=None):
     metadata = {p.key: p.value for p in proto.metadata_props}
     if chain.mean is not None or chain.std is not None:
         if mean is not None or std is not None:
-            shown = ", ".join(f"{k} {_short(v)}" for k, v in (("mean", chain.mean), ("std", chain.std)) if v is not None)
+            given = (("mean", chain.mean), ("std", chain.std))
+            shown = ", ".join(f"{name} {_short(value)}" for name, value in given if value is not None)
             raise OnnxImportError(f"{path}: the graph normalizes its input itself ({shown}); leave out --mean and "
                                   "--std")
         mean, std = (_from_graph(value, metadata.get(key)) for value, key in

@@ -83,6 +83,10 @@ def test_npconv_serve_serves_an_imported_pytorch_model(pytorch_trained, mnist):
         runs = client.json("/api/runs")["runs"]
         (run,) = [r for r in runs if r["name"].endswith("digits.npz")]
         assert run["kind"] == "model" and run["has_model"] and run["status"] == "completed"
+        detail = client.json(f"/api/runs/{run['id']}")  # the Model view: PyTorch's layers, npconv's names
+        assert [layer["type"] for layer in detail["architecture"]] == [
+            "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+        assert np.array(detail["filters"]["weights"]).shape == (8, 1, 3, 3)  # PyTorch's conv, its batch norm folded in
         for i in range(3):
             image = on_paper(mnist.test_images[i])
             status, _, body = client.predict(image, f"?run={run['id']}")
