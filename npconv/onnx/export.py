@@ -89,8 +89,7 @@ def onnx_model(model, config):
     graph = _Graph()
     notes = []
     if np.dtype(config["dtype"]) != np.float32:
-        notes.append(f"the model computes in {config['dtype']}; the ONNX graph holds its weights in float32 "
-                     "(ONNX Runtime has no float64 convolution)")
+        notes.append(f"the model is {config['dtype']}: its graph is float32 (ONNX Runtime has no float64 conv)")
     x = INPUT_NAME
     mean, std = config.get("normalize_mean"), config.get("normalize_std")
     if mean is not None:  # the same steps as npconv.data.to_float: (pixels - mean) / std

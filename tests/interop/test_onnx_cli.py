@@ -13,6 +13,7 @@ from PIL import Image
 from npconv.cli import main
 from npconv.data.images import preprocess
 from npconv.onnx import importer
+from npconv.text import WIDTH
 from npconv.train.modelfile import save_model
 
 from serve.webclient import on_paper, start_server, stop_server
@@ -47,6 +48,7 @@ def pytorch_trained(tmp_path_factory, mnist, torch):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"wrote {npz}"
     assert "npconv: note: the file does not name its classes: taken as the digits 0-9" in done.stderr
+    assert all(len(line) <= WIDTH for line in done.stderr.splitlines()), done.stderr
     return net, onnx_file, npz
 
 
