@@ -140,6 +140,10 @@ def read_onnx(path):
         raise OnnxImportError(f"{path}: not an ONNX file, or a damaged or truncated one") from None
     if not proto.HasField("graph") or not proto.graph.node or not proto.opset_import:
         raise OnnxImportError(f"{path}: not an ONNX file, or a damaged or truncated one (no graph in it)")
+    stored = [*proto.graph.initializer, *(a.t for node in proto.graph.node for a in node.attribute if a.HasField("t"))]
+    outside = next((t.name for t in stored if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data), None)
+    if outside is not None:  # checked before the checker, which would look for the other file
+        raise OnnxImportError(f"{path}: the tensor {outside!r} is stored in another file; npconv reads one file only")
     try:
         onnx.checker.check_model(proto)
     except Exception as e:  # noqa: BLE001 - the checker reports a malformed graph in several exception types
@@ -412,10 +416,8 @@ class _Chain:
         shape = self._shape()
         size = math.prod(shape)
         target = self._shape_value(where, node.input[1] if len(node.input) > 1 else "", shape, node.input[0])
-        if a.get("allowzero", 0) or len(target) != 2:
-            raise OnnxImportError(f"{where}: reshapes to {target}; npconv follows only a flatten to (N, features)")
-        first, second = target
-        flat = (first in ("N", 0) and second in (-1, size)) or (first == -1 and second == size)
+        flat = len(target) == 2 and not a.get("allowzero", 0) and (
+            (target[0] in ("N", 0) and target[1] in (-1, size)) or (target[0] == -1 and target[1] == size))
         if not flat:
             raise OnnxImportError(f"{where}: reshapes {_describe(shape)} to {target}; npconv follows only a flatten "
                                   "to (N, features)")

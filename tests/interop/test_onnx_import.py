@@ -203,3 +203,41 @@ def test_a_hand_written_global_max_pool_imports(onnx, ort, tmp_path, test_images
     assert config["model_layers"][0] == {"type": "maxpool2d", "kernel_size": 28, "stride": 28}
     expected = session(ort, tmp_path / "gmp.onnx").run(None, {"x": pixels(test_images)})[0]
     assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
+
+
+def test_tensors_stored_in_another_file_are_refused(onnx, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    (tmp_path / "weights.bin").write_bytes(np.zeros((10, 784), np.float32).tobytes())
+    w = numpy_helper.from_array(np.zeros((10, 784), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+    proto = graph_model(onnx, [helper.make_node("Flatten", ["x"], ["f"]),
+                               helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)], {})
+    proto.graph.initializer.append(w)
+    (tmp_path / "outside.onnx").write_bytes(proto.SerializeToString())
+    with pytest.raises(OnnxImportError, match="'w' is stored in another file; npconv reads one file only"):
+        import_onnx(tmp_path / "outside.onnx", tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_reshape_that_does_not_flatten_and_a_computed_weight_are_refused(onnx, tmp_path):
+    from onnx import helper
+
+    w = np.zeros((784, 10), np.float32)
+    cases = {
+        r"node 'r' \(Reshape\): reshapes 1x28x28 images to \[-1, 28, 28\]": [
+            helper.make_node("Reshape", ["x", "shape"], ["r"], name="r"),
+            helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        r"node 'fc' \(MatMul\): its weight 'w2' is computed in the graph, not stored": [
+            helper.make_node("Relu", ["w"], ["w2"], name="computed"), helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("MatMul", ["f", "w2"], ["y"], name="fc")],
+    }
+    for message, nodes in cases.items():
+        onnx.save(graph_model(onnx, nodes, {"w": w, "shape": np.array([-1, 28, 28], np.int64)}),
+                  str(tmp_path / "bad.onnx"))
+        with pytest.raises(OnnxImportError, match=message):
+            import_onnx(tmp_path / "bad.onnx", tmp_path / "bad.npz")
+        assert not (tmp_path / "bad.npz").exists()
