@@ -13,6 +13,7 @@ package, in dependency order (each imports only what is above it in this list):
 * :mod:`npconv.train` -- one run: settings, the loop, threads, health, checkpoints, model files, the run folder;
 * :mod:`npconv.inference` -- using a trained model: classify images, evaluate a model file;
 * :mod:`npconv.experiments` -- sweeps, studies and their reports, comparisons;
+* :mod:`npconv.onnx` -- models to and from ONNX (the ``onnx`` package, an optional extra, loaded on use);
 * :mod:`npconv.cli`, :mod:`npconv.serve` -- the ``npconv`` command, and its local web page.
 
 The names below are the ones a user needs first; they are imported on first

@@ -15,7 +15,7 @@ LEVELS = {
     "npconv.models": 2,
     "npconv.train": 3,
     "npconv.inference": 4,
-    "npconv.experiments": 5,
+    "npconv.experiments": 5, "npconv.onnx": 5,
     "npconv.cli": 6, "npconv.__main__": 6, "npconv.serve": 6,
 }
 

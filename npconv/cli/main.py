@@ -1,4 +1,5 @@
-"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``, ``sweep``, ``study``, ``compare``, ``serve``.
+"""The ``npconv`` command: ``train``, ``evaluate``, ``predict``, ``sweep``, ``study``, ``compare``, ``serve``,
+``export``, ``import``.
 
 Exit statuses: 0 success; 1 a run of a sweep or study failed (the others went
 on); 2 a user error (bad option, missing or malformed file, busy run folder)
@@ -15,7 +16,7 @@ from .. import __version__
 from ..errors import NpconvError
 from ..train.interrupt import Interrupted, stop_on_signals
 from ..train.loop import TrainingDiverged
-from . import experiments, serve, train
+from . import experiments, interop, serve, train
 from .options import EXIT_USAGE, error_message
 
 EXIT_DIVERGED = 3
@@ -36,10 +37,11 @@ def build_parser():
     train.add_commands(sub)
     experiments.add_commands(sub)
     serve.add_commands(sub)
+    interop.add_commands(sub)
     return parser
 
 
-COMMANDS = {**train.COMMANDS, **experiments.COMMANDS, **serve.COMMANDS}
+COMMANDS = {**train.COMMANDS, **experiments.COMMANDS, **serve.COMMANDS, **interop.COMMANDS}
 
 
 def main(argv=None):
