@@ -99,7 +99,7 @@ def import_onnx(path, out, mean=None, std=None):
     notes += more
     stem = os.path.splitext(os.path.basename(path))[0] or "imported"
     config = {
-        # A model described by its layers is named like a model file (model.npz requires it): the name says
+        # A model described by its layers is named like an architecture file (model.npz requires it): the name says
         # where it came from; its layers are recorded, so no .toml file is ever read.
         "model": f"{stem}.toml", "dropout": 0.0, "dropout_at": "before-fc", "dtype": "float32",
         "model_layers": chain.layers, "num_classes": num_classes, "classes": classes, "dataset": dataset,
@@ -199,7 +199,7 @@ def _classes_and_dataset(metadata, num_classes):
 class _Chain:
     """Follow an ONNX graph from its input to its output, one node at a time, turning nodes into layers.
 
-    After :meth:`follow`: ``layers`` (model-file layers, normalized), ``state`` (their arrays under
+    After :meth:`follow`: ``layers`` (architecture-file layers, normalized), ``state`` (their arrays under
     ``state_dict`` names), ``shape`` (the output's per-image shape), ``mean``/``std`` (a normalization the
     graph does first, or None) and ``notes``.
     """

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from npconv.models import build_model, is_model_file, model_layers
+from npconv.models import build_model, is_architecture_file, model_layers
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: MNIST's pixel statistics, the normalization the tests' models are given.
@@ -90,7 +90,7 @@ def model_and_config(name, layers=None, dtype="float32", mean=MEAN, std=STD, see
     model = with_statistics(build_model(name, layers=layers, rng=np.random.default_rng(seed), dtype=dtype),
                             np.random.default_rng(seed + 1))
     config = {"model": name, "dropout": 0.0, "dropout_at": "before-fc", "dtype": dtype,
-              "model_layers": model_layers(name, layers, 10) if is_model_file(name) else None, "num_classes": 10,
+              "model_layers": model_layers(name, layers, 10) if is_architecture_file(name) else None, "num_classes": 10,
               "classes": [str(i) for i in range(10)], "dataset": "mnist", "dataset_sha256": None,
               "normalize_mean": mean, "normalize_std": std}
     return model.eval(), config

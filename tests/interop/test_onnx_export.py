@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_model_file
+from conftest import write_architecture_file
 
 from npconv import __version__, nn
 from npconv.inference import model_input
@@ -23,7 +23,7 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def every_layer_file(tmp_path_factory):
     """A TOML model file that uses every layer type."""
-    return write_model_file(tmp_path_factory.mktemp("model-file") / "every-layer.toml", EVERY_LAYER)
+    return write_architecture_file(tmp_path_factory.mktemp("model-file") / "every-layer.toml", EVERY_LAYER)
 
 
 @pytest.fixture(params=["cnn", "mlp", "lenet5", "cnn-bn", "every-layer.toml"])
@@ -130,7 +130,7 @@ def test_batch_norm_without_gamma_and_beta_exports_and_comes_back_with_ones_and_
                                                                                        test_images):
     layers = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm2d", "affine": False},
               {"type": "relu"}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]
-    model, config = model_and_config(write_model_file(tmp_path / "plain-bn.toml", layers))
+    model, config = model_and_config(write_architecture_file(tmp_path / "plain-bn.toml", layers))
     save_model(tmp_path / "model.npz", model, config)
     export_onnx(tmp_path / "model.npz", tmp_path / "model.onnx")
     expected = npconv_logits(model, config, test_images)
