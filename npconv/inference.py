@@ -24,11 +24,11 @@ from . import backend as B
 from . import data, nn
 from .data import to_float
 from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
+from .engine import compile as compile_model
 from .errors import NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
 from .train.modelfile import load_model
-from .train.parallel import DataParallel
 
 #: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
 #: choice less than even odds, so it is more likely wrong than right about it.
@@ -97,16 +97,18 @@ class Classifier:
         A ``model.npz`` written by ``npconv train`` (or :func:`npconv.save_model`).
     device : ``"cpu"`` (default) or ``"cuda"``
         Where the model computes (:mod:`npconv.backend`); results come back as host arrays.
+    engine : ``"fast"`` (default) or ``"reference"``
+        What computes it (:func:`npconv.engine.compile`): the engine, or the textbook layers alone.
 
     Raises :class:`~npconv.errors.ModelFileError` for a file that is not a usable model.
     """
 
-    def __init__(self, model_file, device="cpu"):
+    def __init__(self, model_file, device="cpu", engine="fast"):
         self.model_file = os.fspath(model_file)
         self.device = device
         with B.on_device(device):
             model, self.config = load_model(self.model_file)
-        self.model = DataParallel(model.eval())
+        self.model = compile_model(model.eval(), engine)
         self.classes = class_names(self.config)
 
     def inputs(self, images):
@@ -152,15 +154,15 @@ class Classifier:
         return self.predictions(np.stack(arrays) if arrays else np.zeros((0, SIZE, SIZE), np.uint8), names)
 
 
-def classify(model_file, images):
+def classify(model_file, images, engine="fast"):
     """Classify images with a model file, in one call: a :class:`Prediction` per image, in order.
 
     ``images`` are paths or the files' bytes (PNG, JPEG, ...: whatever Pillow
     reads); each is preprocessed as MNIST's digits were made
     (:mod:`npconv.data.images`). ``model_file`` is a ``model.npz``. To classify
-    many batches with one model, load it once with :class:`Classifier`.
+    many batches with one model, load it once with :class:`Classifier`. ``engine``: as :class:`Classifier`'s.
     """
-    return Classifier(model_file).classify(images)
+    return Classifier(model_file, engine=engine).classify(images)
 
 
 def image_files(arguments):
@@ -240,24 +242,25 @@ def data_mismatch(config, dataset):
     return None
 
 
-def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu"):
+def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu", engine="fast"):
     """Load the model file at ``path`` and evaluate it on a test set (default: the dataset it was trained on).
 
     The result's ``warning`` says so when the test set is not from the data
     the model was trained on (:func:`data_mismatch`). ``device`` says where the
-    model computes (``"cpu"`` or ``"cuda"``, :mod:`npconv.backend`).
+    model computes (``"cpu"`` or ``"cuda"``, :mod:`npconv.backend`), ``engine`` what computes it
+    (``"fast"`` or ``"reference"``, :func:`npconv.engine.compile`).
     """
     with B.on_device(device):
-        return _evaluate_model_file(path, dataset, data_dir, batch_size)
+        return _evaluate_model_file(path, dataset, data_dir, batch_size, engine)
 
 
-def _evaluate_model_file(path, dataset, data_dir, batch_size):
+def _evaluate_model_file(path, dataset, data_dir, batch_size, engine):
     model, config = load_model(path)
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
     if len(loaded.classes) != config["num_classes"]:
         raise NpconvError(f"{path}: the model has {config['num_classes']} classes, the data {len(loaded.classes)}")
     x = model_input(loaded.test_images, config)
-    loss, acc, predictions = evaluate(DataParallel(model), nn.SoftmaxCrossEntropyLoss(), B.to_device(x),
+    loss, acc, predictions = evaluate(compile_model(model, engine), nn.SoftmaxCrossEntropyLoss(), B.to_device(x),
                                       B.to_device(loaded.test_labels), batch_size)
     return Evaluation(loaded.name, loss, acc, predictions, loaded.test_labels, config["num_classes"],
                       data_mismatch(config, loaded))

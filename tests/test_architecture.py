@@ -12,7 +12,7 @@ PACKAGE = os.path.dirname(npconv.__file__)
 LEVELS = {
     "npconv.backend": 0, "npconv.errors": 0, "npconv.text": 0,
     "npconv.nn": 1, "npconv.optim": 1, "npconv.data": 1, "npconv.io": 1,
-    "npconv.models": 2,
+    "npconv.models": 2, "npconv.engine": 2,  # the engine runs nn layers fast; nn knows nothing of it
     "npconv.train": 3,
     "npconv.inference": 4,
     "npconv.experiments": 5,
@@ -90,6 +90,15 @@ def test_every_import_points_down_the_stack():
             if theirs is not None and theirs > mine:
                 upward.append(f"{name} (level {mine}) imports {dep} (level {theirs})")
     assert not upward, "imports that point up the stack:\n" + "\n".join(sorted(upward))
+
+
+def test_the_textbook_imports_nothing_of_the_engine():
+    """npconv.nn is read on its own: no module of it names the engine (the level check allows no upward import;
+    this says it for the one that matters most)."""
+    known = modules()
+    into_engine = [f"{name} imports {dep}" for name, path in known.items() if name.startswith("npconv.nn")
+                   for dep in imports(name, path, known) if dep.startswith("npconv.engine")]
+    assert not into_engine, "\n".join(into_engine)
 
 
 def test_every_module_has_a_level():

@@ -69,9 +69,9 @@ def test_a_model_trains_on_the_device_like_on_the_host(fake_gpu, rng, opt, monke
     """Three steps of the study's ConvNet with dropout: the same weights, bit for bit, and no host round trip
     inside a step but the loss's own value. (The host's blocked products for AVX-512 BLAS, which add the long
     sums in another order, are turned off: both sides then compute the same sums in the same order.)"""
-    import npconv.nn._utils
+    import npconv.engine.products
 
-    monkeypatch.setattr(npconv.nn._utils, "BLOCKED_PRODUCTS", False)
+    monkeypatch.setattr(npconv.engine.products, "BLOCKED_PRODUCTS", False)
     x = rng.standard_normal((8, 1, 28, 28))
     labels = rng.integers(0, 10, size=8)
     host, host_losses = three_steps("cpu", opt, x, labels)

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import nn
+from .. import engine, nn
 from ..inference import confusion_matrix, model_input
 from ..nn.loss import softmax
-from .network import INFERENCE_LOCK
 
-#: Test images per forward pass. Other requests (a drawing being classified) wait at most one chunk.
+#: Test images per forward pass (bounds the memory of the logits and probabilities in flight).
 CHUNK = 500
 
 
@@ -61,10 +60,11 @@ def answer_test_set(model, config, dataset):
     """Run ``model`` (``config``: from its model file or run) over the test set of ``dataset``
     (a :class:`npconv.data.Dataset`)."""
     images = dataset.test_images
+    net = engine.compile(model)  # its own chunks and caches: other requests may use the model meanwhile
     chunks = []
     for start in range(0, len(images), CHUNK):
-        with INFERENCE_LOCK, nn.no_grad():
-            logits = model(model_input(images[start : start + CHUNK], config))
+        with nn.no_grad():
+            logits = net(model_input(images[start : start + CHUNK], config))
         chunks.append(softmax(logits.astype(np.float64)).astype(np.float32))
     classes = list(config.get("classes") or dataset.classes)
     return Answers(dataset.name, classes, images, np.asarray(dataset.test_labels, dtype=np.int64),
