@@ -94,28 +94,21 @@ class LayerKernel(Kernel):
         return self.own.backward(dy) if input_grad else self.own.backward(dy, input_grad=False)
 
 
-class LinearKernel(Kernel):
-    """:class:`~npconv.nn.Linear`, ``y = x W^T + b``; ``dx`` comes back in the layout ``x`` came in.
+class LinearKernel(LayerKernel):
+    """:class:`~npconv.nn.Linear`, ``y = x W^T + b``, by the layer's own code; but ``dx`` comes back in the layout
+    ``x`` came in.
 
     When ``x`` is stored batch-last (a flattened convolution output), ``dx`` is
     computed as ``(W^T dy^T)^T`` -- the same numbers -- so that it is batch-last too
     and the kernels below need no copy.
     """
 
-    def forward(self, x):
-        x = B.xp.asarray(x, dtype=self.layer.dtype)
-        self._save(x)
-        return x @ self.weight.data.T + self.bias.data
-
     def backward(self, dy, input_grad=True):
-        (x,) = self._saved_tensors()
-        self.weight.grad += dy.T @ x
-        self.bias.grad += dy.sum(axis=0)
-        if not input_grad:
-            return None
-        if is_batch_last(x):
-            return (self.weight.data.T @ dy.T).T
-        return dy @ self.weight.data
+        (x,) = self.own._saved_tensors()
+        if not (input_grad and is_batch_last(x)):
+            return super().backward(dy, input_grad)
+        self.own.backward(dy, input_grad=False)  # the layer's dW and db
+        return (self.weight.data.T @ dy.T).T
 
 
 class FlattenKernel(Kernel):
@@ -141,12 +134,6 @@ def _zeros(shape, dtype, stored_batch_last):
 class AvgPool2dKernel(Kernel):
     """:class:`~npconv.nn.AvgPool2d`, keeping the layout of its input (and giving ``dx`` that layout)."""
 
-    def _window_entries(self, a, oh, ow):
-        (kh, kw), (sh, sw) = self.layer.kernel_size, self.layer.stride
-        for u in range(kh):
-            for v in range(kw):
-                yield a[:, :, u : u + sh * oh : sh, v : v + sw * ow : sw]
-
     def forward(self, x):
         x = B.xp.asarray(x)
         if x.dtype.kind != "f":  # integer pixels are averaged in floats
@@ -159,7 +146,7 @@ class AvgPool2dKernel(Kernel):
         if ph or pw:
             padded = _zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype, stored_batch_last)
             padded[:, :, ph : ph + h, pw : pw + w] = x
-        first, *rest = self._window_entries(padded, oh, ow)
+        first, *rest = self.layer._window_entries(padded, oh, ow)
         y = first.copy(order="K")  # "K": keep x's memory layout
         for entry in rest:
             y += entry
@@ -173,6 +160,6 @@ class AvgPool2dKernel(Kernel):
         (kh, kw), (ph, pw) = self.layer.kernel_size, self.layer.padding
         share = dy * dy.dtype.type(1 / (kh * kw))
         dx_padded = _zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype, stored_batch_last)
-        for entry in self._window_entries(dx_padded, oh, ow):
+        for entry in self.layer._window_entries(dx_padded, oh, ow):
             entry += share
         return dx_padded[:, :, ph : ph + h, pw : pw + w]
