@@ -268,7 +268,7 @@ class Workload:
 
 WORKLOADS = [
     Workload("cnn training, s/epoch", "cnn", npconv_training, torch_training, loaded=True),
-    Workload("cnn training, the Python API, s/epoch", "cnn", npconv_api_training, torch_training),
+    Workload("cnn training in the Python API example, s/epoch", "cnn", npconv_api_training, torch_training),
     Workload("mlp training, s/epoch", "mlp", npconv_training, torch_training),
     Workload("cnn inference, 10k images, s", "cnn", npconv_inference, torch_inference, per_epoch=False),
     Workload("cnn-bn training, s/epoch", "cnn-bn", npconv_training, torch_training),

@@ -87,7 +87,9 @@ class LayerKernel(Kernel):
         return twin
 
     def forward(self, x):
-        self.own.training = self.layer.training
+        for name, value in vars(self.layer).items():  # the layer's settings as they are now (mode, p, ...)
+            if name != "_saved" and not isinstance(value, nn.Parameter):
+                setattr(self.own, name, value)
         return self.own.forward(x)
 
     def backward(self, dy, input_grad=True):

@@ -212,8 +212,8 @@ def test_a_run_on_the_reference_engine_resumes_bit_identical(small_mnist, tmp_pa
 
 
 def test_an_old_config_without_engine_means_fast():
-    config = TrainConfig.from_dict({**vars(TrainConfig())} | {}, "config.json")
-    assert config.engine == "fast"
+    """A config.json written before the setting existed reads as fast; at its default it is not in the run key,
+    so the keys of runs made before it existed (by 0.2.3's sweeps) still find them."""
     old = {k: v for k, v in vars(TrainConfig()).items() if k != "engine"}
     assert TrainConfig.from_dict(old, "config.json").engine == "fast"
     assert "engine" not in TrainConfig().canonical(), "the default engine leaves run keys as they were"
@@ -223,3 +223,15 @@ def test_an_old_config_without_engine_means_fast():
 def test_an_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="engine must be one of fast, reference"):
         engine.compile(models.mlp(), "turbo")
+
+
+def test_a_layer_changed_after_compile_is_computed_as_it_is_now(rng):
+    """The engine reads the layers at every step: a Dropout's p set after compile() counts, as does eval()."""
+    model = nn.Sequential(nn.Linear(6, 6, rng=rng), nn.Dropout(0.5, rng=np.random.default_rng(0)))
+    net = engine.compile(model)
+    x = rng.standard_normal((4, 6))
+    model[1].p = 0.0
+    np.testing.assert_array_equal(net(x), model[0](x), err_msg="p = 0: the identity")
+    model[1].p = 0.5
+    assert (net(x) == 0).any(), "p = 0.5 drops some"
+    np.testing.assert_array_equal(net.eval()(x), model[0](x), err_msg="eval(): the identity")
