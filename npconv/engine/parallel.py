@@ -138,6 +138,9 @@ def one_blas_thread():
     BLAS's thread count is the process's, so the first thread to enter sets it
     to 1 and the last to leave restores it (two threads computing at once, say a
     training step and an inference, never restore it under each other's feet).
+    So while one thread is inside, a batch the engine does not cut (the mlp's,
+    run with BLAS as configured) in another thread also gets one BLAS thread:
+    the same numbers only where BLAS runs one thread anyway (``OPENBLAS_NUM_THREADS=1``).
     threadpoolctl finds the BLAS libraries once; entering and leaving then only
     set their thread counts.
     """

@@ -28,7 +28,7 @@ import statistics
 import time
 
 #: A thread count above the free cores is kept only if its steps take less than
-#: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs.
+#: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs (docs/performance.md).
 CROWDING = 1.15
 
 
