@@ -5,10 +5,13 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
 
 * ``cnn`` and ``mlp`` training: seconds per epoch -- ``--steps`` steps over the shuffled
   training set (600 = one epoch; fewer are scaled up to 600), batching included --
-  written as ``npconv train`` runs them: a model from :mod:`npconv.models` inside
-  :class:`~npconv.train.parallel.DataParallel` (fixed chunks, BLAS on one thread,
-  threads chosen by timing) and ``optim.SGD``; for PyTorch the same
-  ``torch.nn.Sequential`` and ``torch.optim.SGD``, with its default threads;
+  written as ``npconv train`` runs them: a model from :mod:`npconv.models` compiled by
+  :func:`npconv.engine.compile` (fixed chunks, BLAS on one thread, threads chosen by
+  timing) and ``optim.SGD``; for PyTorch the same ``torch.nn.Sequential`` and
+  ``torch.optim.SGD``, with its default threads;
+* ``cnn`` training written as the README's Python API example writes it (its own
+  loop over ``data.DataLoader`` with ``net = engine.compile(model)``): a user's loop
+  must train at the speed of ``npconv train``;
 * ``cnn-bn`` training (the strongest preset: conv-BN-ReLU-pool twice, a BN classifier), seconds per epoch,
   beside PyTorch running the same architecture (no shifts on either side: the same batches);
 * ``cnn`` inference on the 10,000 test images, batch 1000 (``no_grad``), best of
@@ -57,9 +60,7 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from npconv import data, models, nn, optim
-from npconv.train import parallel
-from npconv.train.parallel import DataParallel
+from npconv import data, engine, models, nn, optim
 
 BATCH = 100
 STEPS_PER_EPOCH = 600
@@ -128,7 +129,7 @@ def torch_twin(model_name):
 def npconv_training(model_name, d, steps, report):
     """Seconds for ``steps`` training steps of npconv as ``npconv train`` runs them, batching included."""
     model = models.build_model(model_name, rng=np.random.default_rng(0))
-    net = DataParallel(model)
+    net = engine.compile(model)
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loader = data.DataLoader(d.x, d.y, BATCH, shuffle=True, rng=np.random.default_rng(0))
@@ -147,6 +148,32 @@ def npconv_training(model_name, d, steps, report):
     run(steps)
     seconds = time.perf_counter() - started
     report[model_name] = net.describe()
+    return seconds
+
+
+def npconv_api_training(model_name, d, steps, report):
+    """Seconds for ``steps`` training steps written as the README's Python API example writes them."""
+    model = models.build_model(model_name, rng=np.random.default_rng(0))
+    net = engine.compile(model)
+    loss_fn, opt = nn.SoftmaxCrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
+                                                          weight_decay=5e-4)
+
+    def run(n):
+        for i, (xb, yb) in enumerate(data.DataLoader(d.x, d.y, batch_size=BATCH, shuffle=True,
+                                                     rng=np.random.default_rng(1))):
+            if i == n:
+                break
+            opt.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            net.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+        return loss
+
+    run(10)  # warm-up
+    started = time.perf_counter()
+    run(steps)
+    seconds = time.perf_counter() - started
+    report[f"{model_name}, the Python API"] = net.describe()
     return seconds
 
 
@@ -208,7 +235,7 @@ def best_pass(classify, x):
 
 def npconv_inference(model_name, d, steps, report):
     """Seconds to classify the test images in batches of 1000, best of a few passes (``steps`` is not used)."""
-    net = DataParallel(models.build_model(model_name, rng=np.random.default_rng(0))).eval()
+    net = engine.compile(models.build_model(model_name, rng=np.random.default_rng(0))).eval()
     with nn.no_grad():
         for i in range(0, 3000, 1000):  # warm-up
             net(d.x_test[i : i + 1000])
@@ -241,6 +268,7 @@ class Workload:
 
 WORKLOADS = [
     Workload("cnn training, s/epoch", "cnn", npconv_training, torch_training, loaded=True),
+    Workload("cnn training in the Python API example, s/epoch", "cnn", npconv_api_training, torch_training),
     Workload("mlp training, s/epoch", "mlp", npconv_training, torch_training),
     Workload("cnn inference, 10k images, s", "cnn", npconv_inference, torch_inference, per_epoch=False),
     Workload("cnn-bn training, s/epoch", "cnn-bn", npconv_training, torch_training),
@@ -303,12 +331,12 @@ def matmul_rate():
 def one_thread(fn):
     """``fn`` (a workload's npconv side) run with npconv on one thread; its threading report is dropped."""
     def run(model_name, d, steps, report):
-        before = parallel.get_num_threads()
-        parallel.set_num_threads(1)
+        before = engine.get_num_threads()
+        engine.set_num_threads(1)
         try:
             return fn(model_name, d, steps, {})
         finally:
-            parallel.set_num_threads(before)
+            engine.set_num_threads(before)
     return run
 
 

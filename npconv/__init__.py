@@ -10,7 +10,8 @@ package, in dependency order (each imports only what is above it in this list):
 * :mod:`npconv.data` -- the IDX reader, MNIST / Fashion-MNIST, mini-batches, image files made like MNIST's;
 * :mod:`npconv.io` -- atomic writes, folder locks, the untrusting npz reader;
 * :mod:`npconv.models` -- the presets (``cnn``, ``mlp``, ``lenet5``, ``cnn-bn``) and model files;
-* :mod:`npconv.train` -- one run: settings, the loop, threads, health, checkpoints, model files, the run folder;
+  :mod:`npconv.engine` -- runs a model of nn layers fast (kernels, chunks, threads), the same math;
+* :mod:`npconv.train` -- one run: settings, the loop, health, checkpoints, model files, the run folder;
 * :mod:`npconv.inference` -- using a trained model: classify images, evaluate a model file;
 * :mod:`npconv.experiments` -- sweeps, studies and their reports, comparisons;
 * :mod:`npconv.onnx` -- models to and from ONNX (the ``onnx`` package, an optional extra, loaded on use);

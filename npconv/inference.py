@@ -18,6 +18,7 @@ tests and the benchmarks all predict through :class:`Classifier`.
 
 import glob
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,11 @@ from . import backend as B
 from . import data, nn
 from .data import to_float
 from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
+from .engine import compile as compile_model
 from .errors import NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
 from .train.modelfile import load_model
-from .train.parallel import DataParallel
 
 #: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
 #: choice less than even odds, so it is more likely wrong than right about it.
@@ -106,38 +107,50 @@ class Classifier:
         A ``model.npz`` written by ``npconv train`` (or :func:`npconv.save_model`).
     device : ``"cpu"`` (default) or ``"cuda"``
         Where the model computes (:mod:`npconv.backend`); results come back as host arrays.
+    engine : ``"fast"`` (default) or ``"reference"``
+        What computes it (:func:`npconv.engine.compile`): the engine, or the textbook layers alone.
 
     Raises :class:`~npconv.errors.ModelFileError` for a file that is not a usable model.
 
     Attributes
     ----------
     network : the model as its layers (an ``nn.Sequential`` in evaluation mode)
-    model : the same model run in chunks on the CPU's threads (:class:`~npconv.train.parallel.DataParallel`)
+    model : the same model as the engine runs it (:func:`npconv.engine.compile`), one per thread
     config : dict -- its model file's config (dataset, classes, pixel scaling, dtype)
     classes : list of str -- the class names
     """
 
-    def __init__(self, model_file, device="cpu"):
+    def __init__(self, model_file, device="cpu", engine="fast"):
         with B.on_device(device):
             model, config = load_model(os.fspath(model_file))
-        self._use(model, config, device, os.fspath(model_file))
+        self._use(model, config, device, os.fspath(model_file), engine)
 
     @classmethod
-    def from_model(cls, model, config, device="cpu"):
+    def from_model(cls, model, config, device="cpu", engine="fast"):
         """A classifier of a model already in memory (put in evaluation mode); ``config`` is what its model file
         would record (at least ``dtype`` and ``num_classes``; the pixel scaling and ``classes`` when not the
         defaults)."""
         classifier = cls.__new__(cls)
-        classifier._use(model, config, device, None)
+        classifier._use(model, config, device, None, engine)
         return classifier
 
-    def _use(self, model, config, device, model_file):
+    def _use(self, model, config, device, model_file, engine):
         self.model_file = model_file
         self.device = device
         self.config = config
         self.network = model.eval()
-        self.model = DataParallel(self.network)
+        self.engine = engine
         self.classes = class_names(config)
+        self._threads = threading.local()
+
+    @property
+    def model(self):
+        """The network as the engine runs it, compiled once per thread: a compiled network keeps the state of its
+        last batch (chunks, timings), so threads that classify at once (a server's requests) each use their own."""
+        net = getattr(self._threads, "net", None)
+        if net is None:
+            net = self._threads.net = compile_model(self.network, self.engine)
+        return net
 
     def inputs(self, images):
         """The network's input for uint8 28x28 images (N, 28, 28): scaled as in training, (N, 1, 28, 28)."""
@@ -176,15 +189,15 @@ class Classifier:
         return self.predictions(np.stack(arrays) if arrays else np.zeros((0, SIZE, SIZE), np.uint8), names)
 
 
-def classify(model_file, images):
+def classify(model_file, images, engine="fast"):
     """Classify images with a model file, in one call: a :class:`Prediction` per image, in order.
 
     ``images`` are paths or the files' bytes (PNG, JPEG, ...: whatever Pillow
     reads); each is preprocessed as MNIST's digits were made
     (:mod:`npconv.data.images`). ``model_file`` is a ``model.npz``. To classify
-    many batches with one model, load it once with :class:`Classifier`.
+    many batches with one model, load it once with :class:`Classifier`. ``engine``: as :class:`Classifier`'s.
     """
-    return Classifier(model_file).classify(images)
+    return Classifier(model_file, engine=engine).classify(images)
 
 
 def image_files(arguments):
@@ -255,19 +268,20 @@ def data_mismatch(config, dataset):
     return None
 
 
-def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu"):
+def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu", engine="fast"):
     """Load the model file at ``path`` and evaluate it on a test set (default: the dataset it was trained on).
 
     The result's ``warning`` says so when the test set is not from the data
     the model was trained on (:func:`data_mismatch`). ``device`` says where the
-    model computes (``"cpu"`` or ``"cuda"``, :mod:`npconv.backend`).
+    model computes (``"cpu"`` or ``"cuda"``, :mod:`npconv.backend`), ``engine`` what computes it
+    (``"fast"`` or ``"reference"``, :func:`npconv.engine.compile`).
     """
     with B.on_device(device):
-        return _evaluate_model_file(path, dataset, data_dir, batch_size, device)
+        return _evaluate_model_file(path, dataset, data_dir, batch_size, device, engine)
 
 
-def _evaluate_model_file(path, dataset, data_dir, batch_size, device):
-    classifier = Classifier(path, device)
+def _evaluate_model_file(path, dataset, data_dir, batch_size, device, engine):
+    classifier = Classifier(path, device, engine)
     config = classifier.config
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
     if len(loaded.classes) != config["num_classes"]:

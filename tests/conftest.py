@@ -1,7 +1,7 @@
 """Shared fixtures: a seeded random Generator, torch (skip, or fail in CI: ``dependencies.py``), one BLAS thread.
 
-The naive loop-based conv/pool reference lives next to this file in
-``reference.py`` (``import reference`` in a test module).
+The naive loop-based conv/pool/batch-norm reference is part of the package, where
+learners find it: ``npconv/nn/reference.py`` (``from npconv.nn import reference``).
 """
 
 import os

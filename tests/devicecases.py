@@ -7,6 +7,8 @@ a real GPU, each comparing with the NumPy backend.
 import numpy as np
 
 from npconv import backend, models, nn, optim
+from npconv.engine import compile as compile_model
+from npconv.engine.chain import kernel_for
 
 #: Layer name -> (factory of the layer for a dtype, input shape).
 LAYERS = {
@@ -25,20 +27,24 @@ LAYERS = {
 }
 
 
-def layer_on(device, name, dtype, x, rng, dy=None):
-    """``(y, dx, {param: grad})`` of layer ``name`` on ``device`` for input ``x``; draws ``dy`` when not given."""
+def layer_on(device, name, dtype, x, rng, dy=None, engine="reference"):
+    """``(y, dx, {param: grad})`` of layer ``name`` on ``device`` for input ``x``; draws ``dy`` when not given.
+
+    ``engine="fast"``: computed by the engine's kernel of the layer, else by the layer itself.
+    """
     factory, _ = LAYERS[name]
     with backend.on_device(device):
         layer = factory(dtype)
-        y = layer(backend.to_device(x))
+        run = kernel_for(layer) if engine == "fast" else layer
+        y = run.forward(backend.to_device(x))
         if dy is None:
             dy = rng.standard_normal(y.shape).astype(dtype)
-        dx = layer.backward(backend.to_device(dy))
+        dx = run.backward(backend.to_device(dy))
         return y, dx, {n: p.grad for n, p in layer.named_parameters()}, dy
 
 
-def three_steps(device, opt, x, labels, dtype=np.float32, on_start=None, on_end=None):
-    """Three SGD or Adam steps of the cnn (with dropout, output layer random) on ``device``.
+def three_steps(device, opt, x, labels, dtype=np.float32, on_start=None, on_end=None, engine="reference"):
+    """Three SGD or Adam steps of the cnn (with dropout, output layer random) on ``device``, on ``engine``.
 
     Returns ``(weights as host arrays, the three losses)``; ``on_start()`` and ``on_end()`` are called just
     before and just after the steps.
@@ -55,13 +61,14 @@ def three_steps(device, opt, x, labels, dtype=np.float32, on_start=None, on_end=
                 else optim.Adam(params, lr=1e-3, weight_decay=5e-4))
         loss_fn = nn.SoftmaxCrossEntropyLoss()
         xd, yd = backend.to_device(x.astype(dtype)), backend.to_device(labels)
+        net = compile_model(model, engine)
         if on_start is not None:
             on_start()
         losses = []
         for _ in range(3):
             step.zero_grad()
-            losses.append(loss_fn(model(xd), yd))
-            model.backward(loss_fn.backward(), input_grad=False)
+            losses.append(loss_fn(net(xd), yd))
+            net.backward(loss_fn.backward(), input_grad=False)
             step.step()
         if on_end is not None:
             on_end()

@@ -12,7 +12,7 @@ PACKAGE = os.path.dirname(npconv.__file__)
 LEVELS = {
     "npconv.backend": 0, "npconv.errors": 0, "npconv.text": 0,
     "npconv.nn": 1, "npconv.optim": 1, "npconv.data": 1, "npconv.io": 1, "npconv.plots": 1,
-    "npconv.models": 2,
+    "npconv.models": 2, "npconv.engine": 2,  # the engine runs nn layers fast; nn knows nothing of it
     "npconv.train": 3,
     "npconv.inference": 4,
     "npconv.experiments": 5, "npconv.onnx": 5,
@@ -92,6 +92,15 @@ def test_every_import_points_down_the_stack():
     assert not upward, "imports that point up the stack:\n" + "\n".join(sorted(upward))
 
 
+def test_the_textbook_imports_nothing_of_the_engine():
+    """npconv.nn is read on its own: no module of it names the engine (the level check allows no upward import;
+    this says it for the one that matters most)."""
+    known = modules()
+    into_engine = [f"{name} imports {dep}" for name, path in known.items() if name.startswith("npconv.nn")
+                   for dep in imports(name, path, known) if dep.startswith("npconv.engine")]
+    assert not into_engine, "\n".join(into_engine)
+
+
 def test_every_module_has_a_level():
     missing = [name for name in modules() if name != "npconv" and level(name) is None]
     assert not missing, f"modules outside the documented layers: {missing}"
@@ -111,7 +120,7 @@ def test_nothing_outside_nn_imports_its_private_modules():
     """``npconv.nn``'s helpers behind an underscore are its own: other layers use what ``nn`` makes public."""
     known = modules()
     # Moved out of train/ by the engine work of issue 20, which takes its imports with it.
-    pending = {"npconv.train.parallel"}
+    pending = set()
     private = [f"{name} imports {dep}" for name, path in known.items()
                if not name.startswith("npconv.nn") and name not in pending
                for dep in imports(name, path, known) if dep.startswith("npconv.nn._")]

@@ -50,12 +50,14 @@ def test_unknown_device():
         backend.use_device("tpu")
 
 
+@pytest.mark.parametrize("engine", ["reference", "fast"])
 @pytest.mark.parametrize("name", sorted(LAYERS))
 @pytest.mark.parametrize("dtype", [F32, F64], ids=str)
-def test_every_layer_gives_the_same_numbers_on_the_device(fake_gpu, rng, name, dtype):
+def test_every_layer_gives_the_same_numbers_on_the_device(fake_gpu, rng, name, dtype, engine):
+    """The textbook layer, and the engine's kernel of it: the same numbers on the device as on the host."""
     x = rng.standard_normal(LAYERS[name][1]).astype(dtype)
-    y, dx, grads, dy = layer_on("cpu", name, dtype, x, rng)
-    yd, dxd, gradsd, _ = layer_on("cuda", name, dtype, x, rng, dy)
+    y, dx, grads, dy = layer_on("cpu", name, dtype, x, rng, engine=engine)
+    yd, dxd, gradsd, _ = layer_on("cuda", name, dtype, x, rng, dy, engine=engine)
     assert isinstance(yd, fake_gpu.ndarray) and isinstance(dxd, fake_gpu.ndarray), "results stay on the device"
     np.testing.assert_array_equal(backend.to_numpy(yd), y, err_msg=f"{name} forward: device / host")
     np.testing.assert_array_equal(backend.to_numpy(dxd), dx, err_msg=f"{name} backward: device / host")
@@ -64,20 +66,21 @@ def test_every_layer_gives_the_same_numbers_on_the_device(fake_gpu, rng, name, d
     assert backend.to_numpy(yd).dtype == dtype
 
 
+@pytest.mark.parametrize("engine", ["reference", "fast"])
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
-def test_a_model_trains_on_the_device_like_on_the_host(fake_gpu, rng, opt, monkeypatch):
+def test_a_model_trains_on_the_device_like_on_the_host(fake_gpu, rng, opt, engine, monkeypatch):
     """Three steps of the study's ConvNet with dropout: the same weights, bit for bit, and no host round trip
     inside a step but the loss's own value. (The host's blocked products for AVX-512 BLAS, which add the long
     sums in another order, are turned off: both sides then compute the same sums in the same order.)"""
-    import npconv.nn._utils
+    import npconv.engine.products
 
-    monkeypatch.setattr(npconv.nn._utils, "BLOCKED_PRODUCTS", False)
+    monkeypatch.setattr(npconv.engine.products, "BLOCKED_PRODUCTS", False)
     x = rng.standard_normal((8, 1, 28, 28))
     labels = rng.integers(0, 10, size=8)
-    host, host_losses = three_steps("cpu", opt, x, labels)
+    host, host_losses = three_steps("cpu", opt, x, labels, engine=engine)
     syncs = {}
     device, device_losses = three_steps("cuda", opt, x, labels, on_start=fake_gpu.reset,
-                                        on_end=lambda: syncs.update(fake_gpu.SYNCS))
+                                        on_end=lambda: syncs.update(fake_gpu.SYNCS), engine=engine)
     for n in host:
         np.testing.assert_array_equal(device[n], host[n], err_msg=f"{n}: device / host")
     assert [float(v) for v in device_losses] == host_losses

@@ -62,8 +62,10 @@ def add_commands(sub):
                     help="a quick look: train every run on N images (default: all)")
     st.add_argument("--seeds", metavar="N[,...]",
                     help="replace the study's seeds (default: the study file's, 0,1,2 in the default study)")
-    device = SETTINGS["device"]
-    st.add_argument("--device", choices=device.choices, help=f"{device.help} (default: the study file's, cpu)")
+    for name in ("device", "engine"):
+        spec = SETTINGS[name]
+        st.add_argument(spec.flag, choices=spec.choices,
+                        help=f"{spec.help} (default: the study file's, {spec.default})")
     _add_executor_options(st)
 
     c = sub.add_parser(
@@ -131,8 +133,9 @@ def cmd_study(args):
         study = shrink(study, epochs=args.epochs, train_subset=args.train_subset, seeds=seeds)
     if seeds is not None:
         overrides["seeds"] = ",".join(map(str, seeds))
-    if args.device is not None:  # where every run trains: part of the baseline (and of the runs' keys)
-        study.baseline = {**study.baseline, "device": args.device}
+    for name in ("device", "engine"):  # where and by what every run trains: part of the baseline (and the keys)
+        if getattr(args, name) is not None:
+            study.baseline = {**study.baseline, name: getattr(args, name)}
     if args.dry_run:
         run_sweep(study_configs(study), args.out, workers=args.workers, scheduler=args.scheduler,
                   log=lambda line: print(line, flush=True), dry_run=True)

@@ -25,8 +25,11 @@ def _add_data_options(p):
 
 
 def _add_device_option(p):
-    spec = SETTINGS["device"]
-    p.add_argument("--device", choices=spec.choices, default=spec.default, help=f"{spec.help} (default: %(default)s)")
+    """``--device`` and ``--engine``, from their settings: where and by what a model file is computed."""
+    for name in ("device", "engine"):
+        spec = SETTINGS[name]
+        p.add_argument(spec.flag, choices=spec.choices, default=spec.default,
+                       help=f"{spec.help} (default: %(default)s)")
 
 
 def add_commands(sub):
@@ -109,7 +112,8 @@ def cmd_evaluate(args):
 
     if args.batch_size < 1:
         raise SettingError("batch_size", f"must be an integer >= 1, got {args.batch_size}")
-    result = evaluate_model_file(args.model_file, args.dataset, args.data_dir, args.batch_size, args.device)
+    result = evaluate_model_file(args.model_file, args.dataset, args.data_dir, args.batch_size, args.device,
+                                 args.engine)
     if result.warning:
         print(f"npconv: warning: {result.warning}", file=sys.stderr)
     print(f"{result.dataset} test set: {len(result.labels)} images  loss {result.loss:.4f}  "
@@ -122,7 +126,7 @@ def cmd_predict(args):
     from ..data.images import ImageError
     from ..inference import Classifier, image_files
 
-    classifier = Classifier(args.model_file, args.device)
+    classifier = Classifier(args.model_file, args.device, args.engine)
     arrays, names, failed = [], [], 0
     for path in image_files(args.images):
         try:

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .. import data, nn
+from .. import data, engine, nn
 from ..models import build_model
 from ..train.run import make_optimizer
 from ..train.settings import COST
@@ -48,26 +48,32 @@ def time_steps(config, dataset, steps=TIMED_STEPS):
                         num_classes=len(dataset.classes), rng=rng, dtype=dtype)
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     optimizer = make_optimizer(config, model.parameters())
-    # A setting that will diverge may overflow here already; only its time matters.
-    with threadpool_limits(limits=1, user_api="blas"), \
-            np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        started = None
-        for step in range(steps + 1):
-            if step == 1:  # the first step warms caches up and is not counted
-                started = time.perf_counter()
-            lo = (step * config.batch_size) % max(n - config.batch_size + 1, 1)
-            xb, yb = x[lo:lo + config.batch_size], y[lo:lo + config.batch_size]
-            optimizer.zero_grad()
-            loss_fn(model(xb), yb)
-            model.backward(loss_fn.backward(), input_grad=False)
-            optimizer.step()
-        step_s = (time.perf_counter() - started) / steps
-        model.eval()
-        x_eval = data.to_float(dataset.test_images[:1000], 0.5, 0.25, dtype)
-        started = time.perf_counter()
-        with nn.no_grad():  # as evaluation runs
-            model(x_eval)
-        eval_s = (time.perf_counter() - started) * 1000 / len(x_eval)
+    threads_before = engine.get_num_threads()
+    engine.set_num_threads(1)  # as a sweep's runs train: one thread each (npconv.experiments.executors)
+    try:
+        model = engine.compile(model, config.engine)
+        # A setting that will diverge may overflow here already; only its time matters.
+        with threadpool_limits(limits=1, user_api="blas"), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            started = None
+            for step in range(steps + 1):
+                if step == 1:  # the first step warms caches up and is not counted
+                    started = time.perf_counter()
+                lo = (step * config.batch_size) % max(n - config.batch_size + 1, 1)
+                xb, yb = x[lo:lo + config.batch_size], y[lo:lo + config.batch_size]
+                optimizer.zero_grad()
+                loss_fn(model(xb), yb)
+                model.backward(loss_fn.backward(), input_grad=False)
+                optimizer.step()
+            step_s = (time.perf_counter() - started) / steps
+            model.eval()
+            x_eval = data.to_float(dataset.test_images[:1000], 0.5, 0.25, dtype)
+            started = time.perf_counter()
+            with nn.no_grad():  # as evaluation runs
+                model(x_eval)
+            eval_s = (time.perf_counter() - started) * 1000 / len(x_eval)
+    finally:
+        engine.set_num_threads(threads_before)
     return step_s, eval_s
 
 

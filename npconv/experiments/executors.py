@@ -84,7 +84,7 @@ def train_task(config_dict, run_dir=None, resume_files=None, progress=False, log
     """
     from threadpoolctl import threadpool_limits
 
-    from ..train import parallel
+    from .. import engine
     from ..train.interrupt import stop_on_signals
 
     result = {"status": "completed", "message": None, "resumed_from": None, "npconv_version": __version__,
@@ -93,8 +93,8 @@ def train_task(config_dict, run_dir=None, resume_files=None, progress=False, log
     # reported as status "diverged", so NumPy's overflow warnings are only noise.
     # One thread per run: the workers already use the cores, each on its own run.
     # SIGTERM (a local worker asked to stop) ends the run as Ctrl-C does: with its checkpoint kept.
-    threads_before = parallel.get_num_threads()
-    parallel.set_num_threads(1)
+    threads_before = engine.get_num_threads()
+    engine.set_num_threads(1)
     try:
         with threadpool_limits(limits=1, user_api="blas"), stop_on_signals((signal.SIGTERM,)), \
                 np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -109,7 +109,7 @@ def train_task(config_dict, run_dir=None, resume_files=None, progress=False, log
                     _train_in(tmp, config_dict, result, progress, log_epochs)
                     result["files"] = RunFolder(tmp).files()
     finally:
-        parallel.set_num_threads(threads_before)
+        engine.set_num_threads(threads_before)
     return result
 
 

@@ -1,5 +1,7 @@
-"""Layers and losses, each written by hand, forward and backward.
+"""Layers and losses, each written by hand, forward and backward: the textbook.
 
+Each layer is its formula in NCHW, forward and backward, and runs as it reads
+(:mod:`npconv.engine` runs the same layers fast, and nothing here knows of it).
 One concept per file, in dependency order:
 
 ========================  ====================================================
@@ -15,6 +17,7 @@ One concept per file, in dependency order:
 ``flatten.py``            ``Flatten``
 ``container.py``          ``Sequential``
 ``loss.py``               ``SoftmaxCrossEntropyLoss``, ``MSELoss``
+``reference.py``          the loop versions of conv, pooling and batch norm, to read beside them
 ========================  ====================================================
 """
 

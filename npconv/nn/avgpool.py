@@ -1,16 +1,8 @@
 """2-D average pooling."""
 
 from .. import backend as B
-from ._utils import batch_first, is_batch_last, output_size, pair
+from ._utils import output_size, pair
 from .module import Module
-
-
-def _zeros(shape, dtype, stored_batch_last):
-    """Zeros of ``shape`` (N, C, H, W), stored batch-last (see Conv2d) or as NCHW."""
-    if stored_batch_last:
-        n, *rest = shape
-        return batch_first(B.xp.zeros((*rest, n), dtype=dtype))
-    return B.xp.zeros(shape, dtype=dtype)
 
 
 class AvgPool2d(Module):
@@ -43,8 +35,7 @@ class AvgPool2d(Module):
     -----
     x : (N, C, H, W) -> y : (N, C, OH, OW)
 
-    Cached by forward: the input's shape and whether it was stored batch-last,
-    so that ``dx`` comes back in the input's memory layout.
+    Cached by forward: the input's shape.
 
     Implementation: as MaxPool2d, both directions loop over the ``KH*KW``
     offsets ``(u, v)`` inside the window, never over pixels; for one offset,
@@ -79,25 +70,22 @@ class AvgPool2d(Module):
         n, c, h, w = x.shape
         oh, ow = self._output_size(h, w)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        stored_batch_last = is_batch_last(x)
-        padded = x
-        if ph or pw:
-            padded = _zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype, stored_batch_last)
-            padded[:, :, ph : ph + h, pw : pw + w] = x
+        padded = B.xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        padded[:, :, ph : ph + h, pw : pw + w] = x
         first, *rest = self._window_entries(padded, oh, ow)
-        y = first.copy(order="K")  # "K": keep x's memory layout
+        y = first.copy()
         for entry in rest:
             y += entry
         y *= x.dtype.type(1 / (kh * kw))
-        self._save(x.shape, stored_batch_last)
+        self._save(x.shape)
         return y
 
     def backward(self, dy):
-        (n, c, h, w), stored_batch_last = self._saved_tensors()
+        ((n, c, h, w),) = self._saved_tensors()
         _, _, oh, ow = dy.shape
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         share = dy * dy.dtype.type(1 / (kh * kw))  # what each entry of a window receives
-        dx_padded = _zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype, stored_batch_last)
+        dx_padded = B.xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
         for entry in self._window_entries(dx_padded, oh, ow):
             entry += share
         return dx_padded[:, :, ph : ph + h, pw : pw + w]

@@ -1,7 +1,6 @@
 """Fully connected layer."""
 
 from .. import backend as B
-from ._utils import is_batch_last
 from .init import default_rng, he_uniform
 from .module import Module, Parameter
 
@@ -18,10 +17,6 @@ class Linear(Module):
         dW = dy^T x        (out_features, in_features)
         db = sum_n dy[n]   (out_features,)
         dx = dy W          (N, in_features)
-
-    When ``x`` is stored batch-last (a flattened Conv2d output, see Flatten),
-    ``dx`` is computed as ``(W^T dy^T)^T`` -- the same numbers -- so that it
-    comes back in that layout and the layers below need no copy.
 
     Parameters
     ----------
@@ -62,8 +57,6 @@ class Linear(Module):
         self.bias.grad += dy.sum(axis=0)
         if not input_grad:
             return None
-        if is_batch_last(x):  # give dx the layout x came in (see Flatten), computed as (W^T dy^T)^T
-            return (self.weight.data.T @ dy.T).T
         return dy @ self.weight.data
 
     def extra_repr(self):

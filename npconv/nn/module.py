@@ -29,10 +29,12 @@ Layout conventions, declared once for the whole package: images are NCHW --
 """
 
 import contextlib
+import contextvars
 
 from .. import backend as B
 
-_grad_enabled = True
+#: Whether forward passes keep what backward needs: per thread (and asyncio task), never for the process.
+_grad_enabled = contextvars.ContextVar("npconv_grad_enabled", default=True)
 _NOTHING_KEPT = object()  # what a forward under no_grad() leaves for backward
 
 
@@ -42,18 +44,21 @@ def no_grad():
 
     For inference: layers skip computing their caches (ReLU's mask, max-pool's
     routing), which makes evaluation faster; ``backward`` is then an error.
+
+    The switch holds for the thread (or asyncio task) that entered the block
+    only: inference in one thread never changes a training step in another.
+    A new thread starts with gradients enabled.
     """
-    global _grad_enabled
-    before, _grad_enabled = _grad_enabled, False
+    token = _grad_enabled.set(False)
     try:
         yield
     finally:
-        _grad_enabled = before
+        _grad_enabled.reset(token)
 
 
 def grad_enabled():
     """False inside :func:`no_grad`: a forward pass need not keep anything for backward."""
-    return _grad_enabled
+    return _grad_enabled.get()
 
 
 class _State:
@@ -125,7 +130,7 @@ class Module:
     # --- what backward needs -------------------------------------------
     def _save(self, *tensors):
         """Keep what ``backward`` will need (called by ``forward``; nothing under :func:`no_grad`)."""
-        self._saved = tensors if _grad_enabled else _NOTHING_KEPT
+        self._saved = tensors if _grad_enabled.get() else _NOTHING_KEPT
 
     def _saved_tensors(self):
         """Return what ``forward`` kept; a clear error if it never ran."""

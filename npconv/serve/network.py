@@ -9,29 +9,23 @@ order they were defined**, keeping every layer's output::
 
     x_0 = image (1, 1, 28, 28),   x_i = layer_i(x_{i-1}),   p = softmax(x_L)
 
-(``Sequential`` itself runs a ReLU that precedes a max-pool after it, which is
-faster and gives the same numbers; here each output is the one of the layer as
-written.) An output of shape (1, C, H, W) is shown as C feature maps, one of
-shape (1, F) as F bars, whatever the layer.
+computed by the engine's kernels (:func:`npconv.engine.layer_outputs`: the numbers
+of ``npconv predict``). An output of shape (1, C, H, W) is shown as C feature maps,
+one of shape (1, F) as F bars, whatever the layer.
 
-``nn.no_grad()`` is one switch for the whole process and a layer keeps state
-between its calls, so forward passes take turns: :data:`INFERENCE_LOCK`.
+Requests run at the same time: ``no_grad()`` holds for the thread that entered
+it, and a forward pass under it keeps nothing on the model, so no lock is needed.
 """
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import backend as B
-from .. import nn
+from .. import engine
 from ..data.images import SIZE
 from ..inference import Prediction
 from ..nn.loss import softmax
-
-#: Held during every forward pass of the server (see the module docstring).
-INFERENCE_LOCK = threading.Lock()
-
 
 @dataclass
 class LayerOutput:
@@ -63,12 +57,7 @@ def layer_outputs(model, x):
 
     Returns one array per layer, each the layer's output (batch axis kept).
     """
-    outputs = []
-    with INFERENCE_LOCK, nn.no_grad():
-        for layer in model:
-            x = layer(x)
-            outputs.append(x)
-    return outputs
+    return engine.layer_outputs(model, x)
 
 
 def classify(classifier, image, activations=False):
@@ -79,8 +68,7 @@ def classify(classifier, image, activations=False):
     """
     pixels = classifier.preprocess(image)
     if not activations:
-        with INFERENCE_LOCK:
-            (prediction,) = classifier.predictions(pixels[None], ["image"])
+        (prediction,) = classifier.predictions(pixels[None], ["image"])
         return Drawing(prediction, pixels)
     # The layers' outputs end in the model's own logits (the same numbers, see the module docstring): one pass.
     network = classifier.network

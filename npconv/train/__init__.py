@@ -5,8 +5,6 @@ In dependency order:
 ==================  ==========================================================
 ``settings.py``     ``TrainConfig``: every setting, declared once
 ``loop.py``         the training loop and evaluation (``fit``, ``train_epoch``, ``evaluate``)
-``tuning.py``       ``ThreadTuner``: the thread count chosen by timing; ``CoreMeter``: the free cores
-``parallel.py``     ``DataParallel``: a batch in fixed chunks, on one or more threads
 ``health.py``       per-layer health figures and advice
 ``interrupt.py``    stopping cleanly on SIGINT / SIGTERM
 ``checkpoint.py``   everything needed to continue a run exactly

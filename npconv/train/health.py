@@ -42,7 +42,7 @@ import math
 import statistics
 
 from .. import backend as B
-from .. import nn
+from .. import engine, nn
 
 #: Images in the probe batch the activations are measured on.
 PROBE_SIZE = 256
@@ -139,11 +139,7 @@ class HealthMonitor:
         was_training = self.model.training
         self.model.eval()
         try:
-            with nn.no_grad():  # a measurement, not a training step: nothing is kept for backward
-                x, outputs = self.probe_images, []
-                for layer in self.model:
-                    x = layer(x)
-                    outputs.append(x)
+            outputs = engine.layer_outputs(self.model, self.probe_images)  # under no_grad: nothing kept
         finally:
             self.model.train(was_training)
         return outputs

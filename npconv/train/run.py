@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import __version__, data, nn, optim
+from .. import __version__, data, engine, nn, optim
 from .. import backend as B
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model, model_label
@@ -35,7 +35,6 @@ from .health import HealthMonitor, advise, probe_batch
 from .interrupt import Interrupted, deferred_interrupts
 from .loop import TrainingDiverged, divergence_threshold, fit
 from .modelfile import model_config
-from .parallel import DataParallel
 from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
 from .settings import SETTINGS, TrainConfig
 
@@ -365,9 +364,9 @@ def _train(run, folder, checkpoint, *, progress, log):
         # A diverging run overflows before its loss turns non-finite; fit() reports
         # that as TrainingDiverged, so NumPy's overflow warnings would only add noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            fit(DataParallel(run.model), run.loss_fn, run.optimizer, run.batches, run.x_test, run.test_labels,
-                config.epochs, val=run.val, lr_schedule=lr_schedule, start_epoch=start_epoch, progress=progress,
-                on_epoch_end=on_epoch_end, monitor=monitor,
+            fit(engine.compile(run.model, config.engine), run.loss_fn, run.optimizer, run.batches, run.x_test,
+                run.test_labels, config.epochs, val=run.val, lr_schedule=lr_schedule, start_epoch=start_epoch,
+                progress=progress, on_epoch_end=on_epoch_end, monitor=monitor,
                 divergence_threshold=divergence_threshold(run.num_classes))
     except TrainingDiverged as e:
         # One line: where, the likely cause, what is kept (summary.json records the details).

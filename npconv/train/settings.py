@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, fields
 
 from .. import data, optim
 from ..backend import DEVICES
+from ..engine import ENGINES
 from ..errors import CheckpointError, SettingError
 from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is_model_file, model_layers
 from ..nn.loss import REDUCTIONS
@@ -222,6 +223,9 @@ class TrainConfig:
     device: str = setting("cpu", "where the arrays live: cpu (NumPy) or cuda (CuPy on an NVIDIA GPU; "
                                  'pip install "npconv[cuda]")', choices=tuple(DEVICES), cost=True,
                           keyed_at_default=False, resumable=True)
+    engine: str = setting("fast", "what computes the network: fast (npconv.engine: its kernels, chunks and "
+                                  "threads) or reference (the textbook layers of npconv.nn alone)",
+                          choices=ENGINES, cost=True, keyed_at_default=False)
     # Implementation choices other from-scratch codes make (npconv/studies/collapse.toml sweeps them to find
     # which one makes the course study's runs collapse). The defaults are npconv's own choices; at their
     # defaults they stay out of run keys, so runs made before they existed keep their keys.

@@ -148,3 +148,20 @@ def test_image_files_expand_folders_and_patterns_in_order(canvases):
     found = image_files([folder / "1-white.png", str(folder / "0-*.png"), folder / "1-white.png"])
     assert [p.rsplit("/", 1)[1] for p in found] == ["1-white.png", "0-transparent-dark.png",
                                                    "0-transparent-light.png", "0-white.png"]
+
+
+def test_both_engines_predict_and_evaluate_the_same(model_file, canvases, capsys):
+    """``--engine reference`` (the textbook layers alone) gives the fast engine's answers, up to rounding."""
+    folder, _ = canvases
+    answers = {}
+    for engine in ("fast", "reference"):
+        status, out, err = run_predict(capsys, model_file, str(folder), "--format", "json", "--engine", engine)
+        assert status == 0 and err == "", err
+        answers[engine] = json.loads(out)
+    for fast, reference in zip(answers["fast"], answers["reference"]):
+        assert fast["class"] == reference["class"], (fast, reference)
+        assert fast["probability"] == pytest.approx(reference["probability"], abs=1e-5)
+    assert main(["evaluate", model_file, "--engine", "reference"]) == 0
+    reference_line = capsys.readouterr().out.splitlines()[0]
+    assert main(["evaluate", model_file]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == reference_line, "the same loss and accuracy to 4 digits"

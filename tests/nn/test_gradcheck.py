@@ -345,9 +345,9 @@ class BatchNormStatisticsAsConstants(nn.BatchNorm1d):
     """The classic batch-norm bug: backpropagates as if the batch mean and variance were constants."""
 
     def backward(self, dy, input_grad=True):
-        x_hat, scale, _, layout = self._saved_tensors()
+        x_hat, scale, _ = self._saved_tensors()
         self.bias.grad += dy.sum(axis=0)
-        self.weight.grad += (dy * x_hat.T).sum(axis=0)
+        self.weight.grad += (dy * x_hat).sum(axis=0)
         return dy * scale
 
 

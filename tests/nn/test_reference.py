@@ -1,7 +1,7 @@
-"""Layer behaviour: the fast conv/pool against the naive reference, ties, dtypes,
+"""Layer behaviour: the textbook conv/pool against the naive loop reference, ties, dtypes,
 errors, Dropout, parameter names, modes and numerical safety.
 
-The loop-based reference is ``tests/reference.py``.
+The loop-based reference is ``npconv/nn/reference.py``.
 """
 
 import math
@@ -13,8 +13,8 @@ from conftest import LAYOUTS, in_layout, randomize_output_layer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import reference
 from npconv import models, nn
+from npconv.nn import reference
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -227,8 +227,6 @@ def test_avgpool2d_matches_reference(rng, kernel_size, stride, padding, layout):
     dx = pool.backward(in_layout(dy, layout))
     assert dx.shape == x.shape, f"dx shape {dx.shape} != x shape {x.shape}"
     assert_close(dx, reference.avgpool_backward(dy, x.shape, kernel_size, stride, padding), "AvgPool2d dx")
-    if layout == "batch-last":  # the layout of a Conv2d's output is kept both ways: the batch moves fastest
-        assert y.strides[0] == y.itemsize and dx.strides[0] == dx.itemsize, (y.strides, dx.strides)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"kernel_size": 2, "padding": 2}, "padding"),
@@ -623,35 +621,6 @@ def test_backward_without_input_grad_fills_the_same_parameter_grads(rng, builder
         grads.append({name: p.grad.copy() for name, p in model.named_parameters()})
     for name in grads[0]:
         np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
-
-
-@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
-def test_sequential_pool_before_relu_is_exact(rng, dtype):
-    """Sequential runs ReLU -> MaxPool2d as MaxPool2d -> ReLU; outputs and gradients are bit-identical
-    to running the layers one by one in the written order, ties and negative windows included."""
-    from npconv.nn.container import execution_order
-
-    model = randomize_output_layer(models.cnn(rng=rng, dtype=dtype), rng)
-    assert execution_order(model.layers)[:3] == [0, 2, 1], "conv, pool, relu"
-    x = np.where(rng.random((4, 1, 28, 28)) < 0.7, 0.0, rng.standard_normal((4, 1, 28, 28))).astype(dtype)
-    dy = rng.standard_normal((4, 10)).astype(dtype)
-
-    model.zero_grad()
-    y_seq = model(x)
-    dx_seq = model.backward(dy)
-    grads_seq = {name: p.grad.copy() for name, p in model.named_parameters()}
-
-    model.zero_grad()
-    h = x
-    for layer in model.layers:  # the written order, by hand
-        h = layer(h)
-    d = dy
-    for layer in reversed(model.layers):
-        d = layer.backward(d)
-    np.testing.assert_array_equal(y_seq, h, err_msg="output: Sequential / written order")
-    np.testing.assert_array_equal(dx_seq, d, err_msg="dx: Sequential / written order")
-    for name, p in model.named_parameters():
-        np.testing.assert_array_equal(grads_seq[name], p.grad, err_msg=f"{name}: Sequential / written order")
 
 
 def test_no_grad_keeps_nothing_and_changes_no_value(rng):

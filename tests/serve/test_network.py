@@ -1,12 +1,13 @@
 """One image through a model, layer by layer; the test set's answers and the confusion matrix's cells."""
 
+import threading
 import types
 
 import numpy as np
 import pytest
 from .webclient import on_paper
 
-from npconv import models, nn
+from npconv import engine, models, nn
 from npconv.data.images import preprocess
 from npconv.inference import Classifier, Prediction, confusion_matrix, model_input
 from npconv.serve.mistakes import Answers, answer_test_set
@@ -27,8 +28,8 @@ def test_layer_by_layer_is_the_models_own_forward_pass(cnn, mnist):
     x = model_input(mnist.test_images[:3], CONFIG)
     outputs = layer_outputs(cnn, x)
     with nn.no_grad():
-        expected = cnn(x)
-    # Sequential runs ReLU after max-pool; they commute exactly, so the logits are the same to the last bit.
+        expected = engine.compile(cnn)(x)
+    # The engine runs ReLU after max-pool; they commute exactly, so the logits are the same to the last bit.
     np.testing.assert_array_equal(outputs[-1], expected)
     assert [o.shape[1:] for o in outputs] == [(8, 28, 28), (8, 28, 28), (8, 14, 14), (16, 14, 14), (16, 14, 14),
                                               (16, 7, 7), (784,), (128,), (128,), (10,)]
@@ -52,6 +53,30 @@ def test_classify_gives_probabilities_input_and_every_layer(cnn, mnist):
                                list(predicted.probabilities.values()), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(probabilities, list(predicted.probabilities.values()), rtol=1e-6, atol=1e-7)
     assert answer.prediction.label == plain.prediction.label == predicted.label
+
+
+def test_requests_classify_at_the_same_time_without_a_lock(cnn, mnist):
+    """Eight threads classify with one model at once (as the server's requests do): each gets the answer it gets
+    alone. no_grad() holds per thread and a forward under it keeps nothing on the model, so nothing is shared."""
+    images = [on_paper(mnist.test_images[i]) for i in range(8)]
+    alone = [classify(cnn, CONFIG, image, activations=True) for image in images]
+    together = [None] * len(images)
+    start = threading.Barrier(len(images))
+
+    def request(i):
+        start.wait()
+        for _ in range(3):
+            together[i] = classify(cnn, CONFIG, images[i], activations=True)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (a, b) in enumerate(zip(alone, together)):
+        np.testing.assert_array_equal(b.probabilities, a.probabilities, err_msg=f"image {i}: together / alone")
+        for la, lb in zip(a.layers, b.layers):
+            np.testing.assert_array_equal(lb.values, la.values, err_msg=f"image {i}, {la.description}")
 
 
 def test_fashion_models_fit_the_whole_image(cnn, mnist):

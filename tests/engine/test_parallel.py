@@ -1,4 +1,4 @@
-"""DataParallel (npconv.train.parallel): fixed chunks, any number of threads, the same bits.
+"""DataParallel (npconv.engine.parallel): fixed chunks, any number of threads, the same bits.
 
 Two different claims, tested separately:
 
@@ -17,8 +17,9 @@ import pytest
 
 from conftest import randomize_output_layer
 from npconv import models, nn, optim
-from npconv.train import TrainConfig, parallel, run_training, tuning
-from npconv.train.parallel import DataParallel
+from npconv.engine import parallel, tuning
+from npconv.train import TrainConfig, run_training
+from npconv.engine.parallel import DataParallel
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Choosing how many threads to use, by timing the run's own steps (as cuDNN's autotuner does).
 
-:class:`~npconv.train.parallel.DataParallel` can run a batch's chunks one after
+:class:`~npconv.engine.parallel.DataParallel` can run a batch's chunks one after
 another or spread over several threads, and every choice gives the same numbers
 bit for bit. Which is fastest depends on the CPU and on what else runs on it. So
 a :class:`ThreadTuner`
@@ -28,7 +28,7 @@ import statistics
 import time
 
 #: A thread count above the free cores is kept only if its steps take less than
-#: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs.
+#: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs (docs/performance.md).
 CROWDING = 1.15
 
 
@@ -114,8 +114,7 @@ class ThreadTuner:
         Try again when the median step of a check is this many times the chosen candidate's time.
     retry_every : int
         Try again after this many checks without a trial, even when nothing changed (a trial
-        costs the slower candidates' extra time on a few steps: with the defaults, about 10 ms
-        in 500 steps of the study's cnn).
+        costs only the slower candidates' extra time on a few steps; docs/performance.md).
     """
 
     def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3, retry_every=20):

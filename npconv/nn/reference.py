@@ -1,10 +1,10 @@
 """Naive, loop-based reference implementations of convolution, pooling and batch normalization.
 
-These are the readable versions of :mod:`npconv.nn.conv`, :mod:`npconv.nn.pool`,
-:mod:`npconv.nn.avgpool` and :mod:`npconv.nn.batchnorm`:
-plain loops over output pixels, float64 throughout, no stride tricks, no im2col.
-They are slow and only meant for small test shapes; the fast layers are tested
-against them.
+The formulas of :mod:`npconv.nn.conv`, :mod:`npconv.nn.pool`, :mod:`npconv.nn.avgpool`
+and :mod:`npconv.nn.batchnorm` written the most direct way: plain loops over output
+pixels, float64 throughout, no strided slices, no im2col. Read a layer beside its
+loop version; they are slow and only meant for small shapes, and the layers (and
+the engine's kernels) are tested against them.
 
 Conventions (the same as npconv and PyTorch):
 

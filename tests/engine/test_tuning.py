@@ -1,8 +1,8 @@
-"""ThreadTuner and CoreMeter (npconv.train.tuning): choosing threads by timing, never more than the free cores."""
+"""ThreadTuner and CoreMeter (npconv.engine.tuning): choosing threads by timing, never more than the free cores."""
 
 import pytest
 
-from npconv.train.tuning import CROWDING, CoreMeter, ThreadTuner
+from npconv.engine.tuning import CROWDING, CoreMeter, ThreadTuner
 
 
 class FakeMeter:
@@ -114,7 +114,7 @@ def fake_stat(tmp_path, busy, idle, cores=(0, 1)):
 
 
 def test_core_meter_counts_the_busy_time_of_others(tmp_path, monkeypatch):
-    import npconv.train.tuning as tuning
+    import npconv.engine.tuning as tuning
 
     clock = {"wall": 100.0, "own": 5.0}
     monkeypatch.setattr(tuning.time, "monotonic", lambda: clock["wall"])

@@ -1,4 +1,4 @@
-"""The blocked matrix products of npconv.nn._utils equal the plain ones up to rounding.
+"""The engine's blocked matrix products (npconv.engine.products) equal the plain ones up to rounding.
 
 Blocks cut a long sum into partial sums (``matmul_t_by_blocks``) or a long
 product into independent column blocks (``matmul_by_blocks``); both are tried
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from npconv import nn
-from npconv.nn import _utils
-from npconv.nn import conv as conv_module
+from npconv.engine import conv as conv_module
+from npconv.engine import products as _utils
+from npconv.engine.conv import Conv2dKernel
 
 
 @pytest.fixture(params=[True, False], ids=["blocked", "plain"])
@@ -92,24 +93,25 @@ def test_a_convolution_in_blocks_of_output_rows_equals_the_whole_one(rng, monkey
     """A training step of a large convolution runs in blocks of output rows (cols built again in backward):
     the same outputs, input gradient and parameter gradients, up to rounding, as one product."""
     layer = nn.Conv2d(3, 4, 3, stride=stride, padding=padding, rng=rng, dtype=np.float64)
+    kernel = Conv2dKernel(layer)
     x = rng.standard_normal((5, 3, size, size))
 
     def step():
         layer.zero_grad()
-        y = layer(x)
+        y = kernel.forward(x)
         dy = np.cos(np.arange(y.size)).reshape(y.shape)
-        return y, layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy()
+        return y, kernel.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy()
 
     whole = step()
     one_row_per_block(monkeypatch)
     n, oh, ow = layer._output_shape(x.shape)
-    assert len(layer._blocks(3, oh, ow, n)) == oh > 1
+    assert len(kernel._blocks(3, oh, ow, n)) == oh > 1
     blocked = step()
     for name, a, b in zip(("y", "dx", "dW", "db"), blocked, whole):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * float(np.max(np.abs(b))), err_msg=name)
     layer.zero_grad()
-    layer(x)
-    assert layer.backward(np.ones_like(whole[0]), input_grad=False) is None
+    kernel.forward(x)
+    assert kernel.backward(np.ones_like(whole[0]), input_grad=False) is None
     np.testing.assert_allclose(layer.bias.grad, np.full(4, whole[0][:, 0].size), rtol=1e-13)
 
 
@@ -117,22 +119,22 @@ def test_inference_computes_the_blocks_of_a_training_forward_and_keeps_nothing(r
     """Under no_grad a convolution in blocks gives a training forward's numbers, bit for bit (the same blocks,
     the same products), and keeps nothing for backward."""
     one_row_per_block(monkeypatch)
-    layer = nn.Conv2d(3, 4, 3, padding=1, rng=rng)
+    kernel = Conv2dKernel(nn.Conv2d(3, 4, 3, padding=1, rng=rng))
     x = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
-    trained = layer(x)
+    trained = kernel.forward(x)
     with nn.no_grad():
-        inferred = layer(x)
+        inferred = kernel.forward(x)
     np.testing.assert_array_equal(inferred, trained)
     with pytest.raises(RuntimeError, match="no_grad"):
-        layer.backward(np.ones_like(trained))
+        kernel.backward(np.ones_like(trained))
 
 
 def test_blocks_of_small_copies_are_not_worth_it(rng, monkeypatch):
     """A large cols is cut into blocks only where each kernel offset's copy into a block moves
     MIN_COPY_BYTES or more: lenet5's first convolution on 100 images stays one block, the study's
-    cnn's second does not (the sizes measured in conv.py)."""
-    lenet_c1 = nn.Conv2d(1, 6, 5, padding=2, rng=rng)  # cols: 26 rows x 28*28*100 columns, 8.2 MB
-    cnn_c2 = nn.Conv2d(8, 16, 3, padding=1, rng=rng)   # 73 rows x 14*14*100 columns, 5.7 MB
+    cnn's second does not (docs/performance.md)."""
+    lenet_c1 = Conv2dKernel(nn.Conv2d(1, 6, 5, padding=2, rng=rng))  # cols: 26 rows x 28*28*100 columns, 8.2 MB
+    cnn_c2 = Conv2dKernel(nn.Conv2d(8, 16, 3, padding=1, rng=rng))   # 73 rows x 14*14*100 columns, 5.7 MB
     assert lenet_c1._blocks(1, 28, 28, 100) == [(0, 28)]
     blocks = cnn_c2._blocks(8, 14, 14, 100)
     assert len(blocks) > 1 and blocks[0][0] == 0 and blocks[-1][1] == 14

@@ -1,0 +1,131 @@
+"""Matrix products and row sums the way the engine computes them: long, thin products in blocks.
+
+A convolution's three products are long and thin -- ``cols`` has ``OH*OW*N``
+columns, the other sizes are a few dozen -- and OpenBLAS's AVX-512 kernels
+compute small products where they lie in memory, while a large product first
+repacks both operands. So on such a BLAS the products are cut into blocks of
+:data:`BLOCK_MACS` multiply-adds and handed to BLAS as one stack of small
+products. Whether that is done is a fixed rule read from NumPy's build
+(:data:`BLOCKED_PRODUCTS`), never a timing: blocks add a long sum in another
+order, and a run's numbers must not change from one run to the next.
+
+The measurements behind the constants are in ``docs/performance.md``.
+"""
+
+import os
+
+import numpy as np
+
+from .. import backend as B
+
+
+def row_sums(a):
+    """The sum of each row of a (R, M) matrix, as the product ``a @ ones``.
+
+    The same sums as ``a.sum(axis=1)`` up to rounding; BLAS's matrix-vector
+    product computes them several times faster than NumPy's row reduction
+    (docs/performance.md).
+    """
+    return a @ B.xp.ones(a.shape[1], dtype=a.dtype)
+
+
+def row_dots(a, b):
+    """``(a * b).sum(axis=1)`` for two (R, M) matrices, as R dot products: no (R, M) temporary, and BLAS-fast."""
+    xp = B.xp
+    if hasattr(xp, "vecdot"):
+        return xp.vecdot(a, b)
+    return (a * b).sum(axis=1)
+
+
+#: Multiply-adds in one block of a long, thin product: small enough for OpenBLAS's small-matrix
+#: kernels, large enough to pay for the call (docs/performance.md, "blocked products").
+BLOCK_MACS = 1 << 18
+
+
+def _blas_has_small_matrix_kernels():
+    """Whether NumPy's BLAS is OpenBLAS on a CPU with AVX-512, where it runs its small-matrix kernels.
+
+    With OpenBLAS's AVX2 kernels (no small-matrix path) blocks cost more than
+    one product, so they are used only here. A fixed rule, not a timing: it
+    must not change from run to run, because blocks add up a long sum in
+    another order (see :func:`matmul_t_by_blocks`) and so change the last bits.
+    """
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]["name"].lower()
+        simd = config["SIMD Extensions"]["found"]
+    except (AttributeError, KeyError, TypeError, ValueError):  # another NumPy build or version
+        return False
+    forced = os.environ.get("OPENBLAS_CORETYPE", "").lower()  # OpenBLAS told to use other kernels
+    if forced and forced not in ("skylakex", "cooperlake", "sapphirerapids"):
+        return False
+    return "openblas" in blas and any(name in simd for name in ("X86_V4", "AVX512_SKX"))
+
+
+#: Whether :func:`matmul_by_blocks` and :func:`matmul_t_by_blocks` cut their products into blocks.
+BLOCKED_PRODUCTS = _blas_has_small_matrix_kernels()
+
+#: :func:`matmul_t_by_blocks` sums no blocks of fewer columns than this: there the blocks' partial
+#: results cost more than they save, and one product with the operands swapped is fastest
+#: (docs/performance.md, "blocked products").
+MIN_BLOCK_COLUMNS = 128
+
+
+def _block_length(rows, inner):
+    """Columns per block for a product whose other two sizes are ``rows`` and ``inner``."""
+    return max(1, BLOCK_MACS // (rows * inner))
+
+
+def matmul_by_blocks(a, b, out=None):
+    """``a @ b`` for ``a`` (M, K) and a long ``b`` (K, L), computed block of columns by block of columns.
+
+    Column ``l`` of ``a @ b`` depends on column ``l`` of ``b`` only, so cutting ``b``
+    into blocks of columns changes nothing but the size of the products BLAS sees.
+    The blocks go to BLAS in one ``matmul`` call, as a stack. Where that does not pay
+    (:data:`BLOCKED_PRODUCTS` is False) this is ``a @ b``. With ``out`` (an (M, L)
+    array whose rows are contiguous, such as a range of columns of a larger one)
+    the product is written there.
+    """
+    xp = B.xp
+    m, k = a.shape
+    length = b.shape[1]
+    size = _block_length(m, k)
+    if not BLOCKED_PRODUCTS or xp is not np or length <= size:
+        return xp.matmul(a, b, out=out)
+    if out is None:
+        out = xp.empty((m, length), dtype=xp.result_type(a, b))
+    count = length // size
+    full = count * size
+    # Block i is columns i*size ... (i+1)*size - 1; as views, stacked: (count, K, size) and (count, M, size).
+    xp.matmul(a, b[:, :full].reshape(k, count, size).transpose(1, 0, 2),
+              out=out[:, :full].reshape(m, count, size).transpose(1, 0, 2))
+    if full < length:
+        xp.matmul(a, b[:, full:], out=out[:, full:])
+    return out
+
+
+def matmul_t_by_blocks(a, b):
+    """``a @ b.T`` for ``a`` (M, L) and ``b`` (R, L) with a long ``L``: a sum of small products.
+
+    ``(a @ b.T)[m, r] = sum_l a[m, l] b[r, l]``; the sum over ``l`` is cut into blocks
+    of :data:`BLOCK_MACS` multiply-adds, each block is one small product, and the
+    blocks' results are added one after another, in block order. Where that does not
+    pay (:data:`BLOCKED_PRODUCTS` is False) this is ``a @ b.T``; where the blocks would be
+    shorter than :data:`MIN_BLOCK_COLUMNS`, it is ``(b @ a.T).T``, one product.
+    """
+    xp = B.xp
+    m, length = a.shape
+    r = b.shape[0]
+    size = _block_length(m, r)
+    if not BLOCKED_PRODUCTS or xp is not np or length <= size:
+        return a @ b.T
+    if size < MIN_BLOCK_COLUMNS:  # no blocks: the product with the operands swapped is faster
+        return (b @ a.T).T
+    count = length // size
+    full = count * size
+    parts = xp.matmul(a[:, :full].reshape(m, count, size).transpose(1, 0, 2),
+                      b[:, :full].reshape(r, count, size).transpose(1, 2, 0))  # (count, M, R)
+    total = parts.sum(axis=0)  # along the outer axis NumPy adds the blocks one after another
+    if full < length:
+        total += a[:, full:] @ b[:, full:].T
+    return total
