@@ -55,18 +55,20 @@ def test_classify_gives_probabilities_input_and_every_layer(cnn, mnist):
     assert answer.prediction.label == plain.prediction.label == predicted.label
 
 
-def test_requests_classify_at_the_same_time_without_a_lock(cnn, mnist):
+@pytest.mark.parametrize("activations", [True, False])
+def test_requests_classify_at_the_same_time_without_a_lock(cnn, mnist, activations):
     """Eight threads classify with one model at once (as the server's requests do): each gets the answer it gets
     alone. no_grad() holds per thread and a forward under it keeps nothing on the model, so nothing is shared."""
     images = [on_paper(mnist.test_images[i]) for i in range(8)]
-    alone = [classify(cnn, CONFIG, image, activations=True) for image in images]
+    classifier = Classifier.from_model(cnn, CONFIG)
+    alone = [classify(classifier, image, activations=activations) for image in images]
     together = [None] * len(images)
     start = threading.Barrier(len(images))
 
     def request(i):
         start.wait()
         for _ in range(3):
-            together[i] = classify(cnn, CONFIG, images[i], activations=True)
+            together[i] = classify(classifier, images[i], activations=activations)
 
     threads = [threading.Thread(target=request, args=(i,)) for i in range(len(images))]
     for t in threads:
@@ -74,8 +76,9 @@ def test_requests_classify_at_the_same_time_without_a_lock(cnn, mnist):
     for t in threads:
         t.join()
     for i, (a, b) in enumerate(zip(alone, together)):
-        np.testing.assert_array_equal(b.probabilities, a.probabilities, err_msg=f"image {i}: together / alone")
-        for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(b.prediction.probabilities, a.prediction.probabilities,
+                                      err_msg=f"image {i}: together / alone")
+        for la, lb in zip(a.layers or [], b.layers or []):
             np.testing.assert_array_equal(lb.values, la.values, err_msg=f"image {i}, {la.description}")
 
 
