@@ -14,13 +14,17 @@
 ``GET  /api/collections/{collection}/figures/{name}``  one of the study's figures
 =====================================================  =====================================================
 
+and the Train view's routes (:mod:`npconv.serve.training`): start, follow, stop and resume runs.
+
 Safety (the server runs on the user's machine, next to their files):
 
 * runs and folders are named in URLs by id only (:mod:`npconv.serve.catalog`): unknown ids, and files
   outside the served folders, are 404;
 * request bodies are capped at :data:`MAX_BODY` bytes (413), images in pixels before decoding
   (:func:`npconv.data.images.open_image`, 400);
-* nothing is ever written to disk: models and test sets are only read (datasets are never downloaded);
+* nothing is written to disk but by the Train view's requests (:mod:`npconv.serve.training`: a run folder in
+  the served folder of runs, JSON bodies from this page only, a token beyond loopback); models and test
+  sets are only read (datasets are never downloaded);
 * every error is a JSON object ``{"error": "..."}`` with a 4xx status; no traceback reaches the client;
 * a request whose ``Host`` is not the server's own loopback name is refused (403) when serving on
   loopback, so a web page the user visits cannot reach the server by DNS rebinding; responses carry a
@@ -50,6 +54,8 @@ from ..train.settings import SETTINGS
 from .mistakes import answer_test_set
 from .network import architecture, classify, first_filters
 from .report import render_report
+from .training import Trainer, losses_of
+from .training import routes as training_routes
 
 #: Largest request body accepted, in bytes (an image to classify).
 MAX_BODY = 5 * 1024 * 1024
@@ -66,6 +72,7 @@ STATIC_FILES = {
     "charts.js": "text/javascript; charset=utf-8",
     "draw.js": "text/javascript; charset=utf-8",
     "views.js": "text/javascript; charset=utf-8",
+    "train.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 SECURITY_HEADERS = {
@@ -181,12 +188,18 @@ class Server:
     def _fill_row(self, run, row):
         folder = run.folder()
         summary = folder.read_summary() if folder is not None else None
-        row["status"] = summary.status if summary is not None else run.status()
+        row["status"] = "running" if folder is not None and folder.training_now() else \
+            summary.status if summary is not None else run.status()
         config = folder.read_config() if folder is not None else self.model(run)[1] if row["has_model"] else {}
         row.update(model=config.get("model"), dataset=config.get("dataset"), classes=config.get("classes"))
         if folder is not None:
             row["settings"] = {name: config.get(name) for name in SETTINGS if name in config}
-            if summary is not None:
+            if row["status"] == "running":  # no summary yet (or an old one): the epochs done so far
+                history = folder.read_history()
+                last = vars(history[-1]) if history else {}
+                row.update(epochs=len(history), **{k: last.get(k) for k in ("train_loss", "train_acc",
+                                                                           "test_loss", "test_acc")})
+            elif summary is not None:
                 row.update(epochs=summary.epochs, train_loss=summary.train_loss, train_acc=summary.train_acc,
                            test_loss=summary.test_loss, test_acc=summary.test_acc,
                            seconds_per_epoch=summary.seconds_per_epoch)
@@ -200,7 +213,7 @@ class Server:
         if folder is not None:
             detail.update(config=config, summary=summary.to_json() if summary else None,
                           history=[vars(h) for h in folder.read_history()], health=folder.read_health(),
-                          curves=run.file(CURVES_FILE) is not None)
+                          curves=run.file(CURVES_FILE) is not None, losses=losses_of(run))
         if run.model_file:
             model, config = self.model(run)
             detail.update(model_config={k: v for k, v in config.items() if k != "format"},
@@ -254,12 +267,14 @@ def _flag(request, name):
     return value in ("1", "true", "yes")
 
 
-def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
+def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES, trainer=None):
     """The Starlette application serving ``catalog`` (:class:`npconv.serve.catalog.Catalog`).
 
     ``allowed_hosts``: the ``Host`` names accepted (any port); None accepts every host.
+    ``trainer``: the :class:`~npconv.serve.training.Trainer` of the Train view (default: one without a token).
     """
     server = Server(catalog, max_body)
+    trainer = trainer if trainer is not None else Trainer(catalog)
     static = {name: importlib.resources.files(__package__).joinpath("static", name).read_bytes()
               for name in STATIC_FILES}
 
@@ -351,6 +366,7 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
         Route("/api/collections/{collection}", collection),
         Route("/api/collections/{collection}/report", report),
         Route("/api/collections/{collection}/figures/{name}", figure),
+        *training_routes(server, trainer, JSON),
     ]
     handlers = {HTTPException: _http_error, ImageError: _user_error(400), NpconvError: _user_error(422),
                 Exception: _internal_error}
