@@ -366,7 +366,7 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES, trainer
         Route("/api/collections/{collection}", collection),
         Route("/api/collections/{collection}/report", report),
         Route("/api/collections/{collection}/figures/{name}", figure),
-        *training_routes(server, trainer, JSON),
+        *training_routes(server, trainer, JSON, finite, read_body),
     ]
     handlers = {HTTPException: _http_error, ImageError: _user_error(400), NpconvError: _user_error(422),
                 Exception: _internal_error}

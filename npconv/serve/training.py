@@ -401,10 +401,10 @@ def losses_of(run):
 # --- the routes -----------------------------------------------------------------------------------------
 
 
-def routes(server, trainer, to_json):
+def routes(server, trainer, to_json, finite, read_body):
     """The Train view's routes. ``server`` is the app's :class:`~npconv.serve.app.Server` (its run lookups);
-    ``to_json(content, status)`` makes its JSON responses."""
-    from .app import finite, read_body  # the app's own (it imports this module first)
+    ``to_json(content, status)`` makes its JSON responses, ``finite(obj)`` replaces what JSON cannot hold,
+    ``read_body(request, limit)`` reads a capped body: the app's own."""
 
     async def json_body(request):
         trainer.check_request(request)
