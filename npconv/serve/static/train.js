@@ -35,7 +35,7 @@ export async function showTrain(main, runId, stillCurrent) {
     el("div", {class: "page-head"}, el("h1", {}, "Train"), el("p", {class: "sub"}, form.folder
       ? `Start a run and watch it learn. Runs go into ${form.folder}/, as npconv train writes them.`
       : "Follow a run as it trains. (To start runs here, serve a folder of runs: npconv serve runs/)")),
-    el("div", {class: "grid train-grid"}, left, right));
+    el("div", {class: `grid train-grid${followed ? " following" : ""}`}, left, right));
   if (followed) follow(live);
 }
 
@@ -311,7 +311,7 @@ function drawCurves(live) {
       lineChart(stepSeries, {logY: true, xLabel: "step", yLabel: "loss", markers})),
     el("div", {class: "chart"}, el("h3", {}, "Accuracy (%), each epoch"),
       h.length ? lineChart(acc, {yLabel: "accuracy"}) : el("p", {class: "muted"}, "After the first epoch.")),
-    el("div", {class: "chart epoch-table"}, epochTable(h)));
+    el("div", {class: "chart epoch-table table-wrap"}, epochTable(h)));
 }
 
 function epochTable(h) {
