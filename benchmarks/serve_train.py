@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,22 +30,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from canvases import canvases  # noqa: E402
 from serve_latency import untrained_model  # noqa: E402
+from served import start_server  # noqa: E402
 from speed import machine  # noqa: E402
 
 from npconv.text import plural  # noqa: E402
 
 MUST_MS = 200
-
-
-def start_server(paths):
-    proc = subprocess.Popen([sys.executable, "-m", "npconv", "serve", *paths, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "http://" not in line:
-        proc.kill()
-        sys.exit(f"npconv serve did not start: {line} {proc.stderr.read()}")
-    host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
-    return proc, host, int(port)
 
 
 def timed(conn, method, path, body=None, headers=None):
@@ -98,7 +87,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = os.path.join(tmp, "runs")
         os.mkdir(runs)
-        proc, host, port = start_server([runs, untrained_model(tmp)])
+        proc, host, port = start_server(runs, untrained_model(tmp))
         try:
             conn = http.client.HTTPConnection(host, port, timeout=60)
             count = iter(range(args.idle + 1))

@@ -15,7 +15,8 @@ Kinds of things served:
                 completed, its ``model.npz``;
 ``model``       a model file on its own: no history, but everything a model alone can show;
 ``collection``  a folder of runs: a sweep or study folder (runs in ``runs/``) or the ``runs/`` folder
-                ``npconv train`` writes into (empty, too: runs started from the page go into the first one). A study's ``REPORT.md`` is served with its figures.
+                ``npconv train`` writes into (empty, too: runs started from the page go into the first one).
+                A study's ``REPORT.md`` is served with its figures.
                 Its runs are looked up again on every listing, so runs a sweep finishes later appear.
 
 Runs are read only through :class:`npconv.train.runfolder.RunFolder`.

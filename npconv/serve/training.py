@@ -417,10 +417,11 @@ def routes(server, trainer, to_json, finite, read_body):
     async def form(request):
         return to_json(await run_in_threadpool(trainer.form))
 
-    async def start(request):
-        settings = await json_body(request)
+    async def launched(start, *args):
+        """202 ``{"run": RUN}`` once ``start(*args)`` has a run training; 409 while another trains, 400 when the
+        settings or the data cannot be used."""
         try:
-            run = await run_in_threadpool(trainer.start, settings)
+            run = await run_in_threadpool(start, *args)
         except Busy:
             raise HTTPException(409, f"run {trainer.training_id()} is training; stop it or wait until it ends "
                                      "(one run at a time)") from None
@@ -428,19 +429,15 @@ def routes(server, trainer, to_json, finite, read_body):
             raise HTTPException(400, str(e)) from None
         return to_json({"run": run.id}, 202)
 
+    async def start(request):
+        return await launched(trainer.start, await json_body(request))
+
     async def resume(request):
         run = server.run(request.path_params["run"])
         body = await json_body(request)
         if run.folder() is not None and await run_in_threadpool(run.folder().training_now):
             raise HTTPException(409, f"run {run.id} is training now")
-        try:
-            run = await run_in_threadpool(trainer.resume, run, body)
-        except Busy:
-            raise HTTPException(409, f"run {trainer.training_id()} is training; stop it or wait until it ends "
-                                     "(one run at a time)") from None
-        except NpconvError as e:
-            raise HTTPException(400, str(e)) from None
-        return to_json({"run": run.id}, 202)
+        return await launched(trainer.resume, run, body)
 
     async def stop(request):
         run = server.run(request.path_params["run"])

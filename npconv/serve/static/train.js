@@ -69,7 +69,8 @@ function field(s) {
   const label = s.name.replaceAll("_", " ");
   let input;
   if (s.name === "model") {
-    input = el("select", {name: "model"}, form.models.map((m) => el("option", {value: m, selected: m === s.default}, m)));
+    input = el("select", {name: "model"},
+      form.models.map((m) => el("option", {value: m, selected: m === s.default}, m)));
   } else if (s.choices) {
     input = el("select", {name: s.name}, s.choices.map((c) => el("option", {value: c, selected: c === s.default}, c)));
   } else if (s.kind === "bool") {
