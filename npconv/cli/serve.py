@@ -13,10 +13,12 @@ DEFAULT_RUNS = "runs"
 
 def add_commands(sub):
     p = sub.add_parser(
-        "serve", help="a local web page: draw a digit and watch every layer answer; runs, models, mistakes",
+        "serve", help="a local web page: draw a digit and watch every layer answer; runs, models, mistakes; "
+                      "train and watch it learn",
         description="Serve a web page for trained models: draw a digit and see the prediction and every layer's "
                     "activations, the model's architecture, filters and training curves, its mistakes on the test "
-                    "set, and tables of runs (with a study's report). Also a JSON API under /api/. "
+                    "set, and tables of runs (with a study's report); start a run and watch it train (runs go into the "
+                    "first folder of runs given). Also a JSON API under /api/. "
                     f"Needs the serve extra: {EXTRA}.")
     p.add_argument("paths", nargs="*", metavar="RUN_DIR|MODEL.npz|FOLDER",
                    help="run folders, model files, and folders of runs (a sweep, a study, runs/); "

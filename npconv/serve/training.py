@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from ..data.datasets import is_available
 from ..errors import NpconvError, SettingError
 from ..models import MODELS
 from ..train.health import new_advice
@@ -67,6 +68,8 @@ PATH_SETTINGS = ("data_dir",)
 #: Default caps on one request: epochs, and training images (a whole training set is 60 000).
 MAX_EPOCHS = 30
 MAX_TRAIN_IMAGES = 60_000
+#: Largest integer a request may give for a setting (beyond it, no setting's value; 2**53: exact as a float).
+MAX_INTEGER = 2**53
 #: Largest JSON body of a writing request, in bytes.
 MAX_JSON = 16 * 1024
 #: How often the event stream looks at the run folder, in seconds.
@@ -155,6 +158,9 @@ class Trainer:
         for name in PATH_SETTINGS:
             if name in settings:
                 raise SettingError(name, "cannot be set from the page (it names a folder on the server)")
+        for name, value in settings.items():  # beyond any setting's range, and too large to become a float
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+                raise SettingError(name, f"is too large: an integer of {len(str(abs(value)))} digits")
         model = settings.get("model")
         if isinstance(model, str) and model not in MODELS:
             files = self.model_files()
@@ -165,6 +171,9 @@ class Trainer:
         config = make_config(settings)
         config.validate()
         self.check_caps(config.epochs, config.train_subset)
+        if not is_available(config.dataset):
+            raise SettingError("dataset", f"{config.dataset} is not on this machine, and the page never downloads "
+                                          f"a dataset (npconv train --dataset {config.dataset} does, once)")
         return config
 
     def check_caps(self, epochs, train_subset=None):

@@ -119,6 +119,10 @@ BAD = [
     (b'{"epochs": 2, "train_subset": 2000000}', 400, "train_subset must be at most 5000"),
     (b'{"epochs": 2}', 400, "train_subset must be at most 5000"),  # all 60 000 images
     (b'{"batch_size": "100"}', 400, "batch_size must be int"),
+    (b'{"lr": 1' + b"0" * 400 + b"}", 400, "lr is too large: an integer of 401 digits"),
+    (b'{"seed": -1}', 400, "seed must be an integer >= 0"),
+    (b'{"model": {"layers": []}}', 400, "model must be str"),
+    (b'{"dataset": "fashion-mnist", "data_dir": null}', 400, "data_dir cannot be set"),
     (b'{"optimizer": "rmsprop"}', 400, "optimizer must be one of"),
     (b'{"colour": "blue"}', 400, "colour is not a training setting"),
     (b'{"data_dir": "/etc"}', 400, "data_dir cannot be set"),
@@ -287,3 +291,41 @@ def test_ctrl_c_on_the_server_stops_its_run_cleanly(tmp_path):
     assert summary.status == "interrupted" and summary.signal == "SIGINT" and summary.checkpoint == "checkpoint.npz"
     assert RunFolder(folder / run).read_checkpoint().epoch == summary.epochs >= 1
     assert not RunFolder(folder / run).training_now()
+
+
+def test_the_page_never_downloads_a_dataset(tmp_path, monkeypatch):
+    from npconv.errors import SettingError
+    from npconv.serve import training
+    from npconv.serve.catalog import Catalog
+
+    (tmp_path / "runs").mkdir()
+    trainer = training.Trainer(Catalog.from_paths([tmp_path / "runs"]))
+    monkeypatch.setattr(training, "is_available", lambda name: name == "mnist")
+    assert trainer.config({"dataset": "mnist", "train_subset": 100}).dataset == "mnist"
+    with pytest.raises(SettingError, match="fashion-mnist is not on this machine, and the page never downloads"):
+        trainer.config({"dataset": "fashion-mnist", "train_subset": 100})
+
+
+def test_any_json_is_a_setting_error_or_a_config(tmp_path):
+    """Whatever JSON a request holds, checking it raises an NpconvError (a 400) or gives a config: never a bug."""
+    from hypothesis import given, settings, strategies as st
+
+    from npconv.errors import NpconvError
+    from npconv.serve import training
+    from npconv.serve.catalog import Catalog
+
+    (tmp_path / "runs").mkdir()
+    trainer = training.Trainer(Catalog.from_paths([tmp_path / "runs"]))
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    values = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=5), scalars, max_size=2)
+    names = st.sampled_from([*SETTINGS, "model_layers", "x"])
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.dictionaries(names, values, max_size=4) | values)
+    def check(body):
+        try:
+            trainer.config(body)
+        except NpconvError:
+            pass
+
+    check()
