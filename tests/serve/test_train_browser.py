@@ -1,6 +1,10 @@
 """The Train view in a real browser (headless Chromium, as test_browser.py): start a run from the form, watch
 its curve and filters change, stop it mid-epoch and resume it, reload mid-run."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from .test_browser import browser, expect, wait_until  # noqa: F401 (browser is a fixture)
 from .webclient import start_server, stop_server
@@ -11,6 +15,7 @@ def train_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser-train") / "runs"
     folder.mkdir()
     proc, client = start_server([str(folder)])
+    client.folder = str(folder)
     yield client
     stop_server(proc)
 
@@ -100,3 +105,25 @@ def test_the_train_view_fits_a_phone(browser, train_server):  # noqa: F811
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     context.close()
     assert overflow <= 0, f"#/train is {overflow} px wider than a phone"
+
+
+def test_the_runs_view_shows_a_command_line_run_as_it_trains(train_page, train_server):
+    page = train_page
+    page.click(".tabs a[data-view=runs]")
+    page.wait_for_selector(".runs-card")
+    out = os.path.join(train_server.folder, "cli-run")
+    proc = subprocess.Popen([sys.executable, "-m", "npconv", "train", "--model", "cnn", "--epochs", "3",
+                             "--train-subset", "3000", "--batch-size", "10", "--out", out, "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        row = page.locator("tr[data-run=cli-run]")
+        # It appears while it trains, linking to the Train view (the status column shows when statuses differ).
+        expect(row.locator("a", has_text="watch")).to_be_visible(timeout=30_000)
+        assert row.locator(".pill").count() == 0 or row.locator(".pill").inner_text() == "running"
+        expect(row.locator("a", has_text="draw")).to_be_visible(timeout=60_000)  # completed: it has a model
+        assert row.locator(".pill").count() == 0 or row.locator(".pill").inner_text() == "completed"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -261,7 +261,7 @@ const COLUMNS = [
 
 // While a run trains (a sweep or study started from the command line, a run started in Train), the table is read
 // again every few seconds, so runs appear and fill in as they train.
-const REFRESH_RUNNING_MS = 3000, REFRESH_IDLE_MS = 15000;
+const REFRESH_RUNNING_MS = 2000, REFRESH_IDLE_MS = 4000;
 const sorting = new Map();  // collection name -> {sortKey, ascending, status}: kept across refreshes
 
 export async function showRuns(main, view, collectionId, stillCurrent, again = false) {
@@ -269,7 +269,8 @@ export async function showRuns(main, view, collectionId, stillCurrent, again = f
   const collections = collectionId ? [collectionId] : state.collections.map((c) => c.id);
   const loaded = await Promise.all(collections.map((id) => api(`/api/collections/${encodeURIComponent(id)}`)));
   if (!stillCurrent()) return;
-  const loose = state.runs.filter((r) => !r.collection);
+  const loose = again ? (await api("/api/runs")).runs.filter((r) => !r.collection)  // their status may have changed
+    : state.runs.filter((r) => !r.collection);
   const parts = [el("div", {class: "page-head"}, el("h1", {}, collectionId ? loaded[0].name : "Runs"),
     el("p", {class: "sub"}, collectionId ? `a ${loaded[0].kind} folder` : "everything this server was given"))];
   for (const c of loaded) parts.push(await collectionCard(c, view === "report" && collectionId, stillCurrent));
@@ -282,7 +283,7 @@ export async function showRuns(main, view, collectionId, stillCurrent, again = f
   main.replaceChildren(...parts);
   if (again) window.scrollTo(0, scroll);
   if (view !== "runs") return;
-  const running = loaded.some((c) => c.runs.some((r) => r.status === "running"));
+  const running = [...loaded.flatMap((c) => c.runs), ...loose].some((r) => r.status === "running");
   setTimeout(() => {
     if (stillCurrent()) showRuns(main, view, collectionId, stillCurrent, true).catch(() => {});
   }, running ? REFRESH_RUNNING_MS : REFRESH_IDLE_MS);
