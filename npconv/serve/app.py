@@ -54,7 +54,7 @@ from ..train.settings import SETTINGS
 from .mistakes import answer_test_set
 from .network import architecture, classify, first_filters
 from .report import render_report
-from .training import Trainer, losses_of
+from .training import Trainer, live_figures, losses_of
 from .training import routes as training_routes
 
 #: Largest request body accepted, in bytes (an image to classify).
@@ -188,21 +188,17 @@ class Server:
     def _fill_row(self, run, row):
         folder = run.folder()
         summary = folder.read_summary() if folder is not None else None
-        row["status"] = "running" if folder is not None and folder.training_now() else \
-            summary.status if summary is not None else run.status()
+        row["status"] = summary.status if summary is not None else run.status()
         config = folder.read_config() if folder is not None else self.model(run)[1] if row["has_model"] else {}
         row.update(model=config.get("model"), dataset=config.get("dataset"), classes=config.get("classes"))
         if folder is not None:
             row["settings"] = {name: config.get(name) for name in SETTINGS if name in config}
-            if row["status"] == "running":  # no summary yet (or an old one): the epochs done so far
-                history = folder.read_history()
-                last = vars(history[-1]) if history else {}
-                row.update(epochs=len(history), **{k: last.get(k) for k in ("train_loss", "train_acc",
-                                                                           "test_loss", "test_acc")})
-            elif summary is not None:
+            if summary is not None:
                 row.update(epochs=summary.epochs, train_loss=summary.train_loss, train_acc=summary.train_acc,
                            test_loss=summary.test_loss, test_acc=summary.test_acc,
                            seconds_per_epoch=summary.seconds_per_epoch)
+        if folder is not None and folder.training_now():  # no summary yet (or a stopped run's): the epochs so far
+            row.update(status="running", **live_figures(folder))
         return config, summary
 
     def run_detail(self, run):
@@ -213,7 +209,8 @@ class Server:
         if folder is not None:
             detail.update(config=config, summary=summary.to_json() if summary else None,
                           history=[vars(h) for h in folder.read_history()], health=folder.read_health(),
-                          curves=run.file(CURVES_FILE) is not None, losses=losses_of(run))
+                          curves=run.file(CURVES_FILE) is not None)
+            detail["losses"] = losses_of(run)
         if run.model_file:
             model, config = self.model(run)
             detail.update(model_config={k: v for k, v in config.items() if k != "format"},

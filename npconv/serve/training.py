@@ -401,6 +401,14 @@ def end_json(status, summary, config):
     return {"status": status, "summary": summary.to_json() if summary else None, "diverged_step": diverged_step}
 
 
+def live_figures(folder):
+    """A training run's line in a table of runs: the epochs done so far and the last one's figures."""
+    history = folder.read_history()
+    last = vars(history[-1]) if history else {}
+    figures = {name: last.get(name) for name in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    return {"epochs": len(history), "seconds_per_epoch": None, **figures}
+
+
 def losses_of(run):
     """The run's step losses as ``[[step, loss], ...]`` (for ``GET /api/runs/RUN``)."""
     path = run.file(LOSSES_FILE)
