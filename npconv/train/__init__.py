@@ -13,6 +13,7 @@ In dependency order:
 ``modelfile.py``    model files: ``save_model``, ``load_model``
 ``curves.py``       the training curves as PNG
 ``runfolder.py``    the run folder: its files, its typed ``Summary``
+``live.py``         what a run writes as it trains: step losses, first-layer snapshots
 ``run.py``          ``run_training``, ``resume_training``
 ==================  ==========================================================
 """
