@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 
-def start_server(model_path):
-    """``npconv serve MODEL --port 0`` (a free loopback port); returns ``(process, host, port)`` once it listens."""
-    proc = subprocess.Popen([sys.executable, "-m", "npconv", "serve", model_path, "--port", "0"],
+def start_server(*paths):
+    """``npconv serve PATHS --port 0`` (a free loopback port); returns ``(process, host, port)`` once it listens."""
+    proc = subprocess.Popen([sys.executable, "-m", "npconv", "serve", *paths, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if "http://" not in line:

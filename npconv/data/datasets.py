@@ -276,6 +276,12 @@ def load_dataset(name="mnist", data_dir=None, verify=True, *, search_dirs=None, 
                       check_sha256=verify)
 
 
+def is_available(name):
+    """Whether a built-in source on this machine holds dataset ``name``'s files (nothing is read or downloaded)."""
+    info = dataset_info(name)
+    return any(_locate_files(info, d, required=False) is not None for d in default_search_dirs(info))
+
+
 def dataset_info(name):
     """The :class:`DatasetInfo` registered as ``name``; DataError if there is none."""
     try:

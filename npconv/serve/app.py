@@ -14,13 +14,17 @@
 ``GET  /api/collections/{collection}/figures/{name}``  one of the study's figures
 =====================================================  =====================================================
 
+and the Train view's routes (:mod:`npconv.serve.training`): start, follow, stop and resume runs.
+
 Safety (the server runs on the user's machine, next to their files):
 
 * runs and folders are named in URLs by id only (:mod:`npconv.serve.catalog`): unknown ids, and files
   outside the served folders, are 404;
 * request bodies are capped at :data:`MAX_BODY` bytes (413), images in pixels before decoding
   (:func:`npconv.data.images.open_image`, 400);
-* nothing is ever written to disk: models and test sets are only read (datasets are never downloaded);
+* nothing is written to disk but by the Train view's requests (:mod:`npconv.serve.training`: a run folder in
+  the served folder of runs, JSON bodies from this page only, a token beyond loopback); models and test
+  sets are only read (datasets are never downloaded);
 * every error is a JSON object ``{"error": "..."}`` with a 4xx status; no traceback reaches the client;
 * a request whose ``Host`` is not the server's own loopback name is refused (403) when serving on
   loopback, so a web page the user visits cannot reach the server by DNS rebinding; responses carry a
@@ -49,6 +53,8 @@ from ..train.settings import SETTINGS
 from .mistakes import answer_test_set
 from .network import architecture, classify, first_filters
 from .report import render_report
+from .training import Trainer, live_figures, losses_of
+from .training import routes as training_routes
 
 #: Largest request body accepted, in bytes (an image to classify).
 MAX_BODY = 5 * 1024 * 1024
@@ -65,6 +71,7 @@ STATIC_FILES = {
     "charts.js": "text/javascript; charset=utf-8",
     "draw.js": "text/javascript; charset=utf-8",
     "views.js": "text/javascript; charset=utf-8",
+    "train.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 SECURITY_HEADERS = {
@@ -189,6 +196,8 @@ class Server:
                 row.update(epochs=summary.epochs, train_loss=summary.train_loss, train_acc=summary.train_acc,
                            test_loss=summary.test_loss, test_acc=summary.test_acc,
                            seconds_per_epoch=summary.seconds_per_epoch)
+        if folder is not None and folder.training_now():  # no summary yet (or a stopped run's): the epochs so far
+            row.update(status="running", **live_figures(folder))
         return config, summary
 
     def run_detail(self, run):
@@ -200,6 +209,7 @@ class Server:
             detail.update(config=config, summary=summary.to_json() if summary else None,
                           history=[vars(h) for h in folder.read_history()], health=folder.read_health(),
                           curves=run.file(CURVES_FILE) is not None)
+            detail["losses"] = losses_of(run)
         if run.model_file:
             classifier = self.classifier(run)
             detail.update(model_config={k: v for k, v in classifier.config.items() if k != "format"},
@@ -253,12 +263,14 @@ def _flag(request, name):
     return value in ("1", "true", "yes")
 
 
-def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
+def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES, trainer=None):
     """The Starlette application serving ``catalog`` (:class:`npconv.serve.catalog.Catalog`).
 
     ``allowed_hosts``: the ``Host`` names accepted (any port); None accepts every host.
+    ``trainer``: the :class:`~npconv.serve.training.Trainer` of the Train view (default: one without a token).
     """
     server = Server(catalog, max_body)
+    trainer = trainer if trainer is not None else Trainer(catalog)
     static = {name: importlib.resources.files(__package__).joinpath("static", name).read_bytes()
               for name in STATIC_FILES}
 
@@ -350,6 +362,7 @@ def create_app(catalog, max_body=MAX_BODY, allowed_hosts=LOOPBACK_NAMES):
         Route("/api/collections/{collection}", collection),
         Route("/api/collections/{collection}/report", report),
         Route("/api/collections/{collection}/figures/{name}", figure),
+        *training_routes(server, trainer, JSON, finite, read_body),
     ]
     handlers = {HTTPException: _http_error, ImageError: _user_error(400), NpconvError: _user_error(422),
                 Exception: _internal_error}

@@ -15,7 +15,8 @@ Kinds of things served:
                 completed, its ``model.npz``;
 ``model``       a model file on its own: no history, but everything a model alone can show;
 ``collection``  a folder of runs: a sweep or study folder (runs in ``runs/``) or the ``runs/`` folder
-                ``npconv train`` writes into. A study's ``REPORT.md`` is served with its figures.
+                ``npconv train`` writes into (empty, too: runs started from the page go into the first one).
+                A study's ``REPORT.md`` is served with its figures.
                 Its runs are looked up again on every listing, so runs a sweep finishes later appear.
 
 Runs are read only through :class:`npconv.train.runfolder.RunFolder`.
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from ..errors import NpconvError
 from ..experiments.report.markdown import FIGURE_DIR, REPORT_FILE
 from ..experiments.results import RESULTS_CSV
-from ..train.runfolder import (CONFIG_FILE, ERROR_FILE, HEALTH_FILE, HISTORY_FILE, MODEL_FILE,
-                               SUMMARY_FILE, RunFolder, find_runs, is_run_folder)
+from ..train.runfolder import (CONFIG_FILE, ERROR_FILE, HEALTH_FILE, HISTORY_FILE, LOSSES_FILE, MODEL_FILE,
+                               SNAPSHOT_FILE, SUMMARY_FILE, RunFolder, find_runs, is_run_folder)
 
 #: Names a served file may have (a figure of a study): no separators, no leading dot.
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.png")
@@ -77,17 +78,20 @@ class Run:
         """The :class:`RunFolder`, once every file it will read is known to lie inside the root (else None)."""
         if self.kind != "run":
             return None
-        names = (CONFIG_FILE, SUMMARY_FILE, HISTORY_FILE, HEALTH_FILE)
+        names = (CONFIG_FILE, SUMMARY_FILE, HISTORY_FILE, HEALTH_FILE, LOSSES_FILE, SNAPSHOT_FILE)
         if any(os.path.lexists(RunFolder(self.path).file(n)) and self.file(n) is None for n in names):
             return None
         return RunFolder(self.path)
 
     def status(self):
-        """``completed``, ``diverged`` or ``interrupted`` from its summary; ``failed`` (an ``error.txt``), else
-        ``pending`` (not started, or training now); a model file is ``completed``."""
+        """``running`` while a process trains in the folder (holds its lock); else ``completed``, ``diverged``
+        or ``interrupted`` from its summary; ``failed`` (an ``error.txt``), else ``pending`` (not started, or
+        killed before it wrote a summary); a model file is ``completed``."""
         if self.kind == "model":
             return "completed"
         folder = self.folder()
+        if folder is not None and folder.training_now():
+            return "running"
         summary = folder.read_summary() if folder and self.file(SUMMARY_FILE) else None
         if summary is not None:
             return summary.status
@@ -157,9 +161,7 @@ class Catalog:
             elif os.path.isdir(path):
                 collection = Collection(catalog._new_id(os.path.basename(path), catalog.collections), path)
                 catalog.collections[collection.id] = collection
-                catalog._scan(collection)
-                if not collection.run_ids and collection.kind == "folder":
-                    raise NpconvError(f"{path}: no runs in this folder (nor in its runs/ folder)")
+                catalog._scan(collection)  # an empty folder is served too: the Train view's runs go there
             elif not os.path.exists(path):
                 raise NpconvError(f"{path}: no such run folder, model file or folder of runs")
             else:

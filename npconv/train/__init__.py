@@ -10,6 +10,7 @@ In dependency order:
 ``checkpoint.py``   everything needed to continue a run exactly
 ``modelfile.py``    model files: ``save_model``, ``load_model``
 ``runfolder.py``    the run folder: its files, its typed ``Summary``
+``live.py``         what a run writes as it trains: step losses, first-layer snapshots
 ``run.py``          ``run_training``, ``resume_training``
 ==================  ==========================================================
 """

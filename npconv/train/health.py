@@ -188,6 +188,14 @@ def advise(rows, train_loss, train_acc, num_classes):
     return advice
 
 
+def new_advice(given, rows, stats, num_classes):
+    """The advice of the epoch ``stats`` (an :class:`~npconv.train.loop.EpochStats`) not in ``given`` already
+    (earlier epochs' advice): ``[{"epoch", "key", "message"}, ...]``, each kind of problem said once per run."""
+    keys = {a["key"] for a in given}
+    return [{"epoch": stats.epoch, "key": key, "message": line}
+            for key, line in advise(rows, stats.train_loss, stats.train_acc, num_classes) if key not in keys]
+
+
 def health_csv(rows):
     """The rows as CSV text with :data:`HEALTH_COLUMNS`; floats in full precision (``repr``)."""
     buf = io.StringIO()

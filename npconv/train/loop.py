@@ -104,7 +104,8 @@ def evaluate(model, loss_fn, images, labels, batch_size=1000):
     return float(total_loss) / len(images), float(np.mean(predictions == B.to_numpy(labels))), predictions
 
 
-def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True, desc="train", monitor=None):
+def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True, desc="train", monitor=None,
+                on_step=None):
     """One pass over ``batches`` (an iterable of ``(x, y)`` with a ``len``).
 
     Returns ``(mean_loss, accuracy)`` averaged over the epoch's samples as
@@ -124,6 +125,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
     # reported at its exact step; the steps after it in that stretch are wasted, and discarded).
     check_every = 1 if B.on_host() else CHECK_EVERY
     unchecked = []  # (step, loss) not checked yet
+    checked = []    # (step, loss as a float) checked, not yet given to on_step
     show = progress and show_progress_bars()
     bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=not show, dynamic_ncols=True)
     with bar:
@@ -133,7 +135,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
             loss = loss_fn(logits, yb)
             unchecked.append((step, loss))
             if len(unchecked) >= check_every or step == last_step:
-                _check_finite(unchecked, epoch)
+                checked += _check_finite(unchecked, epoch)
                 unchecked = []
             model.backward(loss_fn.backward(), input_grad=False)  # the images need no gradient
             if monitor is not None and step == last_step:
@@ -142,6 +144,10 @@ def train_epoch(model, loss_fn, optimizer, batches, *, epoch=None, progress=True
                 monitor.after_update()
             else:
                 optimizer.step()
+            if on_step is not None:
+                for checked_step, value in checked:
+                    on_step(epoch, checked_step, value)
+            checked = []
             seen += len(yb)
             total_loss = total_loss + mean_loss(loss_fn, loss, len(yb)) * len(yb)  # on the device, as the loss
             correct = correct + (logits.argmax(axis=1) == yb).sum()
@@ -157,7 +163,8 @@ CHECK_EVERY = 50
 
 
 def _check_finite(losses, epoch):
-    """Raise :class:`TrainingDiverged` at the first of ``losses`` (``(step, loss)`` pairs) that is not finite."""
+    """Raise :class:`TrainingDiverged` at the first of ``losses`` (``(step, loss)`` pairs) that is not finite;
+    else return them as ``(step, float)`` pairs."""
     if B.on_host():
         values = [loss for _, loss in losses]
     else:  # one transfer for the whole stretch
@@ -166,16 +173,17 @@ def _check_finite(losses, epoch):
         if not math.isfinite(value):
             where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
             raise TrainingDiverged(f"diverged at {where} (loss {value})", epoch=epoch, step=step)
+    return [(step, float(value)) for (step, _), value in zip(losses, values)]
 
 
 def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *, val=None, lr_schedule=None,
-        start_epoch=1, progress=True, on_epoch_end=None, monitor=None, divergence_threshold=None):
+        start_epoch=1, progress=True, on_epoch_end=None, monitor=None, divergence_threshold=None, on_step=None):
     """Train epochs ``start_epoch .. epochs``, evaluating on the test set (and ``val``) after each.
 
     ``val`` is an optional ``(images, labels)`` validation set held out of training.
     ``lr_schedule(epoch) -> lr``, if given, sets ``optimizer.lr`` before each epoch.
     ``start_epoch > 1`` continues a run restored from a checkpoint.
-    ``monitor`` is passed to :func:`train_epoch`.
+    ``monitor`` and ``on_step`` are passed to :func:`train_epoch`.
 
     ``on_epoch_end(stats)`` is called with each :class:`EpochStats`, e.g. to
     print it or write the history. Returns the list of the epochs' stats.
@@ -190,7 +198,7 @@ def fit(model, loss_fn, optimizer, batches, test_images, test_labels, epochs, *,
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(
             model, loss_fn, optimizer, batches, epoch=epoch, progress=progress, desc=f"epoch {epoch}/{epochs}",
-            monitor=monitor,
+            monitor=monitor, on_step=on_step,
         )
         seconds = time.perf_counter() - started  # training only; evaluation is not counted
         if divergence_threshold is not None and exploded(train_loss, divergence_threshold):

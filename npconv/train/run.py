@@ -31,8 +31,9 @@ from ..models import build_model, model_label
 from ..models.initialization import reinitialize
 from ..text import plural
 from .checkpoint import restore
-from .health import HealthMonitor, advise, probe_batch
+from .health import HealthMonitor, new_advice, probe_batch
 from .interrupt import Interrupted, deferred_interrupts
+from .live import LiveRecord
 from .loop import TrainingDiverged, divergence_threshold, fit
 from .modelfile import model_config
 from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
@@ -336,20 +337,21 @@ def _train(run, folder, checkpoint, *, progress, log):
     start_epoch = checkpoint.epoch + 1 if checkpoint else 1
     monitor = HealthMonitor(run.model, run.probe)
     title = f"{config.model} on {config.dataset}"
+    if checkpoint:  # the steps of the epoch the run repeats now are drawn again
+        folder.keep_losses(checkpoint.epoch)
+    live = LiveRecord(folder, run.model, run.x_test[:1], len(run.batches), start_epoch)
 
     def on_epoch_end(stats):
         rows = monitor.measure(stats.epoch)
-        given = {a["key"] for a in advice}
-        new_advice = [{"epoch": stats.epoch, "key": key, "message": line}
-                      for key, line in advise(rows, stats.train_loss, stats.train_acc, run.num_classes)
-                      if key not in given]
+        added = new_advice(advice, rows, stats, run.num_classes)
         history.append(stats)
         health_rows.extend(rows)
-        advice.extend(new_advice)
+        advice.extend(added)
         folder.write_epoch(history, health_rows, run.model, run.optimizer, config=run.full_config, rngs=run.rngs,
                            advice=advice)
+        live.epoch_end(stats.epoch)
         log(format_epoch(stats, config.epochs))
-        for a in new_advice:
+        for a in added:
             log(f"advice: {a['message']}")
 
     def lr_schedule(epoch):
@@ -366,7 +368,7 @@ def _train(run, folder, checkpoint, *, progress, log):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             fit(engine.compile(run.model, config.engine), run.loss_fn, run.optimizer, run.batches, run.x_test,
                 run.test_labels, config.epochs, val=run.val, lr_schedule=lr_schedule, start_epoch=start_epoch,
-                progress=progress, on_epoch_end=on_epoch_end, monitor=monitor,
+                progress=progress, on_epoch_end=on_epoch_end, monitor=monitor, on_step=live.step,
                 divergence_threshold=divergence_threshold(run.num_classes))
     except TrainingDiverged as e:
         # One line: where, the likely cause, what is kept (summary.json records the details).
@@ -380,6 +382,8 @@ def _train(run, folder, checkpoint, *, progress, log):
         signum = getattr(e, "signum", signal.SIGINT)
         end("interrupted", signal=signal.Signals(signum).name)
         raise Interrupted(signum, out_dir=folder.path, epoch=history[-1].epoch if history else 0) from None
+    finally:
+        live.close()
 
     with deferred_interrupts():  # the model, the summary and the curves: all three, then the signal
         folder.write_model(run.model, model_config(run.full_config))

@@ -13,11 +13,16 @@ A run folder holds:
 ``summary.json``    :class:`Summary`: the status, the last epoch's figures, the seconds, the advice
 ``model.npz``       weights and architecture (:mod:`npconv.train.modelfile`), once completed
 ``curves.png``      loss and accuracy curves, train and test, once the run ends
+``losses.csv``      every training step's loss as it trains: ``step,epoch,loss,time`` (``step`` counted
+                    from the run's start, ``time`` in seconds since 1970), appended a whole line at a time
+``snapshot.npz``    the first convolution's filters and their feature maps of a fixed test image, rewritten
+                    a few times per epoch (:mod:`npconv.train.live`) so a page can watch them change
 ``error.txt``       why the run failed, when a sweep could not train it
 ``.lock``           held while a process writes into the folder (:func:`npconv.io.lock_dir`)
 ==================  ==========================================================
 
-Every file is written atomically. At the end of each epoch the history, the
+Every file is written atomically (but ``losses.csv``, which grows a line at a time: a reader ignores
+a last line that has no end yet). At the end of each epoch the history, the
 health figures and the checkpoint are written together (a signal waits until
 all three are on disk, :meth:`RunFolder.write_epoch`), so they always describe
 the same epoch; ``summary.json`` is written when the run ends, however it ends.
@@ -31,7 +36,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from ..errors import NpconvError, SettingError
-from ..io import atomic_write, lock_dir, read_json, write_json
+from ..io import atomic_write, lock_dir, locked_by, read_json, read_npz, write_json, write_npz
 from .checkpoint import load_checkpoint, save_checkpoint
 from .health import HEALTH_COLUMNS, health_csv
 from .interrupt import deferred_interrupts
@@ -46,8 +51,12 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.npz"
 CURVES_FILE = "curves.png"
 ERROR_FILE = "error.txt"
+LOSSES_FILE = "losses.csv"
+SNAPSHOT_FILE = "snapshot.npz"
 #: Every file a run folder may hold (but its lock).
-RUN_FILES = (CONFIG_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE, ERROR_FILE)
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE, ERROR_FILE,
+             LOSSES_FILE, SNAPSHOT_FILE)
+LOSS_COLUMNS = ["step", "epoch", "loss", "time"]
 
 #: How a run can end. ``completed`` and ``diverged`` runs are over: a sweep does not train them again.
 STATUSES = ("completed", "diverged", "interrupted")
@@ -205,6 +214,33 @@ class RunFolder:
     def read_checkpoint(self):
         return load_checkpoint(self.file(CHECKPOINT_FILE))
 
+    # --- while it trains: step losses and snapshots ------------------------------------------
+    def open_losses(self):
+        """``losses.csv`` opened for appending, one whole line per write (a :class:`LossLog`)."""
+        return LossLog(self.file(LOSSES_FILE))
+
+    def keep_losses(self, through_epoch):
+        """Drop the step losses after epoch ``through_epoch`` (those of an epoch a resumed run repeats)."""
+        rows = [r for r in self.read_losses() if r[1] <= through_epoch]
+        with atomic_write(self.file(LOSSES_FILE), "w") as f:
+            f.write(",".join(LOSS_COLUMNS) + "\n" + "".join(_loss_line(*r) for r in rows))
+
+    def read_losses(self, offset=0):
+        """The step losses as ``[(step, epoch, loss, time), ...]`` (empty when there are none)."""
+        return read_losses(self.file(LOSSES_FILE), offset)[0]
+
+    def write_snapshot(self, arrays):
+        write_npz(self.file(SNAPSHOT_FILE), arrays)
+
+    def read_snapshot(self):
+        """The arrays of ``snapshot.npz`` (:mod:`npconv.train.live`), or None when there is none."""
+        path = self.file(SNAPSHOT_FILE)
+        return read_npz(path, "snapshot") if os.path.isfile(path) else None
+
+    def training_now(self):
+        """Whether a process holds the folder's lock: a run is training (or resuming) in it right now."""
+        return os.path.isdir(self.path) and locked_by(self.path) is not None
+
     # --- the end of a run -----------------------------------------------------------------
     def write_summary(self, summary):
         with deferred_interrupts():
@@ -290,6 +326,48 @@ def history_csv(history):
         row = [getattr(h, c) for c in columns]
         writer.writerow([f"{v:.3f}" if c == "seconds" else repr(v) for c, v in zip(columns, row)])
     return buf.getvalue()
+
+
+class LossLog:
+    """``losses.csv`` open for appending: :meth:`write` adds one step's line, written and flushed whole."""
+
+    def __init__(self, path):
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: one write per line
+        if new:
+            self._file.write(",".join(LOSS_COLUMNS) + "\n")
+
+    def write(self, step, epoch, loss, time):
+        self._file.write(_loss_line(step, epoch, loss, time))
+
+    def close(self):
+        self._file.close()
+
+
+def _loss_line(step, epoch, loss, time):
+    return f"{step},{epoch},{loss!r},{time:.3f}\n"
+
+
+def read_losses(path, offset=0):
+    """The whole lines of ``losses.csv`` from byte ``offset`` on: ``([(step, epoch, loss, time), ...], end)``,
+    ``end`` the offset to read on from (a last line still being written is left for then)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    except OSError as e:
+        raise NpconvError(f"{path}: not readable ({e.strerror})") from None
+    whole = data[: data.rfind(b"\n") + 1]
+    rows = []
+    for line in whole.decode("utf-8", errors="replace").splitlines():
+        parts = line.split(",")
+        try:
+            rows.append((int(parts[0]), int(parts[1]), float(parts[2]), float(parts[3])))
+        except (ValueError, IndexError):
+            continue  # the header, or a line that is not a step's
+    return rows, offset + len(whole)
 
 
 def _csv_rows(path, what):

@@ -355,7 +355,7 @@ def make_config(settings, where=None):
     checked by :meth:`TrainConfig.validate`.
     """
     model = settings.get("model", SETTINGS["model"].default)
-    settings = {**MODEL_DEFAULTS.get(model, {}), **settings}
+    settings = {**(MODEL_DEFAULTS.get(model, {}) if isinstance(model, str) else {}), **settings}  # else: an error
     values = {}
     for name, value in settings.items():
         spec = SETTINGS.get(name)

@@ -5,29 +5,17 @@ in CI (``CI=true``) it fails. (This folder is not called ``tests/onnx``: on the 
 that name would stand in for the onnx package itself.)
 """
 
-import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
+
+from dependencies import require  # noqa: F401 (the ONNX tests import it from here)
 
 from npconv.models import build_model, is_architecture_file, model_layers
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: MNIST's pixel statistics, the normalization the tests' models are given.
 MEAN, STD = 0.1307, 0.3081
-
-
-def require(module):
-    """Import ``module``; without it, skip (fail in CI, where the [dev] extra must have installed it)."""
-    try:
-        return __import__(module)
-    except ImportError:
-        why = f'{module} is not installed (pip install -e ".[dev]")'
-        if IN_CI:
-            pytest.fail(f"{why}; CI must run the ONNX tests")
-        pytest.skip(why)
 
 
 def run_cli(*args, cwd=None):

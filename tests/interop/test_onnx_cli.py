@@ -78,7 +78,7 @@ def test_an_imported_pytorch_model_evaluates_and_predicts(pytorch_trained, mnist
 
 
 def test_npconv_serve_serves_an_imported_pytorch_model(pytorch_trained, mnist):
-    pytest.importorskip("starlette")
+    require("starlette")
     net, _, npz = pytorch_trained
     proc, client = start_server([str(npz)])
     try:

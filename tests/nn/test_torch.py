@@ -9,9 +9,11 @@ Skipped cleanly when torch is not installed.
 import numpy as np
 import pytest
 
+from dependencies import require
+
 from npconv import models, nn, optim
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 torch.set_num_threads(1)
 tnn = torch.nn
 

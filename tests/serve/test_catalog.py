@@ -32,12 +32,17 @@ def test_two_folders_of_the_same_name_get_two_ids(served, tmp_path):
 def test_paths_that_serve_nothing_are_errors(tmp_path, served):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("hello")
-    for path, words in [(tmp_path / "missing", "no such"), (tmp_path / "notes.txt", "not a run folder"),
-                        (tmp_path / "empty", "no runs")]:
+    for path, words in [(tmp_path / "missing", "no such"), (tmp_path / "notes.txt", "not a run folder")]:
         with pytest.raises(NpconvError, match=words):
             Catalog.from_paths([path])
     with pytest.raises(NpconvError, match="nothing to serve"):
         Catalog.from_paths([])
+
+
+def test_an_empty_folder_is_served_for_runs_to_come(tmp_path):
+    (tmp_path / "empty").mkdir()
+    catalog = Catalog.from_paths([tmp_path / "empty"])
+    assert list(catalog.collections) == ["empty"] and catalog.runs == {}
 
 
 def test_files_are_served_only_from_inside_the_folders(served):

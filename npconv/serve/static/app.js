@@ -1,9 +1,10 @@
 // npconv serve: the page's entry point. Routes (in the URL's hash, so links and the back button work):
-//   #/draw/RUN   #/model/RUN   #/mistakes/RUN   #/runs   #/runs/FOLDER   #/report/FOLDER
+//   #/draw/RUN   #/model/RUN   #/mistakes/RUN   #/runs   #/runs/FOLDER   #/report/FOLDER   #/train   #/train/RUN
 // RUN and FOLDER are the ids the server gives (GET /api/runs).
 import {api, go, runLabel, state} from "./api.js";
 import {el} from "./charts.js";
 import {showDraw} from "./draw.js";
+import {showTrain} from "./train.js";
 import {showMistakes, showModel, showRuns} from "./views.js";
 
 function fillRunSelect() {
@@ -48,7 +49,8 @@ async function route() {
   for (const a of document.querySelectorAll(".tabs a")) {
     a.classList.toggle("active", a.dataset.view === view || (view === "report" && a.dataset.view === "runs"));
     const target = a.dataset.view;
-    a.href = target === "runs" ? "#/runs" : `#/${target}/${encodeURIComponent(state.run || "")}`;
+    const own = target === "runs" || target === "train";  // views of their own, not of the chosen model
+    a.href = own ? `#/${target}` : `#/${target}/${encodeURIComponent(state.run || "")}`;
   }
   const main = document.getElementById("view");
   const stillCurrent = () => token === renderToken;
@@ -56,6 +58,7 @@ async function route() {
     if (view === "model") await showModel(main, state.run, stillCurrent);
     else if (view === "mistakes") await showMistakes(main, state.run, stillCurrent);
     else if (view === "runs" || view === "report") await showRuns(main, view, id, stillCurrent);
+    else if (view === "train") await showTrain(main, id, stillCurrent);
     else await showDraw(main, state.run, stillCurrent);
   } catch (error) {
     if (stillCurrent()) main.replaceChildren(el("div", {class: "card"}, el("p", {class: "error"}, error.message)));

@@ -124,10 +124,12 @@ function formatTick(v) {
 }
 
 /**
- * An SVG line chart. series: [{name, color, points: [[x, y], ...], dash}]; options: {logY, yLabel, band: [lo, hi]}.
+ * An SVG line chart. series: [{name, color, points: [[x, y], ...], dash}]; options: {logY, yLabel, band: [lo, hi],
+ * markers: [{x, label, color}] (vertical lines, e.g. where a run diverged), legend: false (the caller draws it)}.
  * Non-finite and (on a log scale) non-positive points are left out.
  */
-export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", band = null, height = 220} = {}) {
+export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", band = null, height = 220,
+  markers = [], legend: withLegend = true} = {}) {
   const W = 520, H = height, left = 46, right = 10, top = 10, bottom = 44;
   const keep = ([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!logY || y > 0);
   const clean = series.map((s) => ({...s, points: s.points.filter(keep)})).filter((s) => s.points.length);
@@ -140,7 +142,7 @@ export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", 
   const f = logY ? Math.log10 : (v) => v;
   let ys = clean.flatMap((s) => s.points.map((p) => f(p[1])));
   if (band) ys = ys.concat(band.map(f));
-  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [x0, x1] = [Math.min(...xs, ...markers.map((m) => m.x)), Math.max(...xs, ...markers.map((m) => m.x))];
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) { x0 -= 1; x1 += 1; }
   if (y0 === y1) { y0 -= logY ? 0.5 : Math.abs(y0) * 0.1 || 1; y1 += logY ? 0.5 : Math.abs(y1) * 0.1 || 1; }
@@ -174,6 +176,13 @@ export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", 
       }
     }
   }
+  for (const m of markers) {
+    g.append(svg("line", {x1: X(m.x), x2: X(m.x), y1: top, y2: H - bottom, stroke: m.color, "stroke-width": 1.5,
+      "stroke-dasharray": "4 3", class: "marker"}, svg("title", {}, m.label)));
+    const right = X(m.x) > W / 2;
+    g.append(svg("text", {x: X(m.x) + (right ? -4 : 4), y: top + 10, "text-anchor": right ? "end" : "start",
+      class: "marker-label", fill: m.color}, m.label));
+  }
   const legend = svg("g", {class: "legend"});
   let lx = left;
   for (const s of clean) {
@@ -182,7 +191,8 @@ export function lineChart(series, {logY = false, yLabel = "", xLabel = "epoch", 
     legend.append(svg("text", {x: lx + 20, y: H - 2.5}, s.name));
     lx += 28 + 6.2 * s.name.length;
   }
-  root.append(g, legend);
+  root.append(g);
+  if (withLegend) root.append(legend);
   return root;
 }
 

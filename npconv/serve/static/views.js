@@ -4,7 +4,7 @@ import {PALETTE, digitCanvas, divergingCanvas, el, lineChart, num, pct} from "./
 
 const runUrl = (id) => `/api/runs/${encodeURIComponent(id)}`;
 const link = (view, id, text) => el("a", {href: `#/${view}/${encodeURIComponent(id)}`}, text);
-const statusPill = (status) => el("span", {class: `pill ${status}`}, status);
+export const statusPill = (status) => el("span", {class: `pill ${status}`}, status);
 const loading = (text) => el("div", {class: "card"}, el("p", {class: "muted"}, text));
 
 function noRun(main) {
@@ -98,7 +98,7 @@ function curvesCard(d) {
   return card;
 }
 
-function healthCard(d) {
+export function healthCard(d) {
   const card = el("section", {class: "card"}, el("h2", {}, "Training health"));
   const rows = d.health || [];
   if (!rows.length) {
@@ -259,12 +259,18 @@ const COLUMNS = [
   ["test_acc", "test acc", "num"], ["test_loss", "test loss", "num"], ["seconds_per_epoch", "s / epoch", "num"],
 ];
 
-export async function showRuns(main, view, collectionId, stillCurrent) {
-  main.replaceChildren(loading("Loading the runs…"));
+// While a run trains (a sweep or study started from the command line, a run started in Train), the table is read
+// again every few seconds, so runs appear and fill in as they train.
+const REFRESH_RUNNING_MS = 2000, REFRESH_IDLE_MS = 4000;
+const sorting = new Map();  // collection name -> {sortKey, ascending, status}: kept across refreshes
+
+export async function showRuns(main, view, collectionId, stillCurrent, again = false) {
+  if (!again) main.replaceChildren(loading("Loading the runs…"));
   const collections = collectionId ? [collectionId] : state.collections.map((c) => c.id);
   const loaded = await Promise.all(collections.map((id) => api(`/api/collections/${encodeURIComponent(id)}`)));
   if (!stillCurrent()) return;
-  const loose = state.runs.filter((r) => !r.collection);
+  const loose = again ? (await api("/api/runs")).runs.filter((r) => !r.collection)  // their status may have changed
+    : state.runs.filter((r) => !r.collection);
   const parts = [el("div", {class: "page-head"}, el("h1", {}, collectionId ? loaded[0].name : "Runs"),
     el("p", {class: "sub"}, collectionId ? `a ${loaded[0].kind} folder` : "everything this server was given"))];
   for (const c of loaded) parts.push(await collectionCard(c, view === "report" && collectionId, stillCurrent));
@@ -273,7 +279,14 @@ export async function showRuns(main, view, collectionId, stillCurrent) {
       kind: "folder"}));
   }
   if (!stillCurrent()) return;
+  const scroll = window.scrollY;
   main.replaceChildren(...parts);
+  if (again) window.scrollTo(0, scroll);
+  if (view !== "runs") return;
+  const running = [...loaded.flatMap((c) => c.runs), ...loose].some((r) => r.status === "running");
+  setTimeout(() => {
+    if (stillCurrent()) showRuns(main, view, collectionId, stillCurrent, true).catch(() => {});
+  }, running ? REFRESH_RUNNING_MS : REFRESH_IDLE_MS);
 }
 
 async function collectionCard(c, reportTab, stillCurrent) {
@@ -302,13 +315,16 @@ function runsTable(c) {
   const allDone = c.runs.every((r) => !r.settings || r.epochs === r.settings.epochs);
   const figures = COLUMNS.filter(([key]) => !(key === "status" && statuses.length < 2) && !(key === "epochs" && allDone));
   const columns = [["name", "run"], ...c.varying.map((v) => [`settings.${v}`, v.replaceAll("_", " ")]), ...figures];
-  let sortKey = "test_acc", ascending = false, status = "";
+  const saved = sorting.get(c.name) || {sortKey: "test_acc", ascending: false, status: ""};
+  sorting.set(c.name, saved);
+  let {sortKey, ascending, status} = saved;
   const tbody = el("tbody");
   const headers = columns.map(([key, label, cls]) => el("th", {class: `sortable ${cls || ""}`,
     onclick: () => { ascending = sortKey === key ? !ascending : key === "name"; sortKey = key; draw(); }}, label));
   const value = (r, key) => (key.startsWith("settings.") ? (r.settings || {})[key.slice(9)] ?? r[key.slice(9)]
     : r[key]);
   const draw = () => {
+    Object.assign(saved, {sortKey, ascending, status});
     headers.forEach((h, i) => {
       h.classList.toggle("sorted", columns[i][0] === sortKey);
       h.classList.toggle("asc", ascending);
@@ -332,13 +348,15 @@ function runsTable(c) {
       if (key === "test_loss") return el("td", {class: "num"}, num(v));
       if (key === "seconds_per_epoch") return el("td", {class: "num"}, v ? v.toFixed(1) : "—");
       return el("td", {class: cls || ""}, v === undefined || v === null ? "—" : String(v));
-    }), el("td", {class: "links"}, r.has_model ? [link("draw", r.id, "draw"), link("mistakes", r.id, "mistakes")]
+    }), el("td", {class: "links"}, r.status === "running" ? link("train", r.id, "watch")
+      : r.has_model ? [link("draw", r.id, "draw"), link("mistakes", r.id, "mistakes")]
       : el("span", {class: "muted", title: r.error || null}, r.error ? "cannot be read" : "no model")))));
     if (!rows.length) tbody.append(el("tr", {}, el("td", {colspan: columns.length + 1, class: "muted"}, "no runs")));
   };
   const filter = el("select", {"aria-label": "Filter by status", onchange: (e) => { status = e.target.value; draw(); }},
     el("option", {value: ""}, `all (${c.runs.length})`),
-    statuses.map((s) => el("option", {value: s}, `${s} (${c.runs.filter((r) => r.status === s).length})`)));
+    statuses.map((s) => el("option", {value: s, selected: s === status},
+      `${s} (${c.runs.filter((r) => r.status === s).length})`)));
   draw();
   return el("section", {class: "card runs-card"}, el("h2", {}, c.name),
     el("p", {class: "sub"}, `${c.kind === "folder" ? "runs" : `a ${c.kind}`}`
