@@ -197,8 +197,8 @@ def check_layers(layers, num_classes=None, input_shape=INPUT_SHAPE):
                                  f"more than the {MAX_VALUES_PER_IMAGE} a layer may have")
     if num_classes is not None and shape != (num_classes,):
         last = normalized[-1]["type"]
-        raise ModelSpecError(f"layer {len(layers) - 1} ({last}): the model's output is {_shape(shape)}, but the data has "
-                             f"{num_classes} classes: end with a linear layer with out_features = {num_classes}")
+        raise ModelSpecError(f"layer {len(layers) - 1} ({last}): the model's output is {_shape(shape)}, but the data "
+                             f"has {num_classes} classes: end with a linear layer with out_features = {num_classes}")
     return CheckedLayers(normalized, shape, parameters)
 
 

@@ -51,8 +51,8 @@ def test_fashion_models_fit_the_whole_image(cnn, mnist):
     np.testing.assert_array_equal(fashion.image, preprocess(image, fit=28))
 
 
-def test_not_sure_below_even_odds(cnn):
-    answer = classify(cnn, CONFIG, on_paper(np.zeros((28, 28), np.uint8)))
+def test_not_sure_below_even_odds(cnn, mnist):
+    answer = classify(cnn, CONFIG, on_paper(mnist.test_images[0]))
     assert answer.not_sure == (answer.probabilities.max() < 0.5)
     sure = type(answer)(answer.image, np.array([0.02] * 9 + [0.82]))
     unsure = type(answer)(answer.image, np.array([0.06] * 9 + [0.46]))
