@@ -38,7 +38,7 @@ def add_commands(sub):
     where.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/)")
     where.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint, with the settings in DIR/config.json "
-                            "(only --epochs may change)")
+                            "(only --epochs and --device may change)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="test loss, accuracy and confusion matrix of a model file")
