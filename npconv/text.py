@@ -23,3 +23,12 @@ def shorten(text, width=WIDTH):
 def shorten_start(text, width):
     """``text`` cut to ``width`` characters from its start (a path keeps its file name): ``...ts/seven.png``."""
     return text if len(text) <= width else "..." + text[len(text) - max(width - 3, 0):]
+
+
+def shorten_middle(text, width):
+    """``text`` cut to ``width`` characters in its middle, so that a path keeps both ends: ``/tmp/sw...s/cnn-3f2a``."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 3, 0)
+    head = keep // 2
+    return text[:head] + "..." + text[len(text) - (keep - head):]
