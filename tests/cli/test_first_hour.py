@@ -88,3 +88,15 @@ def test_layers_are_counted_from_0_in_model_files_as_in_health_and_the_api(tmp_p
     net.write_text("[[layer]]\ntype = 'flatten'\n\n[[layer]]\nout_features = 10\n")
     status, _, err = run(capsys, "train", "--model", str(net), "--out", str(tmp_path / "r"))
     assert status == 2 and "layer 1: has no type; give one of: conv2d" in err and "None" not in err, err
+
+
+def test_the_study_file_points_to_files_that_exist(capsys):
+    from pathlib import Path
+
+    import npconv
+
+    assert main(["study", "--show-config"]) == 0
+    text = capsys.readouterr().out
+    named = re.findall(r"npconv/[\w/]+\.py", text)
+    root = Path(npconv.__file__).parent.parent
+    assert named and all((root / path).is_file() for path in named), named
