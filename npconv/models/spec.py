@@ -31,9 +31,9 @@ inferred from the input, 1x28x28 images (:data:`INPUT_SHAPE`), layer by layer;
 given anyway, they must agree. The last layer must give one value per class.
 Every option and every shape is checked, and a problem names the layer
 (counted from 0 in the file's order, as ``model[k]``, the weights' names
-``0.weight`` and ``health.csv`` count them) and what is wrong: ``layer 4
-(linear): needs flat input (N, features), gets 64x7x7 images: put a flatten
-layer before it``.
+``0.weight`` and ``health.csv`` count them) and what is wrong; the example
+without its flatten layer gives ``layer 4 (linear): needs flat input (N,
+features), gets 32x14x14 images: put a flatten layer before it``.
 
 ==================================  ======================================================
 ``type``                            options (default)
