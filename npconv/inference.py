@@ -266,7 +266,8 @@ def data_mismatch(config, dataset):
 
 
 def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu"):
-    """Load the model file at ``path`` (or in the run folder ``path``) and evaluate it on a test set (default: the dataset it was trained on).
+    """Load the model file at ``path`` (or in the run folder ``path``) and evaluate it on a test set (default: the
+    dataset it was trained on).
 
     The result's ``warning`` says so when the test set is not from the data
     the model was trained on (:func:`data_mismatch`). ``device`` says where the
