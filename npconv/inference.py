@@ -28,10 +28,11 @@ from . import data, nn
 from .data import to_float
 from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
 from .engine import compile as compile_model
-from .errors import NpconvError
+from .errors import ModelFileError, NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
 from .train.modelfile import load_model
+from .train.runfolder import MODEL_FILE, SUMMARY_FILE, RunFolder, is_run_folder
 
 #: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
 #: choice less than even odds, so it is more likely wrong than right about it.
@@ -40,6 +41,30 @@ LOW_CONFIDENCE = 0.5
 BATCH = 1000
 #: What a folder given to :func:`image_files` is searched for (lower-case extensions).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def model_file_of(path):
+    """The model file ``path`` names: itself, or for a run folder the ``model.npz`` in it.
+
+    Raises :class:`~npconv.errors.ModelFileError` for a run folder without a
+    model yet (it is written when the run completes) and for a folder that is no run.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    model_file = os.path.join(path, MODEL_FILE)
+    if os.path.isfile(model_file):
+        return model_file
+    if not is_run_folder(path):
+        raise ModelFileError(f"{path}: a folder without {MODEL_FILE}, not a run folder")
+    try:
+        summary = RunFolder(path).read_summary() if os.path.isfile(os.path.join(path, SUMMARY_FILE)) else None
+    except NpconvError:
+        summary = None
+    if summary is None or summary.status == "interrupted":
+        raise ModelFileError(f"{path}: the run has no {MODEL_FILE} yet (it is written when the run completes): "
+                             f"finish it with npconv train --resume {path}")
+    raise ModelFileError(f"{path}: the run {summary.status} and has no {MODEL_FILE}")
 
 
 def fit_for(config):
@@ -104,7 +129,7 @@ class Classifier:
     Parameters
     ----------
     model_file : str or os.PathLike
-        A ``model.npz`` written by ``npconv train`` (or :func:`npconv.save_model`).
+        A ``model.npz`` written by ``npconv train`` (or :func:`npconv.save_model`), or the run folder that holds it.
     device : ``"cpu"`` (default) or ``"cuda"``
         Where the model computes (:mod:`npconv.backend`); results come back as host arrays.
     engine : ``"fast"`` (default) or ``"reference"``
@@ -121,9 +146,10 @@ class Classifier:
     """
 
     def __init__(self, model_file, device="cpu", engine="fast"):
+        path = model_file_of(model_file)
         with B.on_device(device):
-            model, config = load_model(os.fspath(model_file))
-        self._use(model, config, device, os.fspath(model_file), engine)
+            model, config = load_model(path)
+        self._use(model, config, device, path, engine)
 
     @classmethod
     def from_model(cls, model, config, device="cpu", engine="fast"):
@@ -269,7 +295,8 @@ def data_mismatch(config, dataset):
 
 
 def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, device="cpu", engine="fast"):
-    """Load the model file at ``path`` and evaluate it on a test set (default: the dataset it was trained on).
+    """Load the model file at ``path`` (or in the run folder ``path``) and evaluate it on a test set (default: the
+    dataset it was trained on).
 
     The result's ``warning`` says so when the test set is not from the data
     the model was trained on (:func:`data_mismatch`). ``device`` says where the
@@ -281,6 +308,7 @@ def evaluate_model_file(path, dataset=None, data_dir=None, batch_size=1000, devi
 
 
 def _evaluate_model_file(path, dataset, data_dir, batch_size, device, engine):
+    path = model_file_of(path)
     classifier = Classifier(path, device, engine)
     config = classifier.config
     loaded = data.load_dataset(dataset or config.get("dataset", "mnist"), data_dir)
@@ -294,4 +322,5 @@ def _evaluate_model_file(path, dataset, data_dir, batch_size, device, engine):
 
 
 __all__ = ["BATCH", "Classifier", "Evaluation", "IMAGE_EXTENSIONS", "LOW_CONFIDENCE", "Prediction", "class_names",
-           "classify", "confusion_matrix", "data_mismatch", "evaluate_model_file", "fit_for", "image_files"]
+           "classify", "confusion_matrix", "data_mismatch", "evaluate_model_file", "fit_for", "image_files",
+           "model_file_of"]

@@ -33,3 +33,12 @@ def format_seconds(seconds):
     if seconds >= 60:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds} s"
+
+
+def shorten_middle(text, width):
+    """``text`` cut to ``width`` characters in its middle, so that a path keeps both ends: ``/tmp/sw...s/cnn-3f2a``."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 3, 0)
+    head = keep // 2
+    return text[:head] + "..." + text[len(text) - (keep - head):]

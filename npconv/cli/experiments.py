@@ -14,7 +14,7 @@ from ..errors import NpconvError
 from ..experiments.executors import default_workers
 from ..experiments.runlist import MAX_DEPTH
 from ..plots import MAX_SERIES
-from ..text import WIDTH, plural, shorten, shorten_start
+from ..text import WIDTH, plural, shorten, shorten_middle
 from ..train.settings import SETTINGS
 from .options import add_grid_options, positive_int
 
@@ -173,7 +173,7 @@ def format_runs(entries):
 
     def line(cells, folder):
         text = "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths))
-        return f"{text}  {shorten_start(folder, max(WIDTH - fixed, 12))}"
+        return f"{text}  {shorten_middle(folder, max(WIDTH - fixed, 24))}"  # both ends: which sweep, which run
 
     return [line(head, "folder")] + [line(row, e.path) for row, e in zip(rows, entries)]
 

@@ -9,6 +9,7 @@ checkpoint of its last completed epoch; ``npconv train --resume DIR`` continues 
 """
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -24,10 +25,40 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+    """argparse, but a usage error is one line on stderr (and exit status 2), and an unknown option gets the
+    closest known one suggested (what argparse's ``suggest_on_error`` does from Python 3.14 on)."""
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._subparsers._group_actions[0].choices.get(getattr(parsed, "command", None))
+            hint = suggestion(extras, command or self)
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {hint}?" if hint else ""))
+        return parsed
+
+
+def suggestion(extras, parser):
+    """The option of ``parser`` closest to the first unknown option in ``extras``, or None.
+
+    An option matches by its flag (``--epoch`` -> ``--epochs``) or by the first words of its help, so that
+    ``--learning-rate`` finds ``--lr``, whose help begins "learning rate".
+    """
+    unknown = next((e.split("=")[0] for e in extras if e.startswith("--")), None)
+    if unknown is None:
+        return None
+    names = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                names[option] = option
+                words = (action.help or "").split("values of:")[-1].replace("(", " ").split()  # sweep: a list of
+                for n in (2, 3):  # "learning rate", "weight decay", "batch size"
+                    names.setdefault("--" + "-".join(w.strip(",:;").lower() for w in words[:n]), option)
+    close = difflib.get_close_matches(unknown, names, n=1, cutoff=0.75)
+    return names[close[0]] if close else None
 
 
 def build_parser():

@@ -58,8 +58,8 @@ def add_train_options(parser):
             off = spec.default
             name = f"--no-{spec.name.replace('_', '-')}" if off else spec.flag
             parser.add_argument(name, dest=spec.name, action="store_const", const=not off,
-                                help=f"{'do not ' if off else ''}{spec.help} (default: {spec.name} "
-                                     f"{'on' if off else 'off'})")
+                                help=f"{'do not ' if off else ''}{spec.help} (default: it does"
+                                     f"{'' if off else ' not'})")
         elif spec.choices is not None and not spec.file_suffix:
             parser.add_argument(spec.flag, dest=spec.name, choices=spec.choices, help=_help(spec))
         elif spec.choices is not None:  # a choice or a file: checked by the settings, not by argparse

@@ -41,11 +41,11 @@ def add_commands(sub):
     where.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/)")
     where.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint, with the settings in DIR/config.json "
-                            "(only --epochs may change)")
+                            "(only --epochs and --device may change)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="test loss, accuracy and confusion matrix of a model file")
-    e.add_argument("model_file", metavar="MODEL.npz")
+    e.add_argument("model_file", metavar="MODEL.npz|RUN_DIR", help="a model file, or the run folder that holds it")
     _add_data_options(e)
     e.add_argument("--batch-size", type=int, default=1000, metavar="N", help="default: %(default)s")
     _add_device_option(e)
@@ -56,7 +56,7 @@ def add_commands(sub):
                     "'digits/*.png' for the files it matches). Each image is preprocessed as MNIST's digits were "
                     "made: cropped to its ink, fitted into 20x20, centred by mass in 28x28. A prediction whose top "
                     f"probability is below {LOW_CONFIDENCE} is flagged 'not sure'.")
-    p.add_argument("model_file", metavar="MODEL.npz")
+    p.add_argument("model_file", metavar="MODEL.npz|RUN_DIR", help="a model file, or the run folder that holds it")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, a folder of images or a pattern")
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table: one line per image, for reading; json, csv: every class's probability "

@@ -43,6 +43,9 @@ SIZE = 28
 DIGIT_BOX = 20
 #: Share of the strongest stroke a pixel needs to count as ink for the bounding box.
 INK_THRESHOLD = 0.2
+#: Ink whose bounding box is smaller than this on both sides is a speck (dust, a stray pixel), not a drawing:
+#: fitted into 20x20 it would become a square blob the network answers with confidence.
+MIN_INK_SIDE = 4
 
 
 class ImageError(NpconvError):
@@ -85,7 +88,9 @@ def open_image(source, name=None):
             return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(too_large) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+    except UnidentifiedImageError:  # its message names Python's stream object (<_io.BytesIO object at 0x...>)
+        raise ImageError(f"{name}: not a readable image (not a format Pillow knows)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         # PIL raises OSError for truncated data, SyntaxError from some format parsers.
         raise ImageError(f"{name}: not a readable image ({' '.join(str(e).split())})") from None
 
@@ -137,6 +142,29 @@ def fit_and_centre(ink_map, fit=DIGIT_BOX, size=SIZE):
     return np.round(255 * out).astype(np.uint8)
 
 
+def check_ink(ink_map, name="image"):
+    """Refuse an ink map with nothing to classify: no ink at all (a blank image), or only a speck of it.
+
+    Raises :class:`ImageError`: a network trained on digits answers *something* for any input, and for a blank
+    image or a single dark pixel its answer means nothing.
+    """
+    mask = ink_map >= INK_THRESHOLD
+    if not mask.any():
+        raise ImageError(f"{name}: no ink: the image is blank (one level everywhere), nothing to classify")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    if max(h, w) < MIN_INK_SIDE:
+        raise ImageError(f"{name}: too little ink to classify: a speck of {w}x{h} pixels (a drawing spans at "
+                         f"least {MIN_INK_SIDE})")
+
+
 def preprocess(source, fit=DIGIT_BOX, name=None):
-    """An image file (path or bytes) as a 28x28 uint8 array made like the training data (see the module docstring)."""
-    return fit_and_centre(ink(open_image(source, name)), fit)
+    """An image file (path or bytes) as a 28x28 uint8 array made like the training data (see the module docstring).
+
+    Raises :class:`ImageError` for an image that cannot be read, and for one with no ink or only a speck of it
+    (:func:`check_ink`).
+    """
+    img = open_image(source, name)
+    ink_map = ink(img)
+    check_ink(ink_map, name or ("image" if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)))
+    return fit_and_centre(ink_map, fit)

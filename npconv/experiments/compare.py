@@ -67,6 +67,12 @@ def run_folders(paths):
     """
     folders, skipped = [], []
     for path in map(os.fspath, paths):
+        if os.path.isfile(path) and path.endswith(".npz"):  # a run's model.npz or checkpoint.npz: its run folder
+            folder = os.path.dirname(path) or "."
+            if not is_run_folder(folder):
+                raise NpconvError(f"{path}: a model file outside a run folder; compare reads a run's history, so "
+                                  "name run folders (or a folder of runs)")
+            path = folder
         found = [] if is_run_folder(path) else find_run_folders(path)
         if not found:
             folders.append(path)  # a run folder, or not a run at all: reading it says which
@@ -118,14 +124,23 @@ def _label(groups, varying):
         values = [repr(g.settings[name]) for g in groups]
         modes[name] = max(dict.fromkeys(values), key=values.count)
     for g in groups:
-        full = " ".join(f"{n}={g.settings[n]}" for n in varying)
+        full = " ".join(f"{n}={_value(n, g.settings[n])}" for n in varying)
         if not varying:
             g.label = os.path.basename(os.path.normpath(g.records[0].path))
         elif len(full) <= LABEL_WIDTH:
             g.label = full
         else:
-            g.label = " ".join(f"{n}={g.settings[n]}" for n in varying if repr(g.settings[n]) != modes[n]) \
+            g.label = " ".join(f"{n}={_value(n, g.settings[n])}" for n in varying if repr(g.settings[n]) != modes[n]) \
                 or "the most common settings"
+
+
+def _value(name, value):
+    """A setting's value as a label shows it: as a sweep takes it (``none``, ``true``), never Python's ``None``."""
+    if value is None:
+        return "all" if name == "train_subset" else "none"  # --train-subset's help says "default: all"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def compare_table(groups):

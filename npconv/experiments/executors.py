@@ -41,6 +41,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 import traceback
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -170,10 +171,15 @@ class InProcess:
         pass
 
 
-def _ignore_sigint():
+def _start_worker():
     # Ctrl-C reaches the whole process group; the parent alone handles it
     # (and stops the workers), so the workers print no tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore; a stopped worker ends with os._exit, which would leave
+    # it registered, and the resource tracker would warn of "leaked semaphore objects". Workers draw no bars.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _local_task(config_dict, run_dir):
@@ -203,7 +209,7 @@ class LocalProcesses:
     def map(self, runs, *, on_start=None, progress=True):
         """Yield ``(run, result)`` as runs finish (not in order)."""
         pool = ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_sigint)
+                                   initializer=_start_worker)
         try:
             futures = {pool.submit(_local_task, asdict(run.config), run.folder.path): run for run in runs}
             for future in as_completed(futures):

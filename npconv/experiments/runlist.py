@@ -85,7 +85,9 @@ def list_runs(root):
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
-        problem = "not a directory" if os.path.exists(root) else "no such directory"
-        raise NpconvError(f"{root}: {problem}")
+        if os.path.exists(root):
+            raise NpconvError(f"{root}: not a directory")
+        raise NpconvError(f"{root}: no such directory; npconv train writes its runs into runs/ (train one first), "
+                          "or name a folder of runs: npconv runs sweep/")
     entries = [read_entry(path) for path in find_run_folders(root)]
     return sorted(entries, key=lambda e: (-e.when, e.path))

@@ -30,9 +30,10 @@ The input sizes -- ``in_channels``, ``in_features``, ``num_features`` -- are
 inferred from the input, 1x28x28 images (:data:`INPUT_SHAPE`), layer by layer;
 given anyway, they must agree. The last layer must give one value per class.
 Every option and every shape is checked, and a problem names the layer
-(counted from 1, in the file's order) and what is wrong:
-``layer 5 (linear): needs flat input (N, features), gets 64x7x7 images: put a
-flatten layer before it``.
+(counted from 0 in the file's order, as ``model[k]``, the weights' names
+``0.weight`` and ``health.csv`` count them) and what is wrong; the example
+without its flatten layer gives ``layer 4 (linear): needs flat input (N,
+features), gets 32x14x14 images: put a flatten layer before it``.
 
 ==================================  ======================================================
 ``type``                            options (default)
@@ -184,14 +185,14 @@ def check_layers(layers, num_classes=None, input_shape=INPUT_SHAPE):
     Raises
     ------
     ModelSpecError
-        ``layer K (type): problem`` for the first layer that does not work.
+        ``layer K (type): problem`` for the first layer that does not work (K counted from 0).
     """
     if not isinstance(layers, list) or not layers:
         raise ModelSpecError("the layers must be a non-empty list of tables ([[layer]] in an architecture file)")
     if len(layers) > MAX_LAYERS:
         raise ModelSpecError(f"{len(layers)} layers, more than the {MAX_LAYERS} a model may have")
     shape, normalized, parameters = tuple(input_shape), [], 0
-    for k, table in enumerate(layers, start=1):
+    for k, table in enumerate(layers):  # counted from 0, as model[k] and the weights' names (0.weight)
         layer, shape, count = _check_layer(k, table, shape)
         normalized.append(layer)
         parameters += count
@@ -202,8 +203,8 @@ def check_layers(layers, num_classes=None, input_shape=INPUT_SHAPE):
                                  f"more than the {MAX_VALUES_PER_IMAGE} a layer may have")
     if num_classes is not None and shape != (num_classes,):
         last = normalized[-1]["type"]
-        raise ModelSpecError(f"layer {len(layers)} ({last}): the model's output is {_shape(shape)}, but the data has "
-                             f"{num_classes} classes: end with a linear layer with out_features = {num_classes}")
+        raise ModelSpecError(f"layer {len(layers) - 1} ({last}): the model's output is {_shape(shape)}, but the data "
+                             f"has {num_classes} classes: end with a linear layer with out_features = {num_classes}")
     return CheckedLayers(normalized, shape, parameters)
 
 
@@ -219,6 +220,8 @@ def _check_layer(k, table, shape):
     if not isinstance(table, dict):
         raise ModelSpecError(f"layer {k}: must be a table with a 'type', got {table!r}")
     kind = table.get("type")
+    if kind is None:
+        raise ModelSpecError(f"layer {k}: has no type; give one of: {', '.join(LAYER_TYPES)}")
     if not isinstance(kind, str) or kind.lower() not in LAYER_TYPES:
         raise ModelSpecError(f"layer {k}: unknown type {kind!r}; known: {', '.join(LAYER_TYPES)}")
     kind = kind.lower()

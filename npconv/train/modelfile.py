@@ -31,6 +31,7 @@ from .. import backend as B
 from ..errors import ModelFileError, SettingError, is_int, is_number
 from ..io.npz import json_entry, one_line, parse_json_entry, read_npz, write_npz
 from ..models import ModelSpecError, build_model, check_layers, is_architecture_file
+from .checkpoint import META_KEY as CHECKPOINT_KEY
 from .settings import ARCHITECTURE, SETTINGS
 
 CONFIG_KEY = "__config__"
@@ -128,6 +129,9 @@ def load_model(path):
     """
     path = str(path)
     arrays = read_npz(path, "model file", ModelFileError)
+    if CONFIG_KEY not in arrays and CHECKPOINT_KEY in arrays:
+        raise ModelFileError(f"{path}: a checkpoint, not a model file: use the model.npz written beside it when the "
+                             "run completes (npconv train --resume finishes an unfinished run)")
     if CONFIG_KEY not in arrays:
         raise ModelFileError(f"{path}: not an npconv model file (no {CONFIG_KEY} entry)")
     config = parse_json_entry(arrays.pop(CONFIG_KEY), f"{path}: its {CONFIG_KEY} entry", ModelFileError)

@@ -150,6 +150,10 @@ def _prepare(config):
             raise SettingError(
                 "val_split", f"{config.val_split} of {n_train} training images gives {n_val} validation images; "
                              f"it must leave at least one image for validation and one for training")
+    fitted = n_train - (round(config.val_split * n_train) if config.val_split > 0 else 0)
+    if config.batch_size > fitted:  # caught before anything is written: every epoch would be one step
+        raise SettingError("batch_size", f"{config.batch_size} is more than the {fitted} images trained on, so every "
+                                         f"epoch would be a single step; choose at most {fitted}")
 
     init_rng, data_rng, dropout_rng = seed_streams(config.seed)
     dtype = np.dtype(config.dtype)
@@ -284,6 +288,9 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
             raise SettingError("run_dir", f"{folder.path}: the run diverged after epoch {checkpoint.epoch}, and "
                                           "resuming would diverge again the same way; start a new run with a lower "
                                           "learning rate or weight decay")
+        if checkpoint.epoch >= config.epochs and changes.get("epochs") is None:  # nothing asked: nothing to do
+            raise SettingError("run_dir", f"{folder.path}: the run already completed its {checkpoint.epoch} epochs; "
+                                          f"to train it further, ask for more epochs (--epochs {checkpoint.epoch + 5})")
         if checkpoint.epoch >= config.epochs:
             raise SettingError("epochs", f"must be more than the {checkpoint.epoch} epochs the run in {folder.path} "
                                          f"already completed, got {config.epochs}")

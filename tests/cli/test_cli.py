@@ -248,7 +248,7 @@ def test_a_bad_architecture_file_gives_one_line_naming_the_file_and_the_layer(tm
     write_architecture_file(net, [{**small_bn_net()[0], "kernel_size": 31}, *small_bn_net()[1:]])
     result = run_cli("train", "--model", str(net), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr == (f"npconv: error: --model {net}: layer 1 (conv2d): on its 1x28x28 input: height: input "
+    assert result.stderr == (f"npconv: error: --model {net}: layer 0 (conv2d): on its 1x28x28 input: height: input "
                              "size 28 (padded 30) is smaller than the kernel size 31\n")
     assert not (tmp_path / "run").exists()
 

@@ -165,3 +165,47 @@ def test_both_engines_predict_and_evaluate_the_same(model_file, canvases, capsys
     reference_line = capsys.readouterr().out.splitlines()[0]
     assert main(["evaluate", model_file]) == 0
     assert capsys.readouterr().out.splitlines()[0] == reference_line, "the same loss and accuracy to 4 digits"
+
+
+def test_predict_says_a_blank_image_has_no_ink_and_flags_a_speck(model_file, canvases, tmp_path, capsys):
+    folder, _ = canvases
+    Image.new("L", (64, 64), 255).save(tmp_path / "white.png")
+    speck = Image.new("L", (64, 64), 255)
+    speck.putpixel((40, 12), 0)
+    speck.save(tmp_path / "speck.png")
+    status, out, err = run_predict(capsys, model_file, str(tmp_path / "white.png"), str(tmp_path / "speck.png"),
+                                   str(folder / "0-white.png"))
+    assert status == 2 and out.count("\n") == 2 and "0-white.png" in out, out  # the digit is still classified
+    assert err.splitlines() == [f"npconv: error: {tmp_path / 'white.png'}: no ink: the image is blank (one level "
+                                "everywhere), nothing to classify",
+                                f"npconv: error: {tmp_path / 'speck.png'}: too little ink to classify: a speck of "
+                                "1x1 pixels (a drawing spans at least 4)"], err
+
+
+def test_predict_and_evaluate_take_a_run_folder(model_file, canvases, capsys):
+    import os
+
+    run = os.path.dirname(model_file)
+    folder, _ = canvases
+    image = str(folder / "1-white.png")
+    assert run_predict(capsys, model_file, image)[:2] == run_predict(capsys, run, image)[:2]
+    assert main(["evaluate", run]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_a_checkpoint_or_an_unfinished_run_is_not_a_model_and_says_what_to_use(model_file, tmp_path, capsys):
+    import os
+    import shutil
+
+    run = os.path.dirname(model_file)
+    status, _, err = run_predict(capsys, os.path.join(run, "checkpoint.npz"), "x.png")
+    assert status == 2 and "checkpoint.npz: a checkpoint, not a model file: use the model.npz" in err, err
+    assert main(["evaluate", os.path.join(run, "checkpoint.npz")]) == 2
+    assert "a checkpoint, not a model file" in capsys.readouterr().err
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished, ignore=shutil.ignore_patterns("model.npz", "summary.json", ".lock"))
+    assert main(["evaluate", str(unfinished)]) == 2
+    assert capsys.readouterr().err == (f"npconv: error: {unfinished}: the run has no model.npz yet (it is written "
+                                       f"when the run completes): finish it with npconv train --resume {unfinished}\n")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "a folder without model.npz, not a run folder" in capsys.readouterr().err

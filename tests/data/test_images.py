@@ -61,7 +61,8 @@ def test_dark_and_light_digits_on_transparency_are_the_same_ink(digit):
     dark, light = (preprocess(png(pasted(digit, k))) for k in ("transparent-dark", "transparent-light"))
     assert np.abs(dark.astype(int) - light.astype(int)).max() <= 2
     flat = Image.new("RGBA", (50, 50), (0, 0, 0, 0))  # transparent everywhere: no ink at all
-    assert preprocess(png(flat)).max() == 0
+    with pytest.raises(ImageError, match="no ink"):
+        preprocess(png(flat))
 
 
 def test_a_jpeg_with_noise_still_finds_the_digit(digit):
@@ -72,7 +73,29 @@ def test_a_jpeg_with_noise_still_finds_the_digit(digit):
 
 def test_ink_of_a_gray_background_is_zero():
     gray = Image.new("L", (40, 40), 128)
-    assert ink(gray).max() == 0 and preprocess(png(gray)).max() == 0
+    assert ink(gray).max() == 0 and fit_and_centre(ink(gray)).max() == 0
+    with pytest.raises(ImageError, match="no ink"):
+        preprocess(png(gray))
+
+
+@pytest.mark.parametrize("blank", [Image.new("L", (60, 40), 255), Image.new("L", (60, 40), 0),
+                                   Image.new("RGBA", (30, 30), (0, 0, 0, 0)), Image.new("L", (1, 1), 255),
+                                   Image.new("RGB", (1, 1), (0, 0, 0))],
+                         ids=["white", "black", "clear", "1x1", "1x1-rgb"])
+def test_a_blank_image_has_no_ink_to_classify(blank):
+    with pytest.raises(ImageError, match="^blank.png: no ink: the image is blank"):
+        preprocess(png(blank), name="blank.png")
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_a_speck_of_ink_is_refused_but_a_small_digit_is_not(digit, size):
+    paper = Image.new("L", (200, 200), 255)
+    paper.paste(Image.new("L", (size, size), 0), (120, 40))  # one dark pixel (or a 3x3 dot) on white paper
+    with pytest.raises(ImageError, match=f"too little ink to classify: a speck of {size}x{size} pixels"):
+        preprocess(png(paper), name="speck.png")
+    small = Image.new("L", (200, 200), 255)
+    small.paste(Image.fromarray(255 - digit).resize((8, 8)), (50, 50))  # a digit drawn 8 pixels tall still counts
+    assert preprocess(png(small)).max() > 128
 
 
 def test_a_wide_shape_keeps_its_aspect_ratio():
@@ -88,8 +111,9 @@ def test_a_wide_shape_keeps_its_aspect_ratio():
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a readable image"),
 ])
 def test_bad_bytes_are_clear_errors(data, message):
-    with pytest.raises(ImageError, match=message):
+    with pytest.raises(ImageError, match=message) as caught:
         open_image(data, "upload")
+    assert "0x" not in str(caught.value) and "BytesIO" not in str(caught.value), caught.value
 
 
 def test_files_that_are_not_images(tmp_path):

@@ -90,3 +90,16 @@ def test_runs_lists_every_run_newest_first_with_its_status(sweeps, tmp_path):
     assert all(len(line) <= 100 for line in lines)
     empty = run_cli("runs", str(tmp_path / "nothing-here"))
     assert empty.returncode == 2 and "no such directory" in empty.stderr
+
+
+def test_labels_show_no_python_none_and_a_model_file_names_its_run(sweeps, tmp_path):
+    from npconv.experiments.compare import _value
+
+    assert (_value("train_subset", None), _value("init_std", None), _value("normalize", False)) == \
+        ("all", "none", "false")
+    run = sorted((sweeps / "seeds" / "runs").iterdir())[0]
+    by_model = compare([run / "model.npz"], tmp_path / "m.png")
+    assert [r.path for g in by_model.settings for r in g.records] == [str(run)]
+    (tmp_path / "loose.npz").write_bytes((run / "model.npz").read_bytes())
+    result = run_cli("compare", str(tmp_path / "loose.npz"), "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 2 and "a model file outside a run folder" in result.stderr, result.stderr

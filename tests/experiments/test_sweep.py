@@ -204,6 +204,7 @@ def test_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path, uni
         pytest.skip("the sweep finished before it could be interrupted")
     assert proc.returncode == 130, (proc.returncode, stderr)
     assert "Traceback" not in stderr and "run the same command again" in stdout, (stdout, stderr)
+    assert "leaked semaphore" not in stderr and stderr.count("\n") == 1, stderr  # one line, nothing from the workers
     statuses = {r["run"]: r["status"] for r in read_csv(out / "results.csv")}
     cut = [name for name, status in statuses.items() if status == "interrupted"]
     assert cut, f"no run was cut off after an epoch: {statuses}"

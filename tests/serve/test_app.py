@@ -193,7 +193,7 @@ def bomb_png():
 def test_bad_requests_get_4xx_json_never_a_traceback(server, mnist):
     image = on_paper(mnist.test_images[0])
     cases = [
-        (server.predict(b"not an image at all"), 400, "not a readable image"),
+        (server.predict(b"not an image at all"), 400, "not a readable image (not a format Pillow knows)"),
         (server.predict(b""), 400, "empty"),
         (server.predict(image[: len(image) // 2]), 400, "not a readable image"),
         (server.predict(bomb_png()), 400, "too large"),
@@ -211,7 +211,9 @@ def test_bad_requests_get_4xx_json_never_a_traceback(server, mnist):
     for (status, headers, body), expected, words in cases:
         assert status == expected, f"{status} {body[:300]!r}, expected {expected}"
         error = json.loads(body)["error"]
-        assert words in error and "Traceback" not in error, error
+        assert words in error and "Traceback" not in error and " at 0x" not in error, error
+    status, _, body = server.predict(on_paper(np.full((28, 28), 0, np.uint8)))  # a blank page: nothing drawn
+    assert status == 400 and "no ink" in json.loads(body)["error"], body
 
 
 def raw_exchange(server, head, body_chunks=()):
@@ -334,7 +336,7 @@ def test_small_answers_on_a_kept_alive_connection_are_sent_without_nagle(server)
     conn.close()
 
 
-def test_a_run_that_cannot_be_read_is_listed_with_its_error(served, tmp_path):
+def test_a_run_that_cannot_be_read_is_listed_with_its_error(served, mnist, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(served.run, runs / "good", ignore=shutil.ignore_patterns(".lock"))
     shutil.copytree(served.run, runs / "bad", ignore=shutil.ignore_patterns(".lock"))
@@ -348,7 +350,7 @@ def test_a_run_that_cannot_be_read_is_listed_with_its_error(served, tmp_path):
         for path in ("/api/runs/bad", "/api/runs/bad/confusion"):
             status, _, body = client.get(path)
             assert status == 422 and "bad" in json.loads(body)["error"], (path, body)
-        status, _, body = client.predict(on_paper(np.zeros((28, 28), np.uint8)), "?run=bad")
+        status, _, body = client.predict(on_paper(mnist.test_images[0]), "?run=bad")
         assert status == 422 and "model.npz" in json.loads(body)["error"], body
     finally:
         stop_server(proc)

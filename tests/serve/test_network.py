@@ -88,8 +88,8 @@ def test_fashion_models_fit_the_whole_image(cnn, mnist):
     np.testing.assert_array_equal(fashion.image, preprocess(image, fit=28))
 
 
-def test_not_sure_below_even_odds(cnn):
-    answer = classify(Classifier.from_model(cnn, CONFIG), on_paper(np.zeros((28, 28), np.uint8))).prediction
+def test_not_sure_below_even_odds(cnn, mnist):
+    answer = classify(Classifier.from_model(cnn, CONFIG), on_paper(mnist.test_images[0])).prediction
     assert answer.not_sure == (answer.probability < 0.5)
     classes = [str(k) for k in range(10)]
     sure = Prediction.of("a", np.array([0.02] * 9 + [0.82]), classes)

@@ -357,7 +357,7 @@ def _truncate_checkpoint(run):
 @pytest.mark.parametrize(
     "edit, extra, match",
     [
-        (None, [], "--epochs must be more than the 2 epochs the run in"),
+        (None, [], "the run already completed its 2 epochs; to train it further, ask for more epochs (--epochs 7)"),
         (None, ["--epochs", "2"], "already completed, got 2"),
         (None, ["--epochs", "0"], "--epochs must be an integer >= 1"),
         (None, ["--lr", "0.1"], "--lr 0.1 conflicts with the run's 0.05"),

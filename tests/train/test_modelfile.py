@@ -332,7 +332,7 @@ def _net(config):
                                               {"type": "linear", "out_features": 10}]}),
          "its layers declare 79500010 parameters, but the file holds only"),
         (_net({**NET_CONFIG, "model_layers": [{"type": "linear", "out_features": 10}]}),
-         "its recorded layers do not work: layer 1 (linear): needs flat input"),
+         "its recorded layers do not work: layer 0 (linear): needs flat input"),
         (_net({**NET_CONFIG, "model_layers": "flatten"}), "its recorded layers do not work"),
         (_net({**NET_CONFIG, "model_layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10}]}),
          "unexpected ['2.bias', '2.num_batches_tracked'"),

@@ -156,7 +156,7 @@ def test_a_bad_architecture_file_is_a_setting_error_naming_the_file_and_the_laye
     with pytest.raises(SettingError) as e:
         make_config({"model": str(path)}).validate()
     assert e.value.name == "model"
-    assert e.value.detail == f"{path}: layer 2 (linear): needs flat input (N, features), gets 1x28x28 images: " \
+    assert e.value.detail == f"{path}: layer 1 (linear): needs flat input (N, features), gets 1x28x28 images: " \
                              "put a flatten layer before it"
 
 
