@@ -119,8 +119,16 @@ class Conv2dKernel(Kernel):
         (kh, kw), (sh, sw) = self.layer.kernel_size, self.layer.stride
         cols = xp.empty((c * kh * kw + 1, (i1 - i0) * ow * n), dtype=self.layer.dtype)
         patches = cols[:-1].reshape(c, kh, kw, i1 - i0, ow, n)
-        for u in range(kh):
-            for v in range(kw):
-                patches[:, u, v] = padded[:, u + sh * i0 : u + sh * i1 : sh, v : v + sw * ow : sw]  # (C, rows, OW, N)
+        if xp is np:
+            # Every window at once: a view whose entry (c, u, v, i, j, n) is padded[c, i*sh + u, j*sw + v, n],
+            # copied in one call (one call holds the interpreter lock once, not KH*KW times).
+            sc, sy, sx, sn = padded.strides
+            windows = np.lib.stride_tricks.as_strided(padded[:, sh * i0 :], shape=patches.shape,
+                                                      strides=(sc, sy, sx, sh * sy, sw * sx, sn), writeable=False)
+            patches[...] = windows
+        else:
+            for u in range(kh):
+                for v in range(kw):
+                    patches[:, u, v] = padded[:, u + sh * i0 : u + sh * i1 : sh, v : v + sw * ow : sw]
         cols[-1] = 1
         return cols

@@ -26,15 +26,31 @@ def row_sums(a):
     product computes them several times faster than NumPy's row reduction
     (docs/performance.md).
     """
-    return a @ B.xp.ones(a.shape[1], dtype=a.dtype)
+    xp = B.xp
+    ones = xp.ones(a.shape[1], dtype=a.dtype)
+    # np.dot lets other threads run during the product; matmul's matrix-vector path holds the interpreter
+    # lock (docs/performance.md, "the interpreter lock"). The same BLAS call, the same bits.
+    return xp.dot(a, ones) if xp is np else a @ ones
 
 
 def row_dots(a, b):
     """``(a * b).sum(axis=1)`` for two (R, M) matrices, as R dot products: no (R, M) temporary, and BLAS-fast."""
     xp = B.xp
+    if xp is np and a.shape[1] >= LONG_ROW:
+        # One BLAS dot per row, each letting other threads run; vecdot calls the same dot for every row
+        # but holds the interpreter lock throughout (docs/performance.md, "the interpreter lock").
+        out = np.empty(a.shape[0], dtype=np.result_type(a, b))
+        for i in range(a.shape[0]):
+            out[i] = np.dot(a[i], b[i])
+        return out
     if hasattr(xp, "vecdot"):
         return xp.vecdot(a, b)
     return (a * b).sum(axis=1)
+
+
+#: Columns from which :func:`row_dots` computes row by row: below it the rows are too short for the
+#: interpreter lock to matter, and one vecdot call is cheaper than a call per row.
+LONG_ROW = 4096
 
 
 #: Multiply-adds in one block of a long, thin product: small enough for OpenBLAS's small-matrix
