@@ -14,6 +14,12 @@ import sys
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+# Plans the engine measures (npconv/engine/plan.py) go to a folder of this session, never the user's cache;
+# subprocesses inherit it, so the runs of one test share their plans.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("NPCONV_PLAN_CACHE", tempfile.mkdtemp(prefix="npconv-plans-"))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -72,6 +72,7 @@ from .. import nn
 from .batchnorm import pooled
 from .chain import Chain, kernel_for, layers_of
 from .layout import batch_first, batch_last, is_batch_last
+from .plan import using
 from .tuning import CoreMeter, ThreadTuner, usable_cores
 
 #: Images per chunk of a training batch: cutting costs little CPU time where one core is free, and
@@ -267,6 +268,9 @@ class DataParallel:
     Parameters
     ----------
     model : Sequential
+    plan : Plan, optional
+        The engine's choices for this model on this machine (:mod:`npconv.engine.plan`); None: the
+        built-in constants (:data:`CHUNK`, :data:`PIECE` and those of the kernels' modules).
 
     Attributes
     ----------
@@ -279,10 +283,11 @@ class DataParallel:
         of such batches: training steps and inference batches are timed apart.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, plan=None):
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"DataParallel needs a Sequential model, got {type(model).__name__}")
         self.model = model
+        self.plan = plan
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
         self.replicas = []
         self.sizes = None
@@ -310,6 +315,10 @@ class DataParallel:
         return self.forward(x)
 
     def forward(self, x):
+        with using(self.plan):  # the kernels read the plan's block sizes, in every thread
+            return self._forward(x)
+
+    def _forward(self, x):
         started = time.perf_counter()
         grad = nn.grad_enabled()
         if grad:
@@ -350,6 +359,10 @@ class DataParallel:
 
     def backward(self, dy, input_grad=True):
         """Backpropagate ``dy`` (see :meth:`npconv.nn.Sequential.backward`)."""
+        with using(self.plan):
+            return self._backward(dy, input_grad)
+
+    def _backward(self, dy, input_grad):
         step = self._step
         if step is None:
             raise RuntimeError("Sequential.backward() called before forward()")
@@ -394,7 +407,8 @@ class DataParallel:
         ``no_grad()``; sizes as equal as possible (``numpy.array_split``). Not cut
         when the network cannot be cut or is not worth it (see :func:`_can_cut`).
         """
-        size = CHUNK if nn.grad_enabled() else PIECE
+        chunk, piece = (CHUNK, PIECE) if self.plan is None else (self.plan.chunk, self.plan.piece)
+        size = chunk if nn.grad_enabled() else piece
         if B.xp is not np or len(x) <= size or not _can_cut([kernel.layer for kernel in self.chain.kernels]):
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))

@@ -12,11 +12,10 @@ order, and a run's numbers must not change from one run to the next.
 The measurements behind the constants are in ``docs/performance.md``.
 """
 
-import os
-
 import numpy as np
 
 from .. import backend as B
+from . import plan as plan_module
 
 
 def row_sums(a):
@@ -58,28 +57,9 @@ LONG_ROW = 4096
 BLOCK_MACS = 1 << 18
 
 
-def _blas_has_small_matrix_kernels():
-    """Whether NumPy's BLAS is OpenBLAS on a CPU with AVX-512, where it runs its small-matrix kernels.
-
-    With OpenBLAS's AVX2 kernels (no small-matrix path) blocks cost more than
-    one product, so they are used only here. A fixed rule, not a timing: it
-    must not change from run to run, because blocks add up a long sum in
-    another order (see :func:`matmul_t_by_blocks`) and so change the last bits.
-    """
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]["name"].lower()
-        simd = config["SIMD Extensions"]["found"]
-    except (AttributeError, KeyError, TypeError, ValueError):  # another NumPy build or version
-        return False
-    forced = os.environ.get("OPENBLAS_CORETYPE", "").lower()  # OpenBLAS told to use other kernels
-    if forced and forced not in ("skylakex", "cooperlake", "sapphirerapids"):
-        return False
-    return "openblas" in blas and any(name in simd for name in ("X86_V4", "AVX512_SKX"))
-
-
-#: Whether :func:`matmul_by_blocks` and :func:`matmul_t_by_blocks` cut their products into blocks.
-BLOCKED_PRODUCTS = _blas_has_small_matrix_kernels()
+#: Whether :func:`matmul_by_blocks` and :func:`matmul_t_by_blocks` cut their products into blocks, when no
+#: plan says (:mod:`npconv.engine.plan`): only on OpenBLAS's AVX-512 kernels, where it pays.
+BLOCKED_PRODUCTS = plan_module.blas_has_small_matrix_kernels()
 
 #: :func:`matmul_t_by_blocks` sums no blocks of fewer columns than this: there the blocks' partial
 #: results cost more than they save, and one product with the operands swapped is fastest
@@ -87,9 +67,12 @@ BLOCKED_PRODUCTS = _blas_has_small_matrix_kernels()
 MIN_BLOCK_COLUMNS = 128
 
 
-def _block_length(rows, inner):
-    """Columns per block for a product whose other two sizes are ``rows`` and ``inner``."""
-    return max(1, BLOCK_MACS // (rows * inner))
+def _blocking(rows, inner):
+    """Whether products are cut into blocks (the running plan's choice, else :data:`BLOCKED_PRODUCTS`), and the
+    columns per block for a product whose other two sizes are ``rows`` and ``inner``."""
+    plan = plan_module.current()
+    blocked, macs = (BLOCKED_PRODUCTS, BLOCK_MACS) if plan is None else (plan.blocked_products, plan.block_macs)
+    return blocked, max(1, macs // (rows * inner))
 
 
 def matmul_by_blocks(a, b, out=None):
@@ -105,8 +88,8 @@ def matmul_by_blocks(a, b, out=None):
     xp = B.xp
     m, k = a.shape
     length = b.shape[1]
-    size = _block_length(m, k)
-    if not BLOCKED_PRODUCTS or xp is not np or length <= size:
+    blocked, size = _blocking(m, k)
+    if not blocked or xp is not np or length <= size:
         return xp.matmul(a, b, out=out)
     if out is None:
         out = xp.empty((m, length), dtype=xp.result_type(a, b))
@@ -132,8 +115,8 @@ def matmul_t_by_blocks(a, b):
     xp = B.xp
     m, length = a.shape
     r = b.shape[0]
-    size = _block_length(m, r)
-    if not BLOCKED_PRODUCTS or xp is not np or length <= size:
+    blocked, size = _blocking(m, r)
+    if not blocked or xp is not np or length <= size:
         return a @ b.T
     if size < MIN_BLOCK_COLUMNS:  # no blocks: the product with the operands swapped is faster
         return (b @ a.T).T
