@@ -56,9 +56,11 @@ The measurements behind the constants are in ``docs/performance.md``.
 
 import contextlib
 import contextvars
+import ctypes
 import functools
 import itertools
 import math
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +163,34 @@ def one_blas_thread():
                 for lib, n in zip(_blas, _blas_before):
                     if n != 1:
                         lib.set_num_threads(n)
+
+
+#: ``mallopt`` parameters of glibc (malloc.h): sizes from which freed memory goes back to the system.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_memory_kept = False
+
+
+def keep_freed_memory():
+    """Let the C library keep the memory of freed arrays for the next ones (glibc only; once per process).
+
+    A training step allocates and frees the same large temporaries every time. By default glibc returns
+    a freed block of more than a few hundred KB to the system and maps fresh pages for the next one: every
+    page is then faulted in and zeroed again, thousands of page faults a step, taken while holding the
+    interpreter lock and, with two threads, contending for the process's memory map (docs/performance.md,
+    "page faults"). Raising the two thresholds keeps that memory in the process, where the next step reuses
+    it. Where the memory comes from changes no number.
+    """
+    global _memory_kept
+    if _memory_kept or not sys.platform.startswith("linux"):
+        return
+    _memory_kept = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest: blocks below 32 MB come from the heap
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)  # free memory at the heap's top goes back to the system above 256 MB
 
 
 def _run(tasks, threads):
@@ -271,6 +301,10 @@ class DataParallel:
     plan : Plan, optional
         The engine's choices for this model on this machine (:mod:`npconv.engine.plan`); None: the
         built-in constants (:data:`CHUNK`, :data:`PIECE` and those of the kernels' modules).
+    threads : int, optional
+        Run the chunks on this many threads (at most :func:`get_num_threads`) instead of the count a
+        :class:`~npconv.engine.tuning.ThreadTuner` chooses: for measuring how a step scales. The
+        numbers are the same either way.
 
     Attributes
     ----------
@@ -283,11 +317,14 @@ class DataParallel:
         of such batches: training steps and inference batches are timed apart.
     """
 
-    def __init__(self, model, plan=None):
+    def __init__(self, model, plan=None, threads=None):
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"DataParallel needs a Sequential model, got {type(model).__name__}")
         self.model = model
         self.plan = plan
+        self.fixed_threads = threads
+        if B.xp is np:
+            keep_freed_memory()
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
         self.replicas = []
         self.sizes = None
@@ -332,6 +369,8 @@ class DataParallel:
         self.sizes = sizes = [len(c) for c in chunks]
         tuner = self._tuner(grad, len(chunks))
         threads = min(tuner.threads(), _max_threads) if tuner else 1
+        if tuner is not None and self.fixed_threads is not None:
+            threads, tuner = min(self.fixed_threads, _max_threads, len(chunks)), None
         self.threads = threads
         workers = self._workers(len(chunks), grad, threads)
         segments = _segments(workers)
