@@ -266,11 +266,22 @@ def plan_key(model, input_shape, batch_size):
             "input_shape": list(input_shape), "batch_size": batch_size, "dtype": dtype, "npconv": __version__}
 
 
+#: A plan measured while other programs kept more cores than this busy is used, but not remembered: its
+#: timings may say more about the other programs than about the candidates.
+BUSY_CORES = 0.5
+
+
+def others_busy(meter):
+    """The cores other programs kept busy since ``meter`` was made (a seam for tests)."""
+    return meter.others_busy()
+
+
 def plan_for(model, input_shape, batch_size, *, folder=None, measure_fn=measure, log=None):
     """The plan for ``model`` on this machine: the one measured before (cached), else measured now and cached.
 
     A cache file that cannot be read is measured again and replaced; one that cannot be written is
-    skipped (the run goes on with the plan it measured).
+    skipped (the run goes on with the plan it measured), and so is a plan measured on a busy machine
+    (:data:`BUSY_CORES`): the next run measures again.
     """
     folder = cache_folder() if folder is None else folder
     key = plan_key(model, input_shape, batch_size)
@@ -283,10 +294,15 @@ def plan_for(model, input_shape, batch_size, *, folder=None, measure_fn=measure,
                 return Plan.from_dict(obj.get("plan"), path, "cached")
         except (PlanError, AttributeError):
             pass  # measured again below
+    from .tuning import CoreMeter
+    meter = CoreMeter()
     started = time.perf_counter()
     plan, timings = measure_fn(model, input_shape, batch_size)
+    busy = others_busy(meter)
     if log is not None:
         log(f"plan measured in {time.perf_counter() - started:.1f} s: {plan.describe()}")
+    if busy > BUSY_CORES:
+        return replace(plan, origin="measured on a busy machine")
     with contextlib.suppress(OSError):
         os.makedirs(folder, exist_ok=True)
         write_json(path, {"key": key, "plan": plan.choices(),

@@ -56,7 +56,13 @@ def test_measure_times_real_steps_quickly():
     assert all(np.array_equal(a, p.data) and not p.grad.any() for a, p in zip(before, model.parameters()))
 
 
-def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path):
+@pytest.fixture
+def quiet(monkeypatch):
+    """The machine as if no other program ran (the plan cache remembers only plans measured so)."""
+    monkeypatch.setattr(plan_module, "others_busy", lambda meter: 0.0)
+
+
+def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path, quiet):
     model = models.build_model("cnn", rng=np.random.default_rng(0))
     calls = []
 
@@ -74,6 +80,15 @@ def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path):
         path.write_text("{not json")
     plan_module.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
     assert calls == [100, 64, 100]
+
+
+def test_a_plan_measured_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_module, "others_busy", lambda meter: 1.0)
+    model = models.build_model("cnn", rng=np.random.default_rng(0))
+    plan = plan_module.plan_for(model, (1, 28, 28), 100, folder=tmp_path,
+                                measure_fn=lambda *args: (replace(ODD, origin="measured"), []))
+    assert plan.same_numbers(ODD) and plan.origin == "measured on a busy machine", plan
+    assert not tmp_path.exists() or not any(tmp_path.iterdir()), "nothing cached"
 
 
 def test_the_kernels_use_the_plan_they_run_under(rng):
@@ -139,7 +154,7 @@ def test_a_pinned_plan_is_recorded_and_resume_reuses_it_bit_for_bit(tiny_mnist, 
     assert (tmp_path / "run" / "model.npz").read_bytes() == (tmp_path / "whole" / "model.npz").read_bytes()
 
 
-def test_a_measured_plan_is_recorded_and_cached(tiny_mnist, tmp_path, monkeypatch):
+def test_a_measured_plan_is_recorded_and_cached(tiny_mnist, tmp_path, monkeypatch, quiet):
     monkeypatch.setenv("NPCONV_PLAN_CACHE", str(tmp_path / "cache"))
     run_training(config(data_dir=tiny_mnist, epochs=1), tmp_path / "run", **QUIET)
     recorded = json.loads((tmp_path / "run" / PLAN_FILE).read_text())
