@@ -127,8 +127,8 @@ class Conv2dKernel(Kernel):
             # Every window at once: a view whose entry (c, u, v, i, j, n) is padded[c, i*sh + u, j*sw + v, n],
             # copied in one call (one call holds the interpreter lock once, not KH*KW times).
             sc, sy, sx, sn = padded.strides
-            windows = np.lib.stride_tricks.as_strided(padded[:, sh * i0 :], shape=patches.shape,
-                                                      strides=(sc, sy, sx, sh * sy, sw * sx, sn), writeable=False)
+            windows = np.ndarray(patches.shape, padded.dtype, buffer=padded, offset=sh * i0 * sy,
+                                 strides=(sc, sy, sx, sh * sy, sw * sx, sn))  # a view: padded is contiguous
             patches[...] = windows
         else:
             for u in range(kh):

@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import __version__, data, engine, nn, optim
 from ..engine import plan as engine_plan
+from ..engine import planner
 from .. import backend as B
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model, model_label
@@ -332,7 +333,7 @@ def choose_plan(config, model, input_shape):
     if config.plan == "built-in" or config.device != "cpu":
         return engine_plan.BUILT_IN
     if config.plan == "measure":
-        return engine_plan.plan_for(model, input_shape, config.batch_size)
+        return planner.plan_for(model, input_shape, config.batch_size)
     try:
         return engine_plan.Plan.load(config.plan)
     except engine_plan.PlanError as e:

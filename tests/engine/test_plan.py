@@ -10,6 +10,7 @@ import pytest
 
 from npconv import data, engine, models
 from npconv.engine import plan as plan_module
+from npconv.engine import planner
 from npconv.engine.conv import Conv2dKernel
 from npconv.errors import SettingError
 from npconv.train import TrainConfig, resume_training, run_training
@@ -25,21 +26,21 @@ ODD = plan_module.Plan(blocked_products=True, block_macs=1 << 12, whole_bytes=1,
 
 
 def fake_timer(fastest, others=0.010):
-    """``time_step`` for :func:`plan_module.measure`: ``fastest(plan)`` steps take 5 ms, the others ``others``."""
+    """``time_step`` for :func:`planner.measure`: ``fastest(plan)`` steps take 5 ms, the others ``others``."""
     return lambda plan: 0.005 if fastest(plan) else others
 
 
 def test_measure_keeps_the_fastest_candidate():
     model = models.build_model("cnn", rng=np.random.default_rng(0))
-    chosen, timings = plan_module.measure(model, (1, 28, 28), 100, rounds=3,
+    chosen, timings = planner.measure(model, (1, 28, 28), 100, rounds=3,
                                           time_step=fake_timer(lambda p: p.block_bytes == 2 << 20))
     assert chosen.block_bytes == 2 << 20 and chosen.origin == "measured", chosen
-    assert len(timings) == len(plan_module.candidates()) >= 5, timings
+    assert len(timings) == len(planner.candidates()) >= 5, timings
 
 
 def test_measure_keeps_the_built_in_plan_on_a_tie():
     model = models.build_model("cnn", rng=np.random.default_rng(0))
-    chosen, _ = plan_module.measure(model, (1, 28, 28), 100, rounds=3,
+    chosen, _ = planner.measure(model, (1, 28, 28), 100, rounds=3,
                                     time_step=lambda plan: 0.0100 if plan.same_numbers(plan_module.BUILT_IN)
                                     else 0.0099)  # 1 % faster: not enough to change the numbers
     assert chosen.same_numbers(plan_module.BUILT_IN), chosen
@@ -50,19 +51,13 @@ def test_measure_times_real_steps_quickly():
     weights and statistics are left alone)."""
     model = models.build_model("cnn-bn", rng=np.random.default_rng(0))
     before = [p.data.copy() for p in model.parameters()]
-    chosen, timings = plan_module.measure(model, (1, 28, 28), 20, rounds=1)
+    chosen, timings = planner.measure(model, (1, 28, 28), 20, rounds=1)
     assert all(seconds > 0 for _, seconds in timings)
     assert any(chosen.same_numbers(p) for p, _ in timings)
     assert all(np.array_equal(a, p.data) and not p.grad.any() for a, p in zip(before, model.parameters()))
 
 
-@pytest.fixture
-def quiet(monkeypatch):
-    """The machine as if no other program ran (the plan cache remembers only plans measured so)."""
-    monkeypatch.setattr(plan_module, "others_busy", lambda meter: 0.0)
-
-
-def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path, quiet):
+def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path):
     model = models.build_model("cnn", rng=np.random.default_rng(0))
     calls = []
 
@@ -70,25 +65,16 @@ def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path, quiet
         calls.append(batch_size)
         return replace(ODD, origin="measured"), [(ODD, 0.001)]
 
-    first = plan_module.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
-    again = plan_module.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
-    other = plan_module.plan_for(model, (1, 28, 28), 64, folder=tmp_path, measure_fn=measure_fn)
+    first = planner.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
+    again = planner.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
+    other = planner.plan_for(model, (1, 28, 28), 64, folder=tmp_path, measure_fn=measure_fn)
     assert calls == [100, 64], "the second call for the same model and batch size reads the cache"
     assert first.origin == "measured" and again.origin == "cached" and first.same_numbers(again), (first, again)
     assert other.origin == "measured"
     for path in tmp_path.iterdir():  # a damaged cache file is measured again
         path.write_text("{not json")
-    plan_module.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
+    planner.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
     assert calls == [100, 64, 100]
-
-
-def test_a_plan_measured_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan_module, "others_busy", lambda meter: 1.0)
-    model = models.build_model("cnn", rng=np.random.default_rng(0))
-    plan = plan_module.plan_for(model, (1, 28, 28), 100, folder=tmp_path,
-                                measure_fn=lambda *args: (replace(ODD, origin="measured"), []))
-    assert plan.same_numbers(ODD) and plan.origin == "measured on a busy machine", plan
-    assert not tmp_path.exists() or not any(tmp_path.iterdir()), "nothing cached"
 
 
 def test_the_kernels_use_the_plan_they_run_under(rng):
@@ -154,7 +140,7 @@ def test_a_pinned_plan_is_recorded_and_resume_reuses_it_bit_for_bit(tiny_mnist, 
     assert (tmp_path / "run" / "model.npz").read_bytes() == (tmp_path / "whole" / "model.npz").read_bytes()
 
 
-def test_a_measured_plan_is_recorded_and_cached(tiny_mnist, tmp_path, monkeypatch, quiet):
+def test_a_measured_plan_is_recorded_and_cached(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("NPCONV_PLAN_CACHE", str(tmp_path / "cache"))
     run_training(config(data_dir=tiny_mnist, epochs=1), tmp_path / "run", **QUIET)
     recorded = json.loads((tmp_path / "run" / PLAN_FILE).read_text())
