@@ -69,5 +69,6 @@ def layer_outputs(model, x):
     return outputs
 
 
-__all__ = ["BUILT_IN", "Chain", "DataParallel", "ENGINES", "Plan", "PlanError", "compile", "get_num_threads", "kernel_for", "layer_outputs",
+__all__ = ["BUILT_IN", "Chain", "DataParallel", "ENGINES", "Plan", "PlanError", "compile", "get_num_threads",
+           "kernel_for", "layer_outputs",
            "plan_for", "set_num_threads"]

@@ -50,7 +50,8 @@ MODEL_FILE = "model.npz"
 CURVES_FILE = "curves.png"
 ERROR_FILE = "error.txt"
 #: Every file a run folder may hold (but its lock).
-RUN_FILES = (CONFIG_FILE, PLAN_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE, ERROR_FILE)
+RUN_FILES = (CONFIG_FILE, PLAN_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE,
+             ERROR_FILE)
 
 #: How a run can end. ``completed`` and ``diverged`` runs are over: a sweep does not train them again.
 STATUSES = ("completed", "diverged", "interrupted")
