@@ -5,12 +5,16 @@ columns, the other sizes are a few dozen -- and OpenBLAS's AVX-512 kernels
 compute small products where they lie in memory, while a large product first
 repacks both operands. So on such a BLAS the products are cut into blocks of
 :data:`BLOCK_MACS` multiply-adds and handed to BLAS as one stack of small
-products. Whether that is done is a fixed rule read from NumPy's build
-(:data:`BLOCKED_PRODUCTS`), never a timing: blocks add a long sum in another
-order, and a run's numbers must not change from one run to the next.
+products. Whether that is done, and the block size, are the running plan's
+choices (:mod:`npconv.engine.plan`: measured once per machine and model, then
+fixed for the run, since blocks add a long sum in another order); without a
+plan, a fixed rule read from NumPy's build (:data:`BLOCKED_PRODUCTS`) and
+:data:`BLOCK_MACS`.
 
 The measurements behind the constants are in ``docs/performance.md``.
 """
+
+import functools
 
 import numpy as np
 
@@ -26,10 +30,19 @@ def row_sums(a):
     (docs/performance.md).
     """
     xp = B.xp
-    ones = xp.ones(a.shape[1], dtype=a.dtype)
+    if xp is not np:
+        return a @ xp.ones(a.shape[1], dtype=a.dtype)
     # np.dot lets other threads run during the product; matmul's matrix-vector path holds the interpreter
     # lock (docs/performance.md, "the interpreter lock"). The same BLAS call, the same bits.
-    return xp.dot(a, ones) if xp is np else a @ ones
+    return np.dot(a, _ones(a.shape[1], a.dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(length, dtype):
+    """A read-only vector of ``length`` ones, made once (filling it anew every call holds the interpreter lock)."""
+    ones = np.ones(length, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def row_dots(a, b):
