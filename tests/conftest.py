@@ -129,3 +129,17 @@ def small_bn_net(channels=4, hidden=None):
     if hidden:
         layers += [{"type": "linear", "out_features": hidden}, {"type": "batchnorm1d"}, {"type": "relu"}]
     return layers + [{"type": "linear", "out_features": 10}]
+
+
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory):
+    """Real MNIST, cut small: 600 training and 500 test images as IDX files (a --data-dir)."""
+    from npconv import data
+
+    mnist = data.load_dataset("mnist")
+    folder = tmp_path_factory.mktemp("mnist-small")
+    files = data.DATASETS["mnist"].files
+    for part, n in (("train", 600), ("test", 500)):
+        data.write_idx(folder / files[f"{part}_images"], getattr(mnist, f"{part}_images")[:n])
+        data.write_idx(folder / files[f"{part}_labels"], getattr(mnist, f"{part}_labels")[:n].astype(np.uint8))
+    return str(folder)

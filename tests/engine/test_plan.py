@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from npconv import data, engine, models
+from npconv import engine, models
 from npconv.engine import plan as plan_module
 from npconv.engine import planner
 from npconv.engine.conv import Conv2dKernel
@@ -104,26 +104,14 @@ def test_a_plan_file_round_trips_and_a_bad_one_is_a_setting_error(tmp_path):
         choose_plan(TrainConfig(plan=str(tmp_path / "missing.json")), None, (1, 28, 28))
 
 
-@pytest.fixture(scope="module")
-def tiny_mnist(tmp_path_factory):
-    """Real MNIST, cut small: 300 training and 200 test images as IDX files (a --data-dir)."""
-    mnist = data.load_dataset("mnist")
-    folder = tmp_path_factory.mktemp("mnist-tiny")
-    files = data.DATASETS["mnist"].files
-    for part, n in (("train", 300), ("test", 200)):
-        data.write_idx(folder / files[f"{part}_images"], getattr(mnist, f"{part}_images")[:n])
-        data.write_idx(folder / files[f"{part}_labels"], getattr(mnist, f"{part}_labels")[:n].astype(np.uint8))
-    return str(folder)
-
-
 def config(**settings):
     return TrainConfig(**{"model": "cnn-bn", "epochs": 2, "batch_size": 100, **settings})
 
 
-def test_a_pinned_plan_is_recorded_and_resume_reuses_it_bit_for_bit(tiny_mnist, tmp_path):
+def test_a_pinned_plan_is_recorded_and_resume_reuses_it_bit_for_bit(small_mnist, tmp_path):
     pinned = tmp_path / "pinned.json"
     pinned.write_text(json.dumps(plan_module.record(ODD)))
-    settings = {"data_dir": tiny_mnist, "plan": str(pinned)}
+    settings = {"data_dir": small_mnist, "plan": str(pinned)}
     whole = run_training(config(**settings), tmp_path / "whole", **QUIET)
     recorded = json.loads((tmp_path / "whole" / PLAN_FILE).read_text())
     assert recorded["plan"] == ODD.choices() and recorded["origin"] == "file", recorded
@@ -140,12 +128,12 @@ def test_a_pinned_plan_is_recorded_and_resume_reuses_it_bit_for_bit(tiny_mnist, 
     assert (tmp_path / "run" / "model.npz").read_bytes() == (tmp_path / "whole" / "model.npz").read_bytes()
 
 
-def test_a_measured_plan_is_recorded_and_cached(tiny_mnist, tmp_path, monkeypatch):
+def test_a_measured_plan_is_recorded_and_cached(small_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("NPCONV_PLAN_CACHE", str(tmp_path / "cache"))
-    run_training(config(data_dir=tiny_mnist, epochs=1), tmp_path / "run", **QUIET)
+    run_training(config(data_dir=small_mnist, epochs=1), tmp_path / "run", **QUIET)
     recorded = json.loads((tmp_path / "run" / PLAN_FILE).read_text())
     assert recorded["origin"] == "measured", recorded
     (cached,) = (tmp_path / "cache").iterdir()
     assert json.loads(cached.read_text())["plan"] == recorded["plan"]
-    run_training(config(data_dir=tiny_mnist, epochs=1), tmp_path / "again", **QUIET)
+    run_training(config(data_dir=small_mnist, epochs=1), tmp_path / "again", **QUIET)
     assert json.loads((tmp_path / "again" / PLAN_FILE).read_text()) == {**recorded, "origin": "cached"}
