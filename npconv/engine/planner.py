@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import __version__
 from .. import backend as B
+from .. import nn
 from ..io import read_json, write_json
 from .chain import Chain, kernel_for, layers_of
 from .parallel import one_blas_thread
@@ -77,6 +78,8 @@ def measure(model, input_shape, batch_size, *, rounds=5, time_step=None, base=BU
     :func:`chunk_step`) returns one step's seconds -- tests give fake timings. A candidate must beat the
     built-in plan by 2 % to be chosen: a tie keeps npconv's usual numbers.
     """
+    if time_step is None and not any(isinstance(layer, nn.Conv2d) for layer in layers_of(model)):
+        return base, []  # the candidates differ only in how convolutions compute: nothing to choose
     plans = candidates(base)
     if time_step is None:
         step = chunk_step(model, input_shape, min(base.chunk, batch_size))
@@ -151,7 +154,11 @@ def plan_for(model, input_shape, batch_size, *, folder=None, measure_fn=measure,
             pass  # measured again below
     meter = CoreMeter()
     started = time.perf_counter()
-    plan, timings = measure_fn(model, input_shape, batch_size)
+    try:
+        plan, timings = measure_fn(model, input_shape, batch_size)
+    except (ValueError, RuntimeError, FloatingPointError, MemoryError):
+        # Measuring must never be why a run fails: the run itself reports what is wrong with its model.
+        return BUILT_IN
     busy = meter.others_busy()
     if log is not None:
         log(f"plan measured in {time.perf_counter() - started:.1f} s: {plan.describe()}")

@@ -137,3 +137,8 @@ def test_a_measured_plan_is_recorded_and_cached(small_mnist, tmp_path, monkeypat
     assert json.loads(cached.read_text())["plan"] == recorded["plan"]
     run_training(config(data_dir=small_mnist, epochs=1), tmp_path / "again", **QUIET)
     assert json.loads((tmp_path / "again" / PLAN_FILE).read_text()) == {**recorded, "origin": "cached"}
+
+
+def test_a_network_without_convolutions_has_nothing_to_measure():
+    chosen, timings = planner.measure(models.build_model("mlp", rng=np.random.default_rng(0)), (1, 28, 28), 100)
+    assert chosen is plan_module.BUILT_IN and timings == []
