@@ -133,6 +133,37 @@ def plan_key(model, input_shape, batch_size):
             "input_shape": list(input_shape), "batch_size": batch_size, "dtype": dtype, "npconv": __version__}
 
 
+def _cached(path, key):
+    """The plan cached in ``path`` for ``key``, or None (no file, another key, or a damaged file)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        obj = read_json(path, "plan cache file", PlanError)
+        return Plan.from_dict(obj.get("plan"), path, "cached") if obj.get("key") == key else None
+    except (PlanError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def _measuring_alone(path):
+    """Hold an exclusive lock beside ``path`` while measuring: processes that start together (a sweep's
+    workers) then measure once and share the plan, instead of each remembering its own. Where no lock can
+    be had (no ``fcntl``, a read-only cache) the block runs without."""
+    try:
+        import fcntl
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process measures
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def plan_for(model, input_shape, batch_size, *, folder=None, measure_fn=measure, log=None):
     """The plan for ``model`` on this machine: the one measured before (cached), else measured now and cached.
 
@@ -145,27 +176,27 @@ def plan_for(model, input_shape, batch_size, *, folder=None, measure_fn=measure,
     key = plan_key(model, input_shape, batch_size)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = os.path.join(folder, f"{digest}.json")
-    if os.path.exists(path):
+    plan = _cached(path, key)
+    if plan is not None:
+        return plan
+    with _measuring_alone(path):
+        plan = _cached(path, key)  # measured by another process while this one waited
+        if plan is not None:
+            return plan
+        meter = CoreMeter()
+        started = time.perf_counter()
         try:
-            obj = read_json(path, "plan cache file", PlanError)
-            if obj.get("key") == key:
-                return Plan.from_dict(obj.get("plan"), path, "cached")
-        except (PlanError, AttributeError):
-            pass  # measured again below
-    meter = CoreMeter()
-    started = time.perf_counter()
-    try:
-        plan, timings = measure_fn(model, input_shape, batch_size)
-    except (ValueError, RuntimeError, FloatingPointError, MemoryError):
-        # Measuring must never be why a run fails: the run itself reports what is wrong with its model.
-        return BUILT_IN
-    busy = meter.others_busy()
-    if log is not None:
-        log(f"plan measured in {time.perf_counter() - started:.1f} s: {plan.describe()}")
-    with contextlib.suppress(OSError):
-        os.makedirs(folder, exist_ok=True)
-        write_json(path, {"key": key, "plan": plan.choices(), "others_busy_cores": round(busy, 2),
-                          "timings": [{"plan": p.choices(), "cpu_seconds": s} for p, s in timings]})
+            plan, timings = measure_fn(model, input_shape, batch_size)
+        except (ValueError, RuntimeError, FloatingPointError, MemoryError):
+            # Measuring must never be why a run fails: the run itself reports what is wrong with its model.
+            return BUILT_IN
+        busy = meter.others_busy()
+        if log is not None:
+            log(f"plan measured in {time.perf_counter() - started:.1f} s: {plan.describe()}")
+        with contextlib.suppress(OSError):
+            os.makedirs(folder, exist_ok=True)
+            write_json(path, {"key": key, "plan": plan.choices(), "others_busy_cores": round(busy, 2),
+                              "timings": [{"plan": p.choices(), "cpu_seconds": s} for p, s in timings]})
     return plan
 
 

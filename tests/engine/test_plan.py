@@ -71,7 +71,7 @@ def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path):
     assert calls == [100, 64], "the second call for the same model and batch size reads the cache"
     assert first.origin == "measured" and again.origin == "cached" and first.same_numbers(again), (first, again)
     assert other.origin == "measured"
-    for path in tmp_path.iterdir():  # a damaged cache file is measured again
+    for path in tmp_path.glob("*.json"):  # a damaged cache file is measured again
         path.write_text("{not json")
     planner.plan_for(model, (1, 28, 28), 100, folder=tmp_path, measure_fn=measure_fn)
     assert calls == [100, 64, 100]
@@ -133,7 +133,7 @@ def test_a_measured_plan_is_recorded_and_cached(small_mnist, tmp_path, monkeypat
     run_training(config(data_dir=small_mnist, epochs=1), tmp_path / "run", **QUIET)
     recorded = json.loads((tmp_path / "run" / PLAN_FILE).read_text())
     assert recorded["origin"] == "measured", recorded
-    (cached,) = (tmp_path / "cache").iterdir()
+    (cached,) = (tmp_path / "cache").glob("*.json")
     assert json.loads(cached.read_text())["plan"] == recorded["plan"]
     run_training(config(data_dir=small_mnist, epochs=1), tmp_path / "again", **QUIET)
     assert json.loads((tmp_path / "again" / PLAN_FILE).read_text()) == {**recorded, "origin": "cached"}
@@ -142,3 +142,28 @@ def test_a_measured_plan_is_recorded_and_cached(small_mnist, tmp_path, monkeypat
 def test_a_network_without_convolutions_has_nothing_to_measure():
     chosen, timings = planner.measure(models.build_model("mlp", rng=np.random.default_rng(0)), (1, 28, 28), 100)
     assert chosen is plan_module.BUILT_IN and timings == []
+
+
+def test_processes_that_start_together_measure_once(tmp_path):
+    """A sweep's workers ask for the same plan at once: one measures, the others wait and read its plan (the
+    lock is per open file, so two threads stand for two processes here)."""
+    import threading
+
+    model = models.build_model("cnn", rng=np.random.default_rng(0))
+    calls = []
+
+    def measure_fn(model, input_shape, batch_size):
+        calls.append(batch_size)
+        threading.Event().wait(0.2)  # a measurement takes a while
+        return replace(ODD, origin="measured"), []
+
+    plans = []
+    others = [threading.Thread(target=lambda: plans.append(planner.plan_for(model, (1, 28, 28), 100, folder=tmp_path,
+                                                                             measure_fn=measure_fn)))
+              for _ in range(2)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join()
+    assert len(calls) == 1, f"measured {len(calls)} times"
+    assert sorted(p.origin for p in plans) == ["cached", "measured"] and plans[0].same_numbers(plans[1]), plans
