@@ -24,6 +24,12 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
   epoch with its own round's rate was tried: a rate timed in a fraction of a second
   during one of a VM's slow spells made the floor look 2.3x, below the rounds' 3.6-3.9x.)
 
+npconv runs every workload with the plan ``npconv train`` would use (``--plan measure``: block sizes and
+chunks timed on this machine once per model, then read from the plan cache, ``npconv/engine/plan.py``); the
+report prints it. The **scaling** table times one training step (batch 100, optimizer included) of ``cnn-bn``
+and ``cnn`` on one thread and on two, npconv (its chunks on 1 or 2 threads) and PyTorch
+(``torch.set_num_threads``) taking turns; the speed-up is the one-thread step over the two-thread one.
+
 The loaded table repeats the ``loaded`` workloads (``--loaded-steps`` steps each) while
 one CPU-bound process -- started and stopped by this script -- keeps a core busy, as a
 browser or an editor would on a student's laptop. It compares npconv's loaded time with its
@@ -41,6 +47,7 @@ kernels, and the threading npconv chose. Usage::
     python benchmarks/speed.py               # about 3 minutes on 2 cores
     python benchmarks/speed.py --steps 200   # a quicker look
     python benchmarks/speed.py --no-load     # the quiet table only
+    python benchmarks/speed.py --no-load --no-memory --steps 100 --repeats 1   # the scaling table, quickly
     python benchmarks/speed.py --torch-channels-last   # PyTorch in NHWC, its faster CPU layout for ConvNets
 """
 
@@ -50,6 +57,7 @@ import importlib.util
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,10 +134,21 @@ def torch_twin(model_name):
     return twins[model_name]()
 
 
+#: The plan of each model, measured on this machine (or found in the plan cache) as ``npconv train`` does.
+PLANS = {}
+
+
+def plan_of(model_name, model):
+    """The plan ``npconv train --plan measure`` uses for ``model_name`` at batch :data:`BATCH`."""
+    if model_name not in PLANS:
+        PLANS[model_name] = engine.plan_for(model, (1, 28, 28), BATCH)
+    return PLANS[model_name]
+
+
 def npconv_training(model_name, d, steps, report):
     """Seconds for ``steps`` training steps of npconv as ``npconv train`` runs them, batching included."""
     model = models.build_model(model_name, rng=np.random.default_rng(0))
-    net = engine.compile(model)
+    net = engine.compile(model, plan=plan_of(model_name, model))
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loader = data.DataLoader(d.x, d.y, BATCH, shuffle=True, rng=np.random.default_rng(0))
@@ -235,7 +254,8 @@ def best_pass(classify, x):
 
 def npconv_inference(model_name, d, steps, report):
     """Seconds to classify the test images in batches of 1000, best of a few passes (``steps`` is not used)."""
-    net = engine.compile(models.build_model(model_name, rng=np.random.default_rng(0))).eval()
+    model = models.build_model(model_name, rng=np.random.default_rng(0))
+    net = engine.compile(model, plan=plan_of(model_name, model)).eval()
     with nn.no_grad():
         for i in range(0, 3000, 1000):  # warm-up
             net(d.x_test[i : i + 1000])
@@ -326,6 +346,67 @@ def matmul_rate():
     return 16 * 72 * 19600 / best
 
 
+# --- how a step scales from one thread to two -------------------------------------------
+
+#: The workloads whose training step is timed on one thread and on two (the issue's speed-up figures).
+SCALING = ("cnn-bn", "cnn")
+
+
+def step_times(model_name, d, rounds, steps=15):
+    """Median seconds of one training step (a fixed batch of :data:`BATCH`, optimizer included) on one and on two
+    threads, for npconv (its chunks on 1 or 2 threads, the run's plan) and PyTorch (``torch.set_num_threads``),
+    the four taking turns ``rounds`` times: ``{(side, threads): seconds}``."""
+    import torch
+
+    xb, yb = d.x[:BATCH], d.y[:BATCH]
+    model = models.build_model(model_name, rng=np.random.default_rng(0))
+    plan = plan_of(model_name, model)
+    nets = {n: engine.DataParallel(model, plan, threads=n) for n in (1, 2)}
+    loss_fn = nn.SoftmaxCrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    twin, as_input = torch_model(model_name)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    tx, ty = as_input(xb), torch.from_numpy(yb.astype(np.int64))
+
+    def npconv_step(n):
+        opt.zero_grad()
+        loss_fn(nets[n](xb), yb)
+        nets[n].backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+
+    def torch_step(n):
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(twin(tx), ty).backward()
+        topt.step()
+
+    before = torch.get_num_threads()
+    times = {}
+    try:
+        for r in range(rounds + 1):  # round 0 warms up
+            for side, step in (("npconv", npconv_step), ("torch", torch_step)):
+                for n in (1, 2):
+                    torch.set_num_threads(n if side == "torch" else before)
+                    started = time.perf_counter()
+                    for _ in range(steps):
+                        step(n)
+                    if r:
+                        times.setdefault((side, n), []).append((time.perf_counter() - started) / steps)
+    finally:
+        torch.set_num_threads(before)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def speedup_table(scaling):
+    """Markdown rows: each side's one- and two-thread step and the speed-up (one-thread step / two-thread step)."""
+    lines = ["| workload | npconv 1 thread, ms | npconv 2 threads, ms | npconv speed-up | PyTorch 1 thread, ms | "
+             "PyTorch 2 threads, ms | PyTorch speed-up |", "|---" * 7 + "|"]
+    for name, t in scaling.items():
+        lines.append(f"| {name} step | {1e3 * t['npconv', 1]:.2f} | {1e3 * t['npconv', 2]:.2f} | "
+                     f"{t['npconv', 1] / t['npconv', 2]:.2f} | {1e3 * t['torch', 1]:.2f} | {1e3 * t['torch', 2]:.2f} | "
+                     f"{t['torch', 1] / t['torch', 2]:.2f} |")
+    return "\n".join(lines)
+
+
 # --- measuring and reporting -------------------------------------------------------
 
 def one_thread(fn):
@@ -396,6 +477,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round (default 3)")
     parser.add_argument("--no-load", action="store_true", help="skip the table under load")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the one- against two-thread step timings")
     parser.add_argument("--torch-channels-last", action="store_true",
                         help="PyTorch in its channels_last (NHWC) memory format instead of its default NCHW")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -422,6 +504,7 @@ def main(argv=None):
     # PyTorch is imported at its first run: `npconv train` never loads it.
     quiet = measure(WORKLOADS, d, args.steps, args.repeats, quiet_report, one_thread_too=not args.no_load,
                     rates=rates)
+    scaling = {} if args.no_scaling else {name: step_times(name, d, args.repeats * 3) for name in SCALING}
     loaded_workloads = [w for w in WORKLOADS if w.loaded]
     loaded = None
     if not args.no_load:
@@ -436,6 +519,8 @@ def main(argv=None):
     print(f"software: Python {platform.python_version()}, NumPy {np.__version__}, BLAS {blas_description()}; "
           f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"{'channels_last (NHWC)' if TORCH_FORMAT == 'channels_last' else 'its default NCHW'} memory format")
+    for name, plan in PLANS.items():
+        print(f"npconv plan, {name}: {plan.describe()}")
     for name, how in quiet_report.items():
         print(f"npconv threading, {name}, quiet: {how}")
     for name, how in loaded_report.items():
@@ -445,6 +530,9 @@ def main(argv=None):
     print(table(WORKLOADS, quiet))
     if rss is not None:
         print(f"peak RSS of `npconv train` (1 epoch): {rss:.0f} MB")
+    if scaling:
+        print(f"\none training step of batch {BATCH} on one thread and on two, medians of interleaved rounds:")
+        print(speedup_table(scaling))
     if loaded is not None:
         print(f"\nwith one CPU-bound process running ({args.loaded_steps} steps per epoch timed, "
               f"best of {args.repeats} rounds):")
@@ -465,6 +553,9 @@ def main(argv=None):
                            f"{min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv']):.2f}x its quiet time "
                            f"({min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv, one thread']):.2f}x "
                            f"on one thread)")
+    for name, t in scaling.items():
+        summary.append(f"{name} step two-thread speed-up npconv {t['npconv', 1] / t['npconv', 2]:.2f}x, "
+                       f"PyTorch {t['torch', 1] / t['torch', 2]:.2f}x")
     summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
     print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]})")
 

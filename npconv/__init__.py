@@ -23,7 +23,7 @@ use, so ``import npconv.nn`` pulls in nothing but NumPy.
 
 import importlib
 
-__version__ = "0.2.3"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "TrainConfig": "npconv.train",

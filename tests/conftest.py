@@ -14,6 +14,12 @@ import sys
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+# Plans the engine measures (npconv/engine/plan.py) go to a folder of this session, never the user's cache;
+# subprocesses inherit it, so the runs of one test share their plans.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("NPCONV_PLAN_CACHE", tempfile.mkdtemp(prefix="npconv-plans-"))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from dependencies import require  # noqa: E402
@@ -124,3 +130,17 @@ def small_bn_net(channels=4, hidden=None):
     if hidden:
         layers += [{"type": "linear", "out_features": hidden}, {"type": "batchnorm1d"}, {"type": "relu"}]
     return layers + [{"type": "linear", "out_features": 10}]
+
+
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory):
+    """Real MNIST, cut small: 600 training and 500 test images as IDX files (a --data-dir)."""
+    from npconv import data
+
+    mnist = data.load_dataset("mnist")
+    folder = tmp_path_factory.mktemp("mnist-small")
+    files = data.DATASETS["mnist"].files
+    for part, n in (("train", 600), ("test", 500)):
+        data.write_idx(folder / files[f"{part}_images"], getattr(mnist, f"{part}_images")[:n])
+        data.write_idx(folder / files[f"{part}_labels"], getattr(mnist, f"{part}_labels")[:n].astype(np.uint8))
+    return str(folder)

@@ -21,6 +21,8 @@ In dependency order:
 ``conv.py``         the convolution kernel (im2col in row blocks, the bias in the product)
 ``batchnorm.py``    the batch-norm kernel, in steps that chunks of a batch can share
 ``chain.py``        the kernels of a network in order (ReLU after MaxPool2d)
+``plan.py``         ``Plan``: the block sizes and chunks a run computes with, fixed for the run
+``planner.py``      a plan chosen by timing candidates on this machine, remembered per machine and model
 ``tuning.py``       ``ThreadTuner``: the thread count chosen by timing; ``CoreMeter``: the free cores
 ``parallel.py``     ``DataParallel``: a batch in fixed chunks, on one or more threads
 ==================  ==========================================================
@@ -31,25 +33,29 @@ Why each constant has its value: ``docs/performance.md``.
 from .. import nn
 from .chain import Chain, kernel_for, layers_of
 from .parallel import DataParallel, get_num_threads, set_num_threads
+from .plan import BUILT_IN, Plan, PlanError
+from .planner import plan_for
 
 #: The engines a model can run on: the textbook layers alone, or the engine's kernels, chunks and threads.
 ENGINES = ("fast", "reference")
 
 
-def compile(model, engine="fast"):
+def compile(model, engine="fast", plan=None):
     """``model`` (an :class:`~npconv.nn.Sequential`) ready to run on ``engine``.
 
     ``"fast"``: a :class:`DataParallel` -- the engine's kernels, in chunks, on as
     many threads as pay; ``"reference"``: the model itself. Either has the model's
     interface (``net(x)``, ``net.backward(dy, input_grad)``, ``train()``, ``eval()``,
     ``training``, ``parameters()``), computes the model's math and fills its
-    parameters' ``.grad``; the model stays the one to save or inspect.
+    parameters' ``.grad``; the model stays the one to save or inspect. ``plan``
+    (:class:`~npconv.engine.plan.Plan`): the fast engine's block sizes and chunks
+    (default: the built-in ones; :func:`~npconv.engine.planner.plan_for` measures them here).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "reference":
         return model
-    return DataParallel(model)
+    return DataParallel(model, plan)
 
 
 def layer_outputs(model, x):
@@ -63,5 +69,6 @@ def layer_outputs(model, x):
     return outputs
 
 
-__all__ = ["Chain", "DataParallel", "ENGINES", "compile", "get_num_threads", "kernel_for", "layer_outputs",
-           "set_num_threads"]
+__all__ = ["BUILT_IN", "Chain", "DataParallel", "ENGINES", "Plan", "PlanError", "compile", "get_num_threads",
+           "kernel_for", "layer_outputs",
+           "plan_for", "set_num_threads"]

@@ -24,6 +24,7 @@ The measurements behind the constants are in ``docs/performance.md``.
 import numpy as np
 
 from .. import backend as B
+from . import plan as plan_module
 from .kernels import Kernel
 from .layout import batch_first, batch_last
 from .products import matmul_by_blocks, matmul_t_by_blocks
@@ -98,15 +99,18 @@ class Conv2dKernel(Kernel):
 
     def _blocks(self, c, oh, ow, n):
         """The blocks of output rows ``(i0, i1)`` the layer computes in: one, ``(0, OH)``, unless the
-        whole ``cols`` would have more than :data:`WHOLE_BYTES`; then about :data:`BLOCK_BYTES` each,
+        whole ``cols`` would have more than :data:`WHOLE_BYTES` (or the running plan's ``whole_bytes``,
+        :mod:`npconv.engine.plan`); then about :data:`BLOCK_BYTES` (the plan's ``block_bytes``) each,
         if each kernel offset's copy into a block moves :data:`MIN_COPY_BYTES` or more. One block on
         a GPU (the caches in question are the CPU's)."""
         kh, kw = self.layer.kernel_size
         itemsize = np.dtype(self.layer.dtype).itemsize
         row_bytes = (c * kh * kw + 1) * ow * n * itemsize  # cols of one output row
-        if B.xp is not np or row_bytes * oh <= WHOLE_BYTES:
+        plan = plan_module.current()
+        whole, block = (WHOLE_BYTES, BLOCK_BYTES) if plan is None else (plan.whole_bytes, plan.block_bytes)
+        if B.xp is not np or row_bytes * oh <= whole:
             return [(0, oh)]
-        rows = max(1, BLOCK_BYTES // row_bytes)
+        rows = max(1, block // row_bytes)
         if rows * c * ow * n * itemsize < MIN_COPY_BYTES:  # one offset's copy into a block
             return [(0, oh)]
         return [(i0, min(i0 + rows, oh)) for i0 in range(0, oh, rows)]
@@ -119,8 +123,16 @@ class Conv2dKernel(Kernel):
         (kh, kw), (sh, sw) = self.layer.kernel_size, self.layer.stride
         cols = xp.empty((c * kh * kw + 1, (i1 - i0) * ow * n), dtype=self.layer.dtype)
         patches = cols[:-1].reshape(c, kh, kw, i1 - i0, ow, n)
-        for u in range(kh):
-            for v in range(kw):
-                patches[:, u, v] = padded[:, u + sh * i0 : u + sh * i1 : sh, v : v + sw * ow : sw]  # (C, rows, OW, N)
+        if xp is np:
+            # Every window at once: a view whose entry (c, u, v, i, j, n) is padded[c, i*sh + u, j*sw + v, n],
+            # copied in one call (one call holds the interpreter lock once, not KH*KW times).
+            sc, sy, sx, sn = padded.strides
+            windows = np.ndarray(patches.shape, padded.dtype, buffer=padded, offset=sh * i0 * sy,
+                                 strides=(sc, sy, sx, sh * sy, sw * sx, sn))  # a view: padded is contiguous
+            patches[...] = windows
+        else:
+            for u in range(kh):
+                for v in range(kw):
+                    patches[:, u, v] = padded[:, u + sh * i0 : u + sh * i1 : sh, v : v + sw * ow : sw]
         cols[-1] = 1
         return cols

@@ -56,9 +56,11 @@ The measurements behind the constants are in ``docs/performance.md``.
 
 import contextlib
 import contextvars
+import ctypes
 import functools
 import itertools
 import math
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +74,7 @@ from .. import nn
 from .batchnorm import pooled
 from .chain import Chain, kernel_for, layers_of
 from .layout import batch_first, batch_last, is_batch_last
+from .plan import using
 from .tuning import CoreMeter, ThreadTuner, usable_cores
 
 #: Images per chunk of a training batch: cutting costs little CPU time where one core is free, and
@@ -163,6 +166,34 @@ def one_blas_thread():
                 for lib, n in zip(_blas, _blas_before):
                     if n != 1:
                         lib.set_num_threads(n)
+
+
+#: ``mallopt`` parameters of glibc (malloc.h): sizes from which freed memory goes back to the system.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_memory_kept = False
+
+
+def keep_freed_memory():
+    """Let the C library keep the memory of freed arrays for the next ones (glibc only; once per process).
+
+    A training step allocates and frees the same large temporaries every time. By default glibc returns
+    a freed block of more than a few hundred KB to the system and maps fresh pages for the next one: every
+    page is then faulted in and zeroed again, thousands of page faults a step, taken while holding the
+    interpreter lock and, with two threads, contending for the process's memory map (docs/performance.md,
+    "page faults"). Raising the two thresholds keeps that memory in the process, where the next step reuses
+    it. Where the memory comes from changes no number.
+    """
+    global _memory_kept
+    if _memory_kept or not sys.platform.startswith("linux"):
+        return
+    _memory_kept = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest: blocks below 32 MB come from the heap
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)  # free memory at the heap's top goes back to the system above 256 MB
 
 
 def _run(tasks, threads):
@@ -270,6 +301,13 @@ class DataParallel:
     Parameters
     ----------
     model : Sequential
+    plan : Plan, optional
+        The engine's choices for this model on this machine (:mod:`npconv.engine.plan`); None: the
+        built-in constants (:data:`CHUNK`, :data:`PIECE` and those of the kernels' modules).
+    threads : int, optional
+        Run the chunks on this many threads (at most :func:`get_num_threads`) instead of the count a
+        :class:`~npconv.engine.tuning.ThreadTuner` chooses: for measuring how a step scales. The
+        numbers are the same either way.
 
     Attributes
     ----------
@@ -282,10 +320,14 @@ class DataParallel:
         of such batches: training steps and inference batches are timed apart.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, plan=None, threads=None):
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"DataParallel needs a Sequential model, got {type(model).__name__}")
         self.model = model
+        self.plan = plan
+        self.fixed_threads = threads
+        if B.xp is np:
+            keep_freed_memory()
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
         self.replicas = []
         self.sizes = None
@@ -313,6 +355,10 @@ class DataParallel:
         return self.forward(x)
 
     def forward(self, x):
+        with using(self.plan):  # the kernels read the plan's block sizes, in every thread
+            return self._forward(x)
+
+    def _forward(self, x):
         started = time.perf_counter()
         grad = nn.grad_enabled()
         if grad:
@@ -326,6 +372,8 @@ class DataParallel:
         self.sizes = sizes = [len(c) for c in chunks]
         tuner = self._tuner(grad, len(chunks))
         threads = min(tuner.threads(), _max_threads) if tuner else 1
+        if tuner is not None and self.fixed_threads is not None:
+            threads, tuner = min(self.fixed_threads, _max_threads, len(chunks)), None
         self.threads = threads
         workers = self._workers(len(chunks), grad, threads)
         segments = _segments(workers)
@@ -353,6 +401,10 @@ class DataParallel:
 
     def backward(self, dy, input_grad=True):
         """Backpropagate ``dy`` (see :meth:`npconv.nn.Sequential.backward`)."""
+        with using(self.plan):
+            return self._backward(dy, input_grad)
+
+    def _backward(self, dy, input_grad):
         step = self._step
         if step is None:
             raise RuntimeError("Sequential.backward() called before forward()")
@@ -397,7 +449,8 @@ class DataParallel:
         ``no_grad()``; sizes as equal as possible (``numpy.array_split``). Not cut
         when the network cannot be cut or is not worth it (see :func:`_can_cut`).
         """
-        size = CHUNK if nn.grad_enabled() else PIECE
+        chunk, piece = (CHUNK, PIECE) if self.plan is None else (self.plan.chunk, self.plan.piece)
+        size = chunk if nn.grad_enabled() else piece
         if B.xp is not np or len(x) <= size or not _can_cut([kernel.layer for kernel in self.chain.kernels]):
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))

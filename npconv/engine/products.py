@@ -5,18 +5,21 @@ columns, the other sizes are a few dozen -- and OpenBLAS's AVX-512 kernels
 compute small products where they lie in memory, while a large product first
 repacks both operands. So on such a BLAS the products are cut into blocks of
 :data:`BLOCK_MACS` multiply-adds and handed to BLAS as one stack of small
-products. Whether that is done is a fixed rule read from NumPy's build
-(:data:`BLOCKED_PRODUCTS`), never a timing: blocks add a long sum in another
-order, and a run's numbers must not change from one run to the next.
+products. Whether that is done, and the block size, are the running plan's
+choices (:mod:`npconv.engine.plan`: measured once per machine and model, then
+fixed for the run, since blocks add a long sum in another order); without a
+plan, a fixed rule read from NumPy's build (:data:`BLOCKED_PRODUCTS`) and
+:data:`BLOCK_MACS`.
 
 The measurements behind the constants are in ``docs/performance.md``.
 """
 
-import os
+import functools
 
 import numpy as np
 
 from .. import backend as B
+from . import plan as plan_module
 
 
 def row_sums(a):
@@ -26,15 +29,40 @@ def row_sums(a):
     product computes them several times faster than NumPy's row reduction
     (docs/performance.md).
     """
-    return a @ B.xp.ones(a.shape[1], dtype=a.dtype)
+    xp = B.xp
+    if xp is not np:
+        return a @ xp.ones(a.shape[1], dtype=a.dtype)
+    # np.dot lets other threads run during the product; matmul's matrix-vector path holds the interpreter
+    # lock (docs/performance.md, "the interpreter lock"). The same BLAS call, the same bits.
+    return np.dot(a, _ones(a.shape[1], a.dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(length, dtype):
+    """A read-only vector of ``length`` ones, made once (filling it anew every call holds the interpreter lock)."""
+    ones = np.ones(length, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def row_dots(a, b):
     """``(a * b).sum(axis=1)`` for two (R, M) matrices, as R dot products: no (R, M) temporary, and BLAS-fast."""
     xp = B.xp
+    if xp is np and a.shape[1] >= LONG_ROW:
+        # One BLAS dot per row, each letting other threads run; vecdot calls the same dot for every row
+        # but holds the interpreter lock throughout (docs/performance.md, "the interpreter lock").
+        out = np.empty(a.shape[0], dtype=np.result_type(a, b))
+        for i in range(a.shape[0]):
+            out[i] = np.dot(a[i], b[i])
+        return out
     if hasattr(xp, "vecdot"):
         return xp.vecdot(a, b)
     return (a * b).sum(axis=1)
+
+
+#: Columns from which :func:`row_dots` computes row by row: below it the rows are too short for the
+#: interpreter lock to matter, and one vecdot call is cheaper than a call per row.
+LONG_ROW = 4096
 
 
 #: Multiply-adds in one block of a long, thin product: small enough for OpenBLAS's small-matrix
@@ -42,28 +70,9 @@ def row_dots(a, b):
 BLOCK_MACS = 1 << 18
 
 
-def _blas_has_small_matrix_kernels():
-    """Whether NumPy's BLAS is OpenBLAS on a CPU with AVX-512, where it runs its small-matrix kernels.
-
-    With OpenBLAS's AVX2 kernels (no small-matrix path) blocks cost more than
-    one product, so they are used only here. A fixed rule, not a timing: it
-    must not change from run to run, because blocks add up a long sum in
-    another order (see :func:`matmul_t_by_blocks`) and so change the last bits.
-    """
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]["name"].lower()
-        simd = config["SIMD Extensions"]["found"]
-    except (AttributeError, KeyError, TypeError, ValueError):  # another NumPy build or version
-        return False
-    forced = os.environ.get("OPENBLAS_CORETYPE", "").lower()  # OpenBLAS told to use other kernels
-    if forced and forced not in ("skylakex", "cooperlake", "sapphirerapids"):
-        return False
-    return "openblas" in blas and any(name in simd for name in ("X86_V4", "AVX512_SKX"))
-
-
-#: Whether :func:`matmul_by_blocks` and :func:`matmul_t_by_blocks` cut their products into blocks.
-BLOCKED_PRODUCTS = _blas_has_small_matrix_kernels()
+#: Whether :func:`matmul_by_blocks` and :func:`matmul_t_by_blocks` cut their products into blocks, when no
+#: plan says (:mod:`npconv.engine.plan`): only on OpenBLAS's AVX-512 kernels, where it pays.
+BLOCKED_PRODUCTS = plan_module.blas_has_small_matrix_kernels()
 
 #: :func:`matmul_t_by_blocks` sums no blocks of fewer columns than this: there the blocks' partial
 #: results cost more than they save, and one product with the operands swapped is fastest
@@ -71,9 +80,12 @@ BLOCKED_PRODUCTS = _blas_has_small_matrix_kernels()
 MIN_BLOCK_COLUMNS = 128
 
 
-def _block_length(rows, inner):
-    """Columns per block for a product whose other two sizes are ``rows`` and ``inner``."""
-    return max(1, BLOCK_MACS // (rows * inner))
+def _blocking(rows, inner):
+    """Whether products are cut into blocks (the running plan's choice, else :data:`BLOCKED_PRODUCTS`), and the
+    columns per block for a product whose other two sizes are ``rows`` and ``inner``."""
+    plan = plan_module.current()
+    blocked, macs = (BLOCKED_PRODUCTS, BLOCK_MACS) if plan is None else (plan.blocked_products, plan.block_macs)
+    return blocked, max(1, macs // (rows * inner))
 
 
 def matmul_by_blocks(a, b, out=None):
@@ -89,8 +101,8 @@ def matmul_by_blocks(a, b, out=None):
     xp = B.xp
     m, k = a.shape
     length = b.shape[1]
-    size = _block_length(m, k)
-    if not BLOCKED_PRODUCTS or xp is not np or length <= size:
+    blocked, size = _blocking(m, k)
+    if not blocked or xp is not np or length <= size:
         return xp.matmul(a, b, out=out)
     if out is None:
         out = xp.empty((m, length), dtype=xp.result_type(a, b))
@@ -116,8 +128,8 @@ def matmul_t_by_blocks(a, b):
     xp = B.xp
     m, length = a.shape
     r = b.shape[0]
-    size = _block_length(m, r)
-    if not BLOCKED_PRODUCTS or xp is not np or length <= size:
+    blocked, size = _blocking(m, r)
+    if not blocked or xp is not np or length <= size:
         return a @ b.T
     if size < MIN_BLOCK_COLUMNS:  # no blocks: the product with the operands swapped is faster
         return (b @ a.T).T

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import __version__, data, engine, nn, optim
+from ..engine import plan as engine_plan
+from ..engine import planner
 from .. import backend as B
 from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model, model_label
@@ -225,15 +227,18 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
     check_folder(folder.path, "out_dir")
     with B.on_device(config.device):  # a device that cannot be used is an error before anything is written
         run = _prepare(config)
+        plan = choose_plan(config, run.model, run.x_test.shape[1:])
         folder.create()
         with folder.lock():
             taken = folder.holds_run()
             if taken:
                 raise RunFolderTaken(folder.path, taken)
             folder.write_config(run.full_config)
+            if plan is not None:
+                folder.write_plan(engine_plan.record(plan))
             log(f"training {config.model} on {config.dataset} ({len(run.batches.y)} images) "
                 f"for {plural(config.epochs, 'epoch')}{_where(config)} -> {folder.path}")
-            return _train(run, folder, None, progress=progress, log=log)
+            return _train(run, folder, None, plan, progress=progress, log=log)
 
 
 def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=print):
@@ -314,9 +319,33 @@ def _resume(folder, config, saved, checkpoint, progress, log):
     run.full_config = {**saved, **{name: getattr(config, name) for name in RESUMABLE}}
     if run.full_config != saved:
         folder.write_config(run.full_config)
+    # The plan the run started with, whatever the cache holds now: it decides the order of sums. A run of
+    # npconv 0.2 recorded none and computed with the built-in one.
+    recorded_plan = folder.plan_file()
+    plan = None if config.engine != "fast" else (
+        engine_plan.Plan.load(recorded_plan, origin="recorded") if recorded_plan else engine_plan.BUILT_IN)
     log(f"resuming {config.model} on {config.dataset} after epoch {checkpoint.epoch} "
         f"of {config.epochs}{_where(config)} -> {folder.path}")
-    return _train(run, folder, checkpoint, progress=progress, log=log)
+    return _train(run, folder, checkpoint, plan, progress=progress, log=log)
+
+
+def choose_plan(config, model, input_shape):
+    """The fast engine's plan for a new run (:mod:`npconv.engine.plan`), or None for the reference engine.
+
+    ``measure``: the plan measured on this machine for this model and batch size (measured now, in a
+    second or two, if the cache has none); ``built-in``: npconv 0.2's constants; a ``.json`` path: that
+    plan, pinned. On a GPU the blocks and chunks are not used: the built-in plan is recorded.
+    """
+    if config.engine != "fast":
+        return None
+    if config.plan == "built-in" or config.device != "cpu":
+        return engine_plan.BUILT_IN
+    if config.plan == "measure":
+        return planner.plan_for(model, input_shape, config.batch_size)
+    try:
+        return engine_plan.Plan.load(config.plan)
+    except engine_plan.PlanError as e:
+        raise SettingError("plan", str(e)) from None
 
 
 def _where(config):
@@ -335,7 +364,7 @@ def _without(d, keys):
     return {k: v for k, v in d.items() if k not in keys}
 
 
-def _train(run, folder, checkpoint, *, progress, log):
+def _train(run, folder, checkpoint, plan, *, progress, log):
     """Run the epochs after ``checkpoint`` (None: from the start), writing the run folder."""
     config = run.config
     history = list(checkpoint.history) if checkpoint else []
@@ -373,7 +402,7 @@ def _train(run, folder, checkpoint, *, progress, log):
         # A diverging run overflows before its loss turns non-finite; fit() reports
         # that as TrainingDiverged, so NumPy's overflow warnings would only add noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            fit(engine.compile(run.model, config.engine), run.loss_fn, run.optimizer, run.batches, run.x_test,
+            fit(engine.compile(run.model, config.engine, plan), run.loss_fn, run.optimizer, run.batches, run.x_test,
                 run.test_labels, config.epochs, val=run.val, lr_schedule=lr_schedule, start_epoch=start_epoch,
                 progress=progress, on_epoch_end=on_epoch_end, monitor=monitor, on_step=live.step,
                 divergence_threshold=divergence_threshold(run.num_classes))

@@ -5,6 +5,8 @@ A run folder holds:
 ==================  ==========================================================
 ``config.json``     every setting, plus the dataset's SHA-256, the normalization
                     used and npconv's version
+``plan.json``       the fast engine's block sizes and chunks, fixed for the run
+                    (:mod:`npconv.engine.plan`); ``--resume`` reuses them
 ``history.csv``     one row per epoch: ``epoch,train_loss,train_acc,test_loss,test_acc,seconds``
                     (accuracies as fractions; ``val_loss,val_acc`` follow with a validation split)
 ``health.csv``      per layer per epoch: gradient norm, update/weight ratio, dead ReLUs,
@@ -44,6 +46,7 @@ from .loop import EpochStats
 from .modelfile import save_model
 
 CONFIG_FILE = "config.json"
+PLAN_FILE = "plan.json"
 HISTORY_FILE = "history.csv"
 HEALTH_FILE = "health.csv"
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -54,8 +57,8 @@ ERROR_FILE = "error.txt"
 LOSSES_FILE = "losses.csv"
 SNAPSHOT_FILE = "snapshot.npz"
 #: Every file a run folder may hold (but its lock).
-RUN_FILES = (CONFIG_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE, ERROR_FILE,
-             LOSSES_FILE, SNAPSHOT_FILE)
+RUN_FILES = (CONFIG_FILE, PLAN_FILE, HISTORY_FILE, HEALTH_FILE, CHECKPOINT_FILE, SUMMARY_FILE, MODEL_FILE, CURVES_FILE,
+             ERROR_FILE, LOSSES_FILE, SNAPSHOT_FILE)
 LOSS_COLUMNS = ["step", "epoch", "loss", "time"]
 
 #: How a run can end. ``completed`` and ``diverged`` runs are over: a sweep does not train them again.
@@ -191,6 +194,17 @@ class RunFolder:
 
     def read_config(self, error=NpconvError):
         return read_json(self.file(CONFIG_FILE), "run config", error)
+
+    # --- plan.json ------------------------------------------------------------------------
+    def write_plan(self, plan):
+        """Record the engine's plan (a dict, :func:`npconv.engine.plan.record`) the run computes with."""
+        write_json(self.file(PLAN_FILE), plan)
+
+    def plan_file(self):
+        """The path of the run's recorded plan, or None when it has none (a run of npconv 0.2, or the reference
+        engine)."""
+        path = self.file(PLAN_FILE)
+        return path if os.path.isfile(path) else None
 
     # --- the end of an epoch ------------------------------------------------------------
     def write_epoch(self, history, health_rows, model, optimizer, *, config, rngs, advice):

@@ -49,6 +49,9 @@ from ..errors import CheckpointError, SettingError
 from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is_model_file, model_layers
 from ..nn.loss import REDUCTIONS
 
+#: The plans a run can ask for besides a pinned plan file (npconv/engine/plan.py).
+PLANS = ("measure", "built-in")
+
 DTYPES = ("float32", "float64")
 #: Largest shift of ``augment_shift``, in pixels: beyond it an MNIST digit leaves its 28x28 frame.
 MAX_SHIFT = 4
@@ -226,6 +229,11 @@ class TrainConfig:
     engine: str = setting("fast", "what computes the network: fast (npconv.engine: its kernels, chunks and "
                                   "threads) or reference (the textbook layers of npconv.nn alone)",
                           choices=ENGINES, cost=True, keyed_at_default=False)
+    plan: str = setting("measure", "the fast engine's block sizes and chunks: measure (timed on this machine once "
+                                   "per model and batch size, then remembered in ~/.cache/npconv/plans), built-in "
+                                   "(npconv 0.2's constants), or a plan .json file (pinned: the same numbers on one "
+                                   "machine); recorded in the run folder's plan.json, which --resume reuses",
+                        choices=PLANS, file_suffix=".json", cost=True, keyed_at_default=False, metavar="PLAN")
     # Implementation choices other from-scratch codes make (npconv/studies/collapse.toml sweeps them to find
     # which one makes the course study's runs collapse). The defaults are npconv's own choices; at their
     # defaults they stay out of run keys, so runs made before they existed keep their keys.

@@ -173,18 +173,6 @@ def test_every_preset_trains_and_infers_on_the_engine_as_on_the_textbook(mnist_b
     np.testing.assert_allclose(logits_fast, logits, rtol=0, atol=tolerance * scale, err_msg="logits")
 
 
-@pytest.fixture(scope="module")
-def small_mnist(tmp_path_factory):
-    """Real MNIST, cut small: 600 training and 500 test images as IDX files (a --data-dir)."""
-    mnist = data.load_dataset("mnist")
-    folder = tmp_path_factory.mktemp("mnist-small")
-    files = data.DATASETS["mnist"].files
-    for part, n in (("train", 600), ("test", 500)):
-        data.write_idx(folder / files[f"{part}_images"], getattr(mnist, f"{part}_images")[:n])
-        data.write_idx(folder / files[f"{part}_labels"], getattr(mnist, f"{part}_labels")[:n].astype(np.uint8))
-    return str(folder)
-
-
 @pytest.mark.parametrize("name", models.MODELS)
 def test_the_two_engines_agree_after_an_epoch_in_float64(small_mnist, tmp_path, name):
     settings = {"model": name, "data_dir": small_mnist, "epochs": 1, "dtype": "float64"}

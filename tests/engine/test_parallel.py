@@ -261,3 +261,26 @@ def test_blas_runs_on_one_thread_inside_chunks_and_as_configured_otherwise(rng, 
         seen.clear()
         DataParallel(nn.Sequential(Spy(), nn.Flatten()))(rng.standard_normal((3, 1, 2, 2)))
         assert seen == [2], seen
+
+
+def test_a_fixed_thread_count_overrides_the_tuner_with_the_same_numbers(rng):
+    """``DataParallel(model, threads=n)`` (speed.py's one- and two-thread steps) runs on n threads, whatever the
+    tuner would choose, and computes the same bits."""
+    before = parallel.get_num_threads()
+    parallel.set_num_threads(2)
+    try:
+        model = models.build_model("cnn-bn", rng=np.random.default_rng(0))
+        x = rng.standard_normal((2 * parallel.CHUNK, 1, 28, 28)).astype(np.float32)
+        grads = []
+        for n in (1, 2):
+            net = DataParallel(model, threads=n)
+            y = net(x)
+            assert net.threads == n, f"asked for {n} threads, ran on {net.threads}"
+            for p in model.parameters():
+                p.grad[...] = 0
+            net.backward(np.ones_like(y) / y.size, input_grad=False)
+            grads.append([p.grad.copy() for p in model.parameters()])
+        for one, two in zip(*grads):
+            np.testing.assert_array_equal(two, one, err_msg="gradients, 2 threads / 1 thread")
+    finally:
+        parallel.set_num_threads(before)

@@ -12,6 +12,7 @@ import pytest
 
 from npconv import nn
 from npconv.engine import conv as conv_module
+from npconv.engine import plan as plan_module
 from npconv.engine import products as _utils
 from npconv.engine.conv import Conv2dKernel
 
@@ -78,7 +79,7 @@ def test_strided_operands(rng, blocking):
 
 def test_openblas_told_to_use_avx2_kernels_gets_plain_products(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    assert _utils._blas_has_small_matrix_kernels() is False
+    assert plan_module.blas_has_small_matrix_kernels() is False
 
 
 def one_row_per_block(monkeypatch):
