@@ -75,7 +75,7 @@ def test_start_a_run_and_watch_it_learn(train_page):
 
 def test_stop_mid_epoch_resume_and_reload(train_page):
     page = train_page
-    fill(page, model="cnn", epochs=2, train_subset=4000, batch_size=10, lr=0.02)
+    fill(page, model="cnn", epochs=2, train_subset=8000, batch_size=10, lr=0.02)
     page.click("#train-start")
     wait_until(page, "() => +document.querySelector('#train-curve').dataset.points > 20", seconds=60)
     expect(page.locator("#train-status")).to_have_text("running")
@@ -83,17 +83,18 @@ def test_stop_mid_epoch_resume_and_reload(train_page):
     page.reload()  # a reload re-attaches: everything so far, then more
     wait_until(page, f"() => +document.querySelector('#train-curve')?.dataset.points > {seen}", seconds=60)
     assert page.input_value("#train-form [name=batch_size]") == "10", "the form shows the run's settings"
-    # Into the second epoch (400 steps each), then stop: the epoch is cut, the first one's checkpoint kept.
-    wait_until(page, "() => +document.querySelector('#train-curve').dataset.points > 420", seconds=90)
+    # Just into the second epoch (800 steps each: the stop lands well before its end, however fast the machine),
+    # then stop: the epoch is cut, the first one's checkpoint kept.
+    wait_until(page, "() => +document.querySelector('#train-curve').dataset.points > 820", seconds=90)
     page.click("#train-stop")
     expect(page.locator("#train-status")).to_have_text("stopped", timeout=30_000)
     assert page.get_attribute("#train-curve", "data-epochs") == "1"
     stopped_at = points(page)
-    assert 400 < stopped_at < 800
+    assert 800 < stopped_at < 1600
     expect(page.locator(".train-message")).to_contain_text("checkpoint of epoch 1")
     page.click("#train-resume")
     expect(page.locator("#train-status")).to_have_text("completed", timeout=90_000)
-    assert points(page) == 800, "the cut epoch's steps once, from the resumed run"
+    assert points(page) == 1600, "the cut epoch's steps once, from the resumed run"
     assert page.get_attribute("#train-curve", "data-epochs") == "2"
 
 
