@@ -115,11 +115,6 @@ def is_architecture_file(model):
     return isinstance(model, str) and model.lower().endswith(".toml")
 
 
-#: The name :func:`is_architecture_file` had while "model file" meant both the .toml and model.npz; still imported
-#: by npconv/train/settings.py.
-is_model_file = is_architecture_file
-
-
 def model_label(model):
     """A short name for file and folder names: the preset's name, or the architecture file's name without ``.toml``."""
     if not is_architecture_file(model):

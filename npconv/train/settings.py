@@ -20,7 +20,7 @@ Everything else is derived from this table, never written again:
 
 Adding a setting is one field here plus the code that uses it.
 
-``model`` accepts a preset's name or the path of a model file (a ``.toml``
+``model`` accepts a preset's name or the path of an architecture file (a ``.toml``
 file that lists layers, :mod:`npconv.models.spec`). A :class:`TrainConfig`
 reads such a file when it is made, once, and keeps its layers, checked and
 normalized, in its one field that is not a setting, ``model_layers``: that is what the
@@ -46,7 +46,7 @@ from .. import data, optim
 from ..backend import DEVICES
 from ..engine import ENGINES
 from ..errors import CheckpointError, SettingError
-from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is_model_file, model_layers
+from ..models import DROPOUT_LOCATIONS, MODELS, ModelSpecError, dropout_fits, is_architecture_file, model_layers
 from ..nn.loss import REDUCTIONS
 
 #: The plans a run can ask for besides a pinned plan file (npconv/engine/plan.py).
@@ -73,7 +73,7 @@ class Setting:
     low, high, low_open, high_open -- the accepted range of a number
     directory : bool -- the value is a path that must be an existing folder
     file_suffix : str or None -- a value that is not one of the ``choices`` may be the path of a file
-        ending in this suffix (``model``: a ``.toml`` model file); the file itself is read by
+        ending in this suffix (``model``: a ``.toml`` architecture file); the file itself is read by
         :meth:`TrainConfig.validate`
     architecture : bool -- part of the model; recorded in model files
     cost : bool -- changes the time of a training step
@@ -194,7 +194,7 @@ class TrainConfig:
     >= 97.8 % with ``mlp`` in 10 epochs (figures in the README).
     """
 
-    model: str = setting("cnn", "the network: a preset, or a model file (.toml) that lists its layers",
+    model: str = setting("cnn", "the network: a preset, or an architecture file (.toml) that lists its layers",
                          choices=MODELS, file_suffix=".toml", architecture=True, cost=True)
     dataset: str = setting("mnist", "built-in dataset", choices=tuple(sorted(data.DATASETS)), cost=True)
     data_dir: str | None = setting(
@@ -252,17 +252,17 @@ class TrainConfig:
     stable_softmax: bool = setting(True, "subtract each row's maximum before exp in the loss's softmax (else exp "
                                          "can overflow)", keyed_at_default=False)
 
-    #: Not a setting: the layers of a model file, read when the config is made; None for a preset.
+    #: Not a setting: the layers of an architecture file, read when the config is made; None for a preset.
     model_layers: list | None = field(default=None, metadata={"derived": True})
 
     def __post_init__(self):
-        """A model file is read here, once: its layers, checked and normalized, go into ``model_layers``.
+        """An architecture file is read here, once: its layers, checked and normalized, go into ``model_layers``.
 
-        So every config of a model file carries its architecture. A config
+        So every config of an architecture file carries its architecture. A config
         that already has them (read back from a run folder, or sent to a sweep
         worker) does not read the file again.
         """
-        if is_model_file(self.model) and self.model_layers is None:
+        if is_architecture_file(self.model) and self.model_layers is None:
             classes = data.DATASETS[self.dataset].classes if self.dataset in data.DATASETS else None
             try:
                 self.model_layers = model_layers(self.model, None, None if classes is None else len(classes))
@@ -273,9 +273,9 @@ class TrainConfig:
         """Raise :class:`~npconv.errors.SettingError` naming the first setting out of its range."""
         for spec in SETTINGS.values():
             spec.check(getattr(self, spec.name))
-        if not is_model_file(self.model):
+        if not is_architecture_file(self.model):
             if self.model_layers is not None:
-                raise SettingError("model", f"{self.model} is a preset: model_layers are for a model file only")
+                raise SettingError("model", f"{self.model} is a preset: model_layers are for an architecture file only")
         else:  # the layers it records, checked again (they may come from a file on disk), never read anew
             try:
                 self.model_layers = model_layers(self.model, self.model_layers,
@@ -300,7 +300,7 @@ class TrainConfig:
         values = {name: spec.coerce(getattr(self, name)) for name, spec in SETTINGS.items()}
         keyed = {name: value for name, value in values.items()
                  if SETTINGS[name].keyed_at_default or value != SETTINGS[name].default}
-        if self.model_layers is not None:  # a model file: its architecture, not only its path
+        if self.model_layers is not None:  # an architecture file: its architecture, not only its path
             keyed["model_layers"] = self.model_layers
         return keyed
 

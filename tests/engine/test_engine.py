@@ -1,4 +1,5 @@
-"""The engine computes the textbook's numbers: every layer, every preset and a model file, training and inference.
+"""The engine computes the textbook's numbers: every layer, every preset and an architecture file, training and
+inference.
 
 float64: to 1e-12 of the largest value (the engine adds the same terms in another order: blocks, chunks, BLAS
 row sums); float32: to rounding. ``npconv train --engine reference`` and ``--engine fast`` agree to 1e-9 after an

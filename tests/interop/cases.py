@@ -54,7 +54,7 @@ def with_statistics(model, rng):
     return model
 
 
-#: A model file using every layer type npconv has (and strides, paddings, a non-square kernel).
+#: An architecture file using every layer type npconv has (and strides, paddings, a non-square kernel).
 EVERY_LAYER = [
     {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1},
     {"type": "batchnorm2d"},

@@ -1,4 +1,4 @@
-"""``npconv export --format onnx``: every preset and a model file with every layer type, run by ONNX Runtime on
+"""``npconv export --format onnx``: every preset and an architecture file with every layer type, run by ONNX Runtime on
 real MNIST test images, agree with npconv; export -> import gives the same weights, bit for bit."""
 
 import json
@@ -22,7 +22,7 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def every_layer_file(tmp_path_factory):
-    """A TOML model file that uses every layer type."""
+    """A TOML architecture file that uses every layer type."""
     return write_architecture_file(tmp_path_factory.mktemp("model-file") / "every-layer.toml", EVERY_LAYER)
 
 

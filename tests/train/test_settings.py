@@ -161,7 +161,7 @@ def test_a_bad_architecture_file_is_a_setting_error_naming_the_file_and_the_laye
 
 
 def test_layers_belong_to_architecture_files_only():
-    with pytest.raises(SettingError, match="cnn is a preset: model_layers are for a model file only"):
+    with pytest.raises(SettingError, match="cnn is a preset: model_layers are for an architecture file only"):
         TrainConfig(model="cnn", model_layers=[{"type": "flatten"}]).validate()
 
 
