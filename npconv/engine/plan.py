@@ -125,7 +125,7 @@ class Plan:
         return cls.from_dict(obj.get("plan", obj) if isinstance(obj, dict) else obj, path, origin)
 
 
-#: npconv 0.2's plan: the constants of docs/performance.md (measured on one AMD Zen 4).
+#: The built-in plan: fixed constants, measured on one machine (docs/performance.md); used where nothing is measured.
 BUILT_IN = Plan(blocked_products=blas_has_small_matrix_kernels())
 
 _current = contextvars.ContextVar("npconv_engine_plan", default=None)
