@@ -28,11 +28,11 @@ from . import data, nn
 from .data import to_float
 from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
 from .engine import compile as compile_model
-from .errors import ModelFileError, NpconvError
+from .errors import NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
 from .train.modelfile import load_model
-from .train.runfolder import MODEL_FILE, SUMMARY_FILE, RunFolder, is_run_folder
+from .train.runfolder import model_file_of
 
 #: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
 #: choice less than even odds, so it is more likely wrong than right about it.
@@ -41,30 +41,6 @@ LOW_CONFIDENCE = 0.5
 BATCH = 1000
 #: What a folder given to :func:`image_files` is searched for (lower-case extensions).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def model_file_of(path):
-    """The model file ``path`` names: itself, or for a run folder the ``model.npz`` in it.
-
-    Raises :class:`~npconv.errors.ModelFileError` for a run folder without a
-    model yet (it is written when the run completes) and for a folder that is no run.
-    """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        return path
-    model_file = os.path.join(path, MODEL_FILE)
-    if os.path.isfile(model_file):
-        return model_file
-    if not is_run_folder(path):
-        raise ModelFileError(f"{path}: a folder without {MODEL_FILE}, not a run folder")
-    try:
-        summary = RunFolder(path).read_summary() if os.path.isfile(os.path.join(path, SUMMARY_FILE)) else None
-    except NpconvError:
-        summary = None
-    if summary is None or summary.status == "interrupted":
-        raise ModelFileError(f"{path}: the run has no {MODEL_FILE} yet (it is written when the run completes): "
-                             f"finish it with npconv train --resume {path}")
-    raise ModelFileError(f"{path}: the run {summary.status} and has no {MODEL_FILE}")
 
 
 def fit_for(config):

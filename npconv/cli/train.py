@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import NpconvError, SettingError
 from ..inference import LOW_CONFIDENCE
 from ..train import RunFolder, resume_training, run_training
-from ..train.run import default_out_dir
+from ..train.run import default_out_dir, settings_with_initial
 from ..train.settings import SETTINGS, make_config
 from ..text import WIDTH, shorten_start
 from .options import EXIT_USAGE, add_train_options, positive_int, settings_given
@@ -71,7 +71,7 @@ def cmd_train(args):
     if args.resume is not None:
         summary = resume_training(args.resume, epochs=given.get("epochs"), settings=given, progress=not args.quiet)
     else:
-        config = make_config(given)
+        config = make_config(settings_with_initial(given))
         config.validate()
         if args.out is None:  # named here, so that a signal after the run completed finds it (completed_run)
             args.out = default_out_dir(config)

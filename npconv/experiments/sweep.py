@@ -46,7 +46,7 @@ from ..errors import NpconvError, SettingError
 from ..models import model_label
 from ..io import locked_by
 from ..train.interrupt import Interrupted
-from ..train.run import check_subset
+from ..train.run import check_subset, settings_with_initial
 from ..train.runfolder import CHECKPOINT_FILE, RunFolder, check_folder
 from ..train.settings import SETTINGS, TrainConfig, make_config
 from ..text import WIDTH, format_seconds, plural, shorten
@@ -97,7 +97,8 @@ def expand_grid(grid, base=None):
     base = dict(base or {})
     names = [name for name in SETTINGS if name in grid]
     combos = itertools.product(*(grid[n] for n in names))
-    return [make_config({**base, **dict(zip(names, combo))}) for combo in combos]
+    # A run started from a model file without a model given trains the file's architecture.
+    return [make_config(settings_with_initial({**base, **dict(zip(names, combo))})) for combo in combos]
 
 
 # ----------------------------------------------------------------------- run keys

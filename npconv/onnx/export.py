@@ -37,23 +37,10 @@ from ..errors import NpconvError
 from ..inference import class_names
 from ..io import atomic_write
 from ..train.modelfile import load_model
-from ..train.runfolder import MODEL_FILE, RunFolder, is_run_folder
+from ..train.runfolder import model_file_of
 from . import INPUT_NAME, IR_VERSION, OPSET, OUTPUT_NAME, require_onnx
 
 FORMATS = ("onnx",)
-
-
-def model_file_of(source):
-    """The model file of ``source``: a run folder's ``model.npz``, or ``source`` itself."""
-    source = os.fspath(source)
-    if os.path.isdir(source):
-        if not is_run_folder(source):
-            raise NpconvError(f"{source}: not a run folder (no config.json) nor a model file")
-        path = RunFolder(source).file(MODEL_FILE)
-        if not os.path.isfile(path):
-            raise NpconvError(f"{source}: the run has no {MODEL_FILE} (it has not completed)")
-        return path
-    return source
 
 
 def check_out_file(out):

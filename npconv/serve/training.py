@@ -64,7 +64,7 @@ from .worker import train_in_process
 FORM_SETTINGS = ["model", "epochs", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay",
                  "dropout", "dropout_at", "train_subset", "seed", "augment_shift", "engine"]
 #: Settings a request may not give: they name paths on the server's machine.
-PATH_SETTINGS = ("data_dir",)
+PATH_SETTINGS = ("data_dir", "init_from")
 #: Default caps on one request: epochs, and training images (a whole training set is 60 000).
 MAX_EPOCHS = 30
 MAX_TRAIN_IMAGES = 60_000
@@ -157,7 +157,7 @@ class Trainer:
         settings = dict(settings)
         for name in PATH_SETTINGS:
             if name in settings:
-                raise SettingError(name, "cannot be set from the page (it names a folder on the server)")
+                raise SettingError(name, "cannot be set from the page (it names a path on the server)")
         for name, value in settings.items():  # beyond any setting's range, and too large to become a float
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
                 raise SettingError(name, f"is too large: an integer of {len(str(abs(value)))} digits")

@@ -17,6 +17,7 @@ on the same machine gives the same ``history.csv`` bit for bit (but for the
 interrupted and resumed at any epoch boundary.
 """
 
+import hashlib
 import os
 import signal
 import time
@@ -28,7 +29,7 @@ from .. import __version__, data, engine, nn, optim
 from ..engine import plan as engine_plan
 from ..engine import planner
 from .. import backend as B
-from ..errors import CheckpointError, NpconvError, RunFolderTaken, SettingError
+from ..errors import CheckpointError, ModelFileError, NpconvError, RunFolderTaken, SettingError
 from ..models import build_model, model_label
 from ..models.initialization import reinitialize
 from ..text import plural
@@ -37,9 +38,9 @@ from .health import HealthMonitor, new_advice, probe_batch
 from .interrupt import Interrupted, deferred_interrupts
 from .live import LiveRecord
 from .loop import TrainingDiverged, divergence_threshold, fit
-from .modelfile import model_config
-from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder
-from .settings import SETTINGS, TrainConfig
+from .modelfile import load_model, model_config
+from .runfolder import CHECKPOINT_FILE, CONFIG_FILE, RunFolder, Summary, check_folder, model_file_of
+from .settings import ARCHITECTURE, SETTINGS, TrainConfig
 
 #: The settings a resumed run may change: how long, and where it runs -- not what it computes.
 RESUMABLE = [name for name, spec in SETTINGS.items() if spec.resumable]
@@ -99,6 +100,59 @@ def pixel_scaling(config, train_images):
     return None, (1 / 255 if config.pixel_range == "0-255" else None)
 
 
+def read_initial(init_from):
+    """The model a run starts from: ``(model, its file's config, the file's path)``, or :class:`SettingError`.
+
+    ``init_from`` is a model file or a run folder (its ``model.npz``), loaded and checked like any model file.
+    """
+    try:
+        path = model_file_of(init_from)
+        model, config = load_model(path)
+    except ModelFileError as e:
+        raise SettingError("init_from", str(e)) from None
+    return model, config, path
+
+
+def _check_classes(file_config, where, num_classes, dataset):
+    if file_config["num_classes"] != num_classes:
+        raise SettingError("init_from", f"{where}: the model has {file_config['num_classes']} classes, the dataset "
+                                        f"{dataset} {num_classes}")
+
+
+def settings_with_initial(settings):
+    """``settings`` (a dict, as given) completed from the model file ``init_from`` names, when no ``model`` is given.
+
+    The run then trains the file's own architecture: its model (an imported model's recorded layers), dtype and
+    dropout, unless given too. With a ``model`` given, nothing is taken: :func:`run_training` checks that it is
+    the file's architecture.
+    """
+    if settings.get("init_from") is None or "model" in settings:
+        return settings
+    _, file_config, path = read_initial(settings["init_from"])
+    dataset = settings.get("dataset", SETTINGS["dataset"].default)
+    if settings.get("data_dir") is None and dataset in data.DATASETS:  # caught before the layers meet the classes
+        _check_classes(file_config, path, len(data.DATASETS[dataset].classes), dataset)
+    architecture = {name: file_config[name] for name in ARCHITECTURE if name in file_config}
+    return {**architecture, "model_layers": file_config.get("model_layers"), **settings}
+
+
+def start_from(model, initial, file_config, where, num_classes, dataset):
+    """Copy ``initial``'s weights and buffers (from the file ``where``) into the run's new ``model``.
+
+    The two must be one architecture: the same layers, in order, and the same parameter and buffer names,
+    shapes and dtypes (:meth:`~npconv.nn.Module.load_state_dict` checks those); else :class:`SettingError`.
+    """
+    _check_classes(file_config, where, num_classes, dataset)
+    theirs, ours = ([type(layer).__name__ for layer in m] for m in (initial, model))
+    try:
+        if theirs != ours:
+            raise ValueError(f"layers {', '.join(theirs)} against the run's {', '.join(ours)}")
+        model.load_state_dict(initial.state_dict())
+    except ValueError as e:
+        raise SettingError("init_from", f"{where}: its model ({file_config['model']}) is not the run's: {e}; "
+                                        "without --model, --dtype and --dropout the run takes the file's") from None
+
+
 def check_subset(config, n_train):
     """The number of training images ``config`` uses out of ``n_train``, or :class:`SettingError`."""
     if config.train_subset is not None and config.train_subset > n_train:
@@ -137,12 +191,13 @@ class _Run:
     num_classes: int
 
 
-def _prepare(config):
+def _prepare(config, scaling=None):
     """Load the data and build model and optimizer, drawing from the seed's streams in a fixed order.
 
     A resumed run calls this too, then overwrites the state from its
     checkpoint: the subset and split come out the same because they are drawn
-    the same way, before any epoch.
+    the same way, before any epoch. ``scaling``: the pixels' ``(mean, std)`` when they are not the settings'
+    own (a run started from a model file scales its inputs as that model was trained).
     """
     dataset = data.load_dataset(config.dataset, config.data_dir)
     n_train = check_subset(config, len(dataset.train_labels))
@@ -160,7 +215,7 @@ def _prepare(config):
     init_rng, data_rng, dropout_rng = seed_streams(config.seed)
     dtype = np.dtype(config.dtype)
 
-    mean, std = pixel_scaling(config, dataset.train_images)
+    mean, std = pixel_scaling(config, dataset.train_images) if scaling is None else scaling
     train_images, train_labels = dataset.train_images, dataset.train_labels
     if config.train_subset is not None:
         train_images, train_labels = data.random_subset(train_images, train_labels, config.train_subset, data_rng)
@@ -226,7 +281,12 @@ def run_training(config, out_dir=None, *, progress=True, log=print):
     folder = RunFolder(default_out_dir(config) if out_dir is None else out_dir)
     check_folder(folder.path, "out_dir")
     with B.on_device(config.device):  # a device that cannot be used is an error before anything is written
-        run = _prepare(config)
+        initial = read_initial(config.init_from) if config.init_from is not None else None
+        run = _prepare(config, None if initial is None else _scaling(initial[1]))
+        if initial is not None:
+            start_from(run.model, *initial, run.num_classes, config.dataset)
+            with open(initial[2], "rb") as f:  # which weights exactly, whatever becomes of the file
+                run.full_config["init_from_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
         plan = choose_plan(config, run.model, run.x_test.shape[1:])
         folder.create()
         with folder.lock():
@@ -306,7 +366,8 @@ def resume_training(run_dir, *, epochs=None, settings=None, progress=True, log=p
 
 def _resume(folder, config, saved, checkpoint, progress, log):
     """The end of :func:`resume_training`, on the run's device: rebuild, check, restore, train."""
-    run = _prepare(config)
+    # A run started from a model file scaled its inputs as that model did: as recorded, the file is not read again.
+    run = _prepare(config, _scaling(saved) if config.init_from is not None else None)
     recorded = {**asdict(config), **saved}  # a setting added since the run started: at its default
     changed = [k for k in run.full_config
                if k not in (*RESUMABLE, "npconv_version") and run.full_config[k] != recorded.get(k)]
@@ -346,6 +407,11 @@ def choose_plan(config, model, input_shape):
         return engine_plan.Plan.load(config.plan)
     except engine_plan.PlanError as e:
         raise SettingError("plan", str(e)) from None
+
+
+def _scaling(config):
+    """The ``(mean, std)`` a model file or ``config.json`` records."""
+    return config.get("normalize_mean"), config.get("normalize_std")
 
 
 def _where(config):

@@ -37,7 +37,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 
-from ..errors import NpconvError, SettingError
+from ..errors import ModelFileError, NpconvError, SettingError
 from ..io import atomic_write, lock_dir, locked_by, read_json, read_npz, write_json, write_npz
 from .checkpoint import load_checkpoint, save_checkpoint
 from .health import HEALTH_COLUMNS, health_csv
@@ -425,6 +425,30 @@ def read_health(path):
 def is_run_folder(path):
     """Whether ``path`` is a folder holding a run (its ``config.json``)."""
     return os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def model_file_of(path):
+    """The model file ``path`` names: itself, or for a run folder the ``model.npz`` in it.
+
+    Raises :class:`~npconv.errors.ModelFileError` for a run folder without a
+    model yet (it is written when the run completes) and for a folder that is no run.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    model_file = os.path.join(path, MODEL_FILE)
+    if os.path.isfile(model_file):
+        return model_file
+    if not is_run_folder(path):
+        raise ModelFileError(f"{path}: a folder without {MODEL_FILE}, not a run folder")
+    try:
+        summary = RunFolder(path).read_summary() if os.path.isfile(os.path.join(path, SUMMARY_FILE)) else None
+    except NpconvError:
+        summary = None
+    if summary is None or summary.status == "interrupted":
+        raise ModelFileError(f"{path}: the run has no {MODEL_FILE} yet (it is written when the run completes): "
+                             f"finish it with npconv train --resume {path}")
+    raise ModelFileError(f"{path}: the run {summary.status} and has no {MODEL_FILE}")
 
 
 def find_runs(path):

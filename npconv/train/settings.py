@@ -234,6 +234,10 @@ class TrainConfig:
                                    "(npconv 0.2's constants), or a plan .json file (pinned: the same numbers on one "
                                    "machine); recorded in the run folder's plan.json, which --resume reuses",
                         choices=PLANS, file_suffix=".json", cost=True, keyed_at_default=False, metavar="PLAN")
+    init_from: str | None = setting(
+        None, "start from the weights and buffers of this model file (or run folder's model.npz) instead of fresh "
+              "ones; without --model, the run takes the file's architecture (and its input scaling always)",
+        keyed_at_default=False, metavar="MODEL.npz|RUN_DIR")
     # Implementation choices other from-scratch codes make (npconv/studies/collapse.toml sweeps them to find
     # which one makes the course study's runs collapse). The defaults are npconv's own choices; at their
     # defaults they stay out of run keys, so runs made before they existed keep their keys.

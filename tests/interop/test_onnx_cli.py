@@ -77,6 +77,21 @@ def test_an_imported_pytorch_model_evaluates_and_predicts(pytorch_trained, mnist
                                rtol=1e-5, atol=1e-6)
 
 
+def test_an_imported_pytorch_model_is_the_start_of_training(pytorch_trained, tmp_path, capsys):
+    _, _, npz = pytorch_trained
+    run = tmp_path / "run"
+    assert main(["train", "--init-from", str(npz), "--train-subset", "200", "--batch-size", "50", "--epochs", "1",
+                 "--lr", "0.005", "--quiet", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "digits.toml" and config["init_from"] == str(npz), "the imported architecture"
+    assert [layer["type"] for layer in config["model_layers"]][:2] == ["conv2d", "relu"]
+    assert (config["normalize_mean"], config["normalize_std"]) == (MEAN, STD), "inputs scaled as imported"
+    # From fresh weights 200 images once through give about 16 %; from PyTorch's, it keeps its about 93 %.
+    assert json.loads((run / "summary.json").read_text())["test_acc"] > 0.85
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0 and "accuracy" in capsys.readouterr().out
+
+
 def test_npconv_serve_serves_an_imported_pytorch_model(pytorch_trained, mnist):
     require("starlette")
     net, _, npz = pytorch_trained

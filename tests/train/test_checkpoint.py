@@ -442,3 +442,19 @@ def test_training_into_a_folder_that_holds_a_run_is_refused(finished_run, tmp_pa
     err = capsys.readouterr().err
     assert "already holds a run" in err and f"--resume {run}" in err, err
     assert (run / "history.csv").read_bytes() == before
+
+
+def test_a_run_started_from_a_model_file_resumes_bit_identical_without_the_file(tmp_path):
+    """The weights came from the file once; the checkpoint carries them on, and the input scaling is as recorded."""
+    run_training(TrainConfig(model="mlp", train_subset=200, epochs=1, batch_size=50, seed=1, normalize=False),
+                 tmp_path / "start", **QUIET)
+    config = TrainConfig(model="mlp", train_subset=300, epochs=2, batch_size=50, seed=2,
+                         init_from=str(tmp_path / "start"))
+    run_training(config, tmp_path / "reference", **QUIET)
+    with pytest.raises(Interrupted):
+        run_training(config, tmp_path / "run", progress=False, log=_stop_at(1))
+    (tmp_path / "start" / "model.npz").unlink()
+    assert resume_training(tmp_path / "run", **QUIET).status == "completed"
+    assert_same_run(tmp_path / "reference", tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["init_from"] == str(tmp_path / "start") and recorded["normalize_mean"] is None, recorded

@@ -18,7 +18,8 @@ SAMPLE = {"model": "mlp", "dataset": "fashion-mnist", "data_dir": "/tmp", "epoch
           "dropout": "0.2", "dropout_at": "before-pool", "seed": "7", "train_subset": "500", "val_split": "0.1",
           "normalize": "false", "dtype": "float64", "init_std": "0.01", "zero_classifier": "false",
           "pixel_range": "0-255", "loss_reduction": "sum", "weight_decay_reduction": "sum", "stable_softmax": "false",
-          "augment_shift": "2", "device": "cuda", "engine": "reference", "plan": "built-in"}
+          "augment_shift": "2", "device": "cuda", "engine": "reference", "plan": "built-in",
+          "init_from": "runs/first/model.npz"}
 
 
 def help_text(command):
