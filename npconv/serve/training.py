@@ -65,6 +65,8 @@ FORM_SETTINGS = ["model", "epochs", "batch_size", "optimizer", "lr", "lr_schedul
                  "dropout", "dropout_at", "train_subset", "seed", "augment_shift", "engine"]
 #: Settings a request may not give: they name paths on the server's machine.
 PATH_SETTINGS = ("data_dir", "init_from")
+#: The engine plans a request may ask for (a plan file would name a path on the server's machine).
+PLANS = ("measure", "built-in")
 #: Default caps on one request: epochs, and training images (a whole training set is 60 000).
 MAX_EPOCHS = 30
 MAX_TRAIN_IMAGES = 60_000
@@ -158,6 +160,9 @@ class Trainer:
         for name in PATH_SETTINGS:
             if name in settings:
                 raise SettingError(name, "cannot be set from the page (it names a path on the server)")
+        if "plan" in settings and settings["plan"] not in PLANS:
+            raise SettingError("plan", f"must be {' or '.join(PLANS)} from the page (a plan file names a path on the "
+                                       "server)")
         for name, value in settings.items():  # beyond any setting's range, and too large to become a float
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
                 raise SettingError(name, f"is too large: an integer of {len(str(abs(value)))} digits")

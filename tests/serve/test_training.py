@@ -129,6 +129,7 @@ BAD = [
     (b'{"colour": "blue"}', 400, "colour is not a training setting"),
     (b'{"data_dir": "/etc"}', 400, "data_dir cannot be set"),
     (b'{"model": "mlp", "init_from": "/etc/model.npz"}', 400, "init_from cannot be set"),
+    (b'{"model": "mlp", "plan": "/etc/passwd"}', 400, "plan must be measure or built-in from the page"),
     (b'{"model": "../../etc/passwd.toml"}', 400, "architecture file served here (tiny.toml)"),
     (b'{"model": "mlp", "dropout": 0.5, "dropout_at": "before-pool"}', 400, "dropout_at must be before-fc"),
     (b'{"model": "mlp", "epochs": 1, "train_subset": 4000, "val_split": 0.9999}', 400, "val_split"),
