@@ -43,7 +43,7 @@ from ..errors import NpconvError
 from ..io.npz import one_line
 from ..models import ModelSpecError, build_model, check_layers
 from ..train.modelfile import MAX_CLASSES, save_model
-from . import INPUT_NAME, require_onnx
+from . import require_onnx
 from .export import check_out_file
 
 #: Largest ONNX file npconv reads (checked before reading it); the presets' graphs are under 1 MB.

@@ -60,7 +60,7 @@ from ..train.settings import MODEL_DEFAULTS, SETTINGS, make_config
 from .catalog import inside
 from .worker import train_in_process
 
-#: The settings the form shows, in this order (and ``engine``, where that setting exists).
+#: The settings the form shows, in this order.
 FORM_SETTINGS = ["model", "epochs", "batch_size", "optimizer", "lr", "lr_schedule", "momentum", "weight_decay",
                  "dropout", "dropout_at", "train_subset", "seed", "augment_shift", "engine"]
 #: Settings a request may not give: they name paths on the server's machine.
@@ -123,9 +123,7 @@ class Trainer:
     def form(self):
         settings = []
         for name in FORM_SETTINGS:
-            spec = SETTINGS.get(name)
-            if spec is None:
-                continue
+            spec = SETTINGS[name]
             settings.append({"name": name, "kind": spec.kind.__name__, "default": spec.default,
                              "optional": spec.optional, "choices": list(spec.choices) if spec.choices else None,
                              "low": spec.low, "high": spec.high, "low_open": spec.low_open,
