@@ -7,13 +7,16 @@ a :class:`ThreadTuner`
 
 * starts with one thread and, at its first check, **tries** each thread count on a
   few of the run's real steps (they are ordinary training steps: trying costs only
-  the slower candidates' extra time) and keeps the fastest;
+  the slower candidates' extra time) and keeps the fastest; the candidates take
+  turns, step by step, so that a moment of noise slows them alike;
 * **re-checks** every :attr:`~ThreadTuner.check_every` steps: if the steps became
   :attr:`~ThreadTuner.slowdown` times slower than when it chose, or the number of
-  free cores changed, it tries again -- and in any case after
-  :attr:`~ThreadTuner.retry_every` checks, because a trial timed during a moment of
-  noise (on a shared or virtual machine) can choose wrongly, and a wrong choice does
-  not slow the steps down after it;
+  free cores changed, it tries again -- and in any case after a few checks, because
+  a trial timed during a moment of noise (on a shared or virtual machine) can choose
+  wrongly, and a wrong choice does not slow the steps down after it: the next trial
+  comes 1 check after the first, then 2, 4, 8, ... checks after the one before, at
+  most :attr:`~ThreadTuner.retry_every` (so a wrong first choice costs a run a few
+  dozen steps, and a settled one a trial every few hundred);
 * takes **more threads than there are free cores** only when they are clearly
   faster (:data:`CROWDING`): the free cores are this process's cores minus the
   cores other programs kept busy since the last check, measured from the
@@ -107,14 +110,16 @@ class ThreadTuner:
     meter : CoreMeter, optional
         Where the cores others keep busy are read; None: every core is free.
     trial_steps : int
-        Steps timed per candidate when trying (after one warm-up step); the median counts.
+        Steps timed per candidate when trying (after one warm-up step each), the candidates taking turns;
+        the median counts.
     check_every : int
         Steps between two checks of the load and of the step time.
     slowdown : float
         Try again when the median step of a check is this many times the chosen candidate's time.
     retry_every : int
-        Try again after this many checks without a trial, even when nothing changed (a trial
-        costs only the slower candidates' extra time on a few steps; docs/performance.md).
+        The most checks between two trials, even when nothing changed: the next trial comes 1 check
+        after the first, then twice as many checks after each (a trial costs only the slower
+        candidates' extra time on a few steps; docs/performance.md).
     """
 
     def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3, retry_every=20):
@@ -125,12 +130,14 @@ class ThreadTuner:
         self.slowdown = slowdown
         self.retry_every = retry_every
         self._checks = 0          # checks since the last trial
+        self._retry_after = 1     # checks from the last trial to the next one when nothing changes
         self.others = None        # cores other programs keep busy, smoothed over the checks
         self.free = None          # free cores (at least 1) at the last trial; None before the first check
         self.trials = {}          # candidate -> median seconds of its last trial
         self.chosen = 1
         self._queue = []          # (candidate, is_warm_up) still to run in the current trial
-        self._times = []          # durations of the current candidate's trial, or of the steps since the check
+        self._trial_times = {}    # candidate -> durations of its timed steps in the current trial
+        self._times = []          # durations of the steps since the last check
         self._reference = None    # the chosen candidate's step time
 
     def _free_now(self):
@@ -143,11 +150,16 @@ class ThreadTuner:
         return max(1, round(self.meter.cores_count - self.others))
 
     def _start_trial(self):
+        """Queue a warm-up step of each candidate, then ``trial_steps`` rounds in which each takes one step,
+        the order reversed every other round (1 2, 2 1, 1 2, ...): a slow moment falls on them alike."""
         self.trials = {}
         self._checks = 0
         self._times = []
-        self._queue = [(c, warm_up) for c in range(1, self.max_threads + 1)
-                       for warm_up in [True] + [False] * self.trial_steps]
+        candidates = list(range(1, self.max_threads + 1))
+        self._trial_times = {c: [] for c in candidates}
+        self._queue = [(c, True) for c in candidates]
+        for r in range(self.trial_steps):
+            self._queue += [(c, False) for c in (candidates if r % 2 == 0 else candidates[::-1])]
 
     def _finish(self):
         """Keep the fastest candidate; one that needs more than the free cores must be clearly faster."""
@@ -172,11 +184,9 @@ class ThreadTuner:
         if self._queue:
             candidate, warm_up = self._queue.pop(0)
             if not warm_up:
-                self._times.append(seconds)
-            if not self._queue or self._queue[0][0] != candidate:
-                self.trials[candidate] = statistics.median(self._times)
-                self._times = []
+                self._trial_times[candidate].append(seconds)
             if not self._queue:
+                self.trials = {c: statistics.median(times) for c, times in self._trial_times.items()}
                 self._finish()
             return
         self._times.append(seconds)
@@ -188,8 +198,11 @@ class ThreadTuner:
         slower = self._reference is not None and typical > self.slowdown * self._reference
         self._checks += 1
         # Try again at the first check, when the steps slowed down, when the free cores changed,
-        # or after retry_every checks.
-        if self.free is None or slower or free != self.free or self._checks >= self.retry_every:
+        # or when the checks since the last trial reach _retry_after (1, 2, 4, ... up to retry_every).
+        changed = self.free is None or slower or free != self.free
+        if changed or self._checks >= self._retry_after:
+            # A new situation is confirmed soon after; an unchanged one ever more rarely.
+            self._retry_after = 1 if changed else min(2 * self._retry_after, self.retry_every)
             self.free = free
             self._start_trial()
         elif typical < self._reference:

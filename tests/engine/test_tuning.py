@@ -30,10 +30,10 @@ def test_one_thread_until_the_first_check_then_tries_each_candidate_and_keeps_th
     tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
     assert run(tuner, {1: 0.010, 2: 0.006}, 10) == [1] * 10, "the free cores are not known before the first check"
     used = run(tuner, {1: 0.010, 2: 0.006}, 8)
-    assert used == [1] * 4 + [2] * 4, "one warm-up and three timed steps per candidate"
+    assert used == [1, 2] + [1, 2, 2, 1, 1, 2], "a warm-up step each, then three timed ones each, taking turns"
     assert not tuner.trying and tuner.chosen == 2
     assert tuner.trials == {1: 0.010, 2: 0.006} and tuner.free == 2
-    assert run(tuner, {1: 0.010, 2: 0.006}, 30) == [2] * 30
+    assert run(tuner, {1: 0.010, 2: 0.006}, 10) == [2] * 10
 
 
 def test_a_slower_second_thread_is_not_kept():
@@ -46,9 +46,9 @@ def test_a_slower_second_thread_is_not_kept():
 def test_warm_up_steps_do_not_count():
     tuner = ThreadTuner(2, FakeMeter(), trial_steps=2, check_every=1)
     tuner.record(0.01)  # the first check: two cores free, a trial starts
-    for seconds in (0.5, 0.010, 0.010, 0.5, 0.006, 0.006):  # each candidate's first step is slow
+    for seconds in (0.5, 0.5, 0.010, 0.006, 0.006, 0.010):  # warm-ups 1 and 2 (slow), then 1 2, 2 1
         tuner.record(seconds)
-    assert tuner.chosen == 2
+    assert tuner.chosen == 2 and tuner.trials == {1: 0.010, 2: 0.006}
 
 
 def test_tries_again_when_the_steps_slow_down():
@@ -58,22 +58,35 @@ def test_tries_again_when_the_steps_slow_down():
     # Another program starts: two threads now wait for each other, one thread is unharmed.
     used = run(tuner, {1: 0.011, 2: 0.030}, 10 + 8 + 5)
     assert used[:10] == [2] * 10, "nothing changes before the next check"
-    assert used[10:18] == [1] * 4 + [2] * 4, "the check found the steps 5x slower: a new trial"
+    assert used[10:18] == [1, 2, 1, 2, 2, 1, 1, 2], "the check found the steps 5x slower: a new trial"
     assert used[18:] == [1] * 5 and tuner.chosen == 1
 
 
-def test_a_wrong_choice_is_tried_again_after_retry_every_checks():
+def test_a_wrong_choice_is_tried_again_at_the_next_check():
     """A trial timed in a moment of noise chose one thread; nothing slows down after it, yet the tuner
-    tries again after retry_every checks and finds the faster count."""
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, retry_every=3)
-    run(tuner, {1: 0.010, 2: 0.010}, 10 + 4)   # the first check, then one thread's trial steps
-    run(tuner, {1: 0.010, 2: 0.030}, 4)        # two threads' trial steps, slowed by noise
+    tries again one check later and finds the faster count."""
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    run(tuner, {1: 0.010, 2: 0.030}, 10 + 8)   # the first check, then a trial whose two-thread steps hit noise
     assert tuner.chosen == 1
-    used = run(tuner, {1: 0.010, 2: 0.006}, 20)
-    assert used == [1] * 20, "two checks: nothing changed, no trial yet"
     used = run(tuner, {1: 0.010, 2: 0.006}, 10 + 8 + 5)
-    assert used[10:18] == [1] * 4 + [2] * 4, "the third check tries again"
+    assert used[:10] == [1] * 10
+    assert used[10:18] == [1, 2, 1, 2, 2, 1, 1, 2], "the next check tries again"
     assert used[18:] == [2] * 5 and tuner.chosen == 2
+
+
+def test_trials_when_nothing_changes_come_ever_more_rarely_up_to_retry_every():
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=5, retry_every=4)
+    ordinary = 0  # steps outside trials since the last trial
+    gaps = []     # checks between one trial and the next
+    for _ in range(500):
+        was_trying = tuner.trying
+        ordinary = 0 if was_trying else ordinary
+        tuner.record({1: 0.010, 2: 0.006}[tuner.threads()])
+        ordinary += not was_trying
+        if tuner.trying and not was_trying:
+            gaps.append(ordinary // 5)
+    assert gaps[:7] == [1, 1, 2, 4, 4, 4, 4], gaps  # the first check, then 1, 2, 4 checks after a trial
+    assert tuner.chosen == 2
 
 
 def test_more_threads_than_free_cores_only_when_clearly_faster():
@@ -92,7 +105,8 @@ def test_tries_again_when_the_free_cores_change():
     tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
     run(tuner, {1: 0.010, 2: 0.009}, 10 + 8)
     assert tuner.chosen == 1 and tuner.free == 1
-    assert run(tuner, {1: 0.010, 2: 0.009}, 30) == [1] * 30, "nothing changed: no new trial"
+    run(tuner, {1: 0.010, 2: 0.009}, 30)
+    assert tuner.chosen == 1 and tuner.free == 1, "tried again one check later: still not clearly faster"
     meter.others = 0.0  # the other program ends: within two checks the free core is seen and a trial runs
     used = run(tuner, {1: 0.010, 2: 0.005}, 40)
     assert 2 in used and tuner.chosen == 2 and tuner.free == 2
