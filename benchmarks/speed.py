@@ -352,10 +352,11 @@ def matmul_rate():
 SCALING = ("cnn-bn", "cnn")
 
 
-def step_times(model_name, d, rounds, steps=15):
+def step_times(model_name, d, rounds, steps=15, warm_up=3):
     """Median seconds of one training step (a fixed batch of :data:`BATCH`, optimizer included) on one and on two
     threads, for npconv (its chunks on 1 or 2 threads, the run's plan) and PyTorch (``torch.set_num_threads``),
-    the four taking turns ``rounds`` times: ``{(side, threads): seconds}``."""
+    the four taking turns ``rounds`` times: ``{(side, threads): seconds}``. Each turn starts with ``warm_up``
+    untimed steps: in a run a step follows a step of the same network, not of another library's."""
     import torch
 
     xb, yb = d.x[:BATCH], d.y[:BATCH]
@@ -386,6 +387,8 @@ def step_times(model_name, d, rounds, steps=15):
             for side, step in (("npconv", npconv_step), ("torch", torch_step)):
                 for n in (1, 2):
                     torch.set_num_threads(n if side == "torch" else before)
+                    for _ in range(warm_up):
+                        step(n)
                     started = time.perf_counter()
                     for _ in range(steps):
                         step(n)
@@ -531,7 +534,8 @@ def main(argv=None):
     if rss is not None:
         print(f"peak RSS of `npconv train` (1 epoch): {rss:.0f} MB")
     if scaling:
-        print(f"\none training step of batch {BATCH} on one thread and on two, medians of interleaved rounds:")
+        print(f"\none training step of batch {BATCH} on one thread and on two, medians of interleaved rounds "
+              f"(3 untimed steps at the start of each turn):")
         print(speedup_table(scaling))
     if loaded is not None:
         print(f"\nwith one CPU-bound process running ({args.loaded_steps} steps per epoch timed, "
