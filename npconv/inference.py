@@ -28,11 +28,12 @@ from . import data, nn
 from .data import to_float
 from .data.images import DIGIT_BOX, SIZE, ImageError, preprocess
 from .engine import compile as compile_model
+from .engine.plan import Plan, PlanError
 from .errors import NpconvError
 from .nn.loss import softmax
 from .train.loop import evaluate
 from .train.modelfile import load_model
-from .train.runfolder import model_file_of
+from .train.runfolder import PLAN_FILE, model_file_of
 
 #: A prediction whose top probability is below this is flagged "not sure": the model gives its own first
 #: choice less than even odds, so it is more likely wrong than right about it.
@@ -109,7 +110,10 @@ class Classifier:
     device : ``"cpu"`` (default) or ``"cuda"``
         Where the model computes (:mod:`npconv.backend`); results come back as host arrays.
     engine : ``"fast"`` (default) or ``"reference"``
-        What computes it (:func:`npconv.engine.compile`): the engine, or the textbook layers alone.
+        What computes it (:func:`npconv.engine.compile`): the engine, or the textbook layers alone. The
+        fast engine runs with the plan of the run that wrote the model file (its ``plan.json``, beside
+        ``model.npz``), so that the model gives the numbers the run's own evaluation gave, to the last
+        bit; without one (a model file on its own), with the built-in plan.
 
     Raises :class:`~npconv.errors.ModelFileError` for a file that is not a usable model.
 
@@ -125,7 +129,7 @@ class Classifier:
         path = model_file_of(model_file)
         with B.on_device(device):
             model, config = load_model(path)
-        self._use(model, config, device, path, engine)
+        self._use(model, config, device, path, engine, recorded_plan(path) if device == "cpu" else None)
 
     @classmethod
     def from_model(cls, model, config, device="cpu", engine="fast"):
@@ -136,8 +140,9 @@ class Classifier:
         classifier._use(model, config, device, None, engine)
         return classifier
 
-    def _use(self, model, config, device, model_file, engine):
+    def _use(self, model, config, device, model_file, engine, plan=None):
         self.model_file = model_file
+        self.plan = plan
         self.device = device
         self.config = config
         self.network = model.eval()
@@ -151,7 +156,7 @@ class Classifier:
         last batch (chunks, timings), so threads that classify at once (a server's requests) each use their own."""
         net = getattr(self._threads, "net", None)
         if net is None:
-            net = self._threads.net = compile_model(self.network, self.engine)
+            net = self._threads.net = compile_model(self.network, self.engine, self.plan)
         return net
 
     def inputs(self, images):
@@ -189,6 +194,18 @@ class Classifier:
                      for i, im in enumerate(images, start=1)]
         arrays = [self.preprocess(im, name) for im, name in zip(images, names)]
         return self.predictions(np.stack(arrays) if arrays else np.zeros((0, SIZE, SIZE), np.uint8), names)
+
+
+def recorded_plan(model_file):
+    """The engine's plan recorded by the run that wrote ``model_file`` (``plan.json`` beside it), or None: none
+    recorded, or one that cannot be read (the built-in plan then computes the same numbers up to rounding)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_file)), PLAN_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return Plan.load(path, origin="recorded")
+    except PlanError:
+        return None
 
 
 def classify(model_file, images, engine="fast"):

@@ -167,3 +167,25 @@ def test_processes_that_start_together_measure_once(tmp_path):
         thread.join()
     assert len(calls) == 1, f"measured {len(calls)} times"
     assert sorted(p.origin for p in plans) == ["cached", "measured"] and plans[0].same_numbers(plans[1]), plans
+
+
+def test_a_model_file_is_evaluated_with_the_plan_of_its_run(small_mnist, tmp_path):
+    """npconv evaluate / predict / serve compute with the run's recorded plan: the test loss the run reported,
+    to the last bit; a model file on its own uses the built-in plan. (On OpenBLAS's SkylakeX kernels a forward
+    pass gives the same bits under either plan; only the sums of backward follow the blocks. Another BLAS may
+    differ, hence the recorded plan.)"""
+    from npconv.inference import Classifier, evaluate_model_file
+
+    # Products whole where the built-in plan blocks them, and the other way round: another BLAS kernel.
+    other = replace(ODD, blocked_products=not plan_module.BUILT_IN.blocked_products)
+    pinned = tmp_path / "pinned.json"
+    pinned.write_text(json.dumps(plan_module.record(other)))
+    result = run_training(config(model="cnn", epochs=1, data_dir=small_mnist, plan=str(pinned)), tmp_path / "run",
+                          **QUIET)
+    classifier = Classifier(tmp_path / "run")
+    assert classifier.plan.same_numbers(other) and classifier.model.plan is classifier.plan
+    evaluation = evaluate_model_file(tmp_path / "run", data_dir=small_mnist)
+    assert evaluation.loss == result.test_loss, (evaluation.loss, result.test_loss)
+    alone = tmp_path / "alone.npz"
+    alone.write_bytes((tmp_path / "run" / "model.npz").read_bytes())
+    assert Classifier(alone).plan is None
