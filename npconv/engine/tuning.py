@@ -5,7 +5,8 @@ another or spread over several threads, and every choice gives the same numbers
 bit for bit. Which is fastest depends on the CPU and on what else runs on it. So
 a :class:`ThreadTuner`
 
-* starts with one thread and, at its first check, **tries** each thread count on a
+* starts with one thread and, at its first check (after :attr:`~ThreadTuner.first_check`
+  steps), **tries** each thread count on a
   few of the run's real steps (they are ordinary training steps: trying costs only
   the slower candidates' extra time) and keeps the fastest; the candidates take
   turns, step by step, so that a moment of noise slows them alike;
@@ -14,7 +15,7 @@ a :class:`ThreadTuner`
   free cores changed, it tries again -- and in any case after a few checks, because
   a trial timed during a moment of noise (on a shared or virtual machine) can choose
   wrongly, and a wrong choice does not slow the steps down after it: the next trial
-  comes 1 check after the first, then 2, 4, 8, ... checks after the one before, at
+  comes 1 check after the first, then 4, 16, ... checks after the one before, at
   most :attr:`~ThreadTuner.retry_every` (so a wrong first choice costs a run a few
   dozen steps, and a settled one a trial every few hundred);
 * takes **more threads than there are free cores** only when they are clearly
@@ -114,19 +115,23 @@ class ThreadTuner:
         the median counts.
     check_every : int
         Steps between two checks of the load and of the step time.
+    first_check : int
+        Steps before the first check (and so the first trial): few, since until then one thread runs.
     slowdown : float
         Try again when the median step of a check is this many times the chosen candidate's time.
     retry_every : int
         The most checks between two trials, even when nothing changed: the next trial comes 1 check
-        after the first, then twice as many checks after each (a trial costs only the slower
+        after the first, then four times as many checks after each (a trial costs only the slower
         candidates' extra time on a few steps; docs/performance.md).
     """
 
-    def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, slowdown=1.3, retry_every=20):
+    def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, first_check=5, slowdown=1.3,
+                 retry_every=20):
         self.max_threads = max(1, max_threads)
         self.meter = meter
         self.trial_steps = trial_steps
         self.check_every = check_every
+        self.first_check = first_check
         self.slowdown = slowdown
         self.retry_every = retry_every
         self._checks = 0          # checks since the last trial
@@ -190,7 +195,8 @@ class ThreadTuner:
                 self._finish()
             return
         self._times.append(seconds)
-        if len(self._times) < self.check_every or self.max_threads == 1:
+        due = self.check_every if self.free is not None else self.first_check
+        if len(self._times) < due or self.max_threads == 1:
             return
         typical = statistics.median(self._times)
         self._times = []
@@ -198,11 +204,11 @@ class ThreadTuner:
         slower = self._reference is not None and typical > self.slowdown * self._reference
         self._checks += 1
         # Try again at the first check, when the steps slowed down, when the free cores changed,
-        # or when the checks since the last trial reach _retry_after (1, 2, 4, ... up to retry_every).
+        # or when the checks since the last trial reach _retry_after (1, 4, 16, ... up to retry_every).
         changed = self.free is None or slower or free != self.free
         if changed or self._checks >= self._retry_after:
             # A new situation is confirmed soon after; an unchanged one ever more rarely.
-            self._retry_after = 1 if changed else min(2 * self._retry_after, self.retry_every)
+            self._retry_after = 1 if changed else min(4 * self._retry_after, self.retry_every)
             self.free = free
             self._start_trial()
         elif typical < self._reference:

@@ -27,7 +27,7 @@ def run(tuner, step_seconds, steps):
 
 
 def test_one_thread_until_the_first_check_then_tries_each_candidate_and_keeps_the_fastest():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, first_check=10)
     assert run(tuner, {1: 0.010, 2: 0.006}, 10) == [1] * 10, "the free cores are not known before the first check"
     used = run(tuner, {1: 0.010, 2: 0.006}, 8)
     assert used == [1, 2] + [1, 2, 2, 1, 1, 2], "a warm-up step each, then three timed ones each, taking turns"
@@ -37,14 +37,14 @@ def test_one_thread_until_the_first_check_then_tries_each_candidate_and_keeps_th
 
 
 def test_a_slower_second_thread_is_not_kept():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, first_check=10)
     run(tuner, {1: 0.008, 2: 0.012}, 10 + 8)
     assert tuner.chosen == 1
     assert "tried 1: 8.00 ms, 2: 12.00 ms; 2 core(s) free" in tuner.describe()
 
 
 def test_warm_up_steps_do_not_count():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=2, check_every=1)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=2, check_every=1, first_check=1)
     tuner.record(0.01)  # the first check: two cores free, a trial starts
     for seconds in (0.5, 0.5, 0.010, 0.006, 0.006, 0.010):  # warm-ups 1 and 2 (slow), then 1 2, 2 1
         tuner.record(seconds)
@@ -52,7 +52,7 @@ def test_warm_up_steps_do_not_count():
 
 
 def test_tries_again_when_the_steps_slow_down():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, slowdown=1.3)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, first_check=10, slowdown=1.3)
     run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
     assert tuner.chosen == 2
     # Another program starts: two threads now wait for each other, one thread is unharmed.
@@ -65,7 +65,7 @@ def test_tries_again_when_the_steps_slow_down():
 def test_a_wrong_choice_is_tried_again_at_the_next_check():
     """A trial timed in a moment of noise chose one thread; nothing slows down after it, yet the tuner
     tries again one check later and finds the faster count."""
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, first_check=10)
     run(tuner, {1: 0.010, 2: 0.030}, 10 + 8)   # the first check, then a trial whose two-thread steps hit noise
     assert tuner.chosen == 1
     used = run(tuner, {1: 0.010, 2: 0.006}, 10 + 8 + 5)
@@ -74,35 +74,41 @@ def test_a_wrong_choice_is_tried_again_at_the_next_check():
     assert used[18:] == [2] * 5 and tuner.chosen == 2
 
 
+def test_the_first_check_comes_after_a_few_steps():
+    tuner = ThreadTuner(2, FakeMeter())
+    assert run(tuner, {1: 0.010, 2: 0.006}, 5) == [1] * 5
+    assert tuner.trying, "one thread runs until the first check: it comes early"
+
+
 def test_trials_when_nothing_changes_come_ever_more_rarely_up_to_retry_every():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=5, retry_every=4)
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=5, first_check=5, retry_every=20)
     ordinary = 0  # steps outside trials since the last trial
     gaps = []     # checks between one trial and the next
-    for _ in range(500):
+    for _ in range(600):
         was_trying = tuner.trying
         ordinary = 0 if was_trying else ordinary
         tuner.record({1: 0.010, 2: 0.006}[tuner.threads()])
         ordinary += not was_trying
         if tuner.trying and not was_trying:
             gaps.append(ordinary // 5)
-    assert gaps[:7] == [1, 1, 2, 4, 4, 4, 4], gaps  # the first check, then 1, 2, 4 checks after a trial
+    assert gaps[:6] == [1, 1, 4, 16, 20, 20], gaps  # the first check, then 1, 4, 16 checks after a trial, then 20
     assert tuner.chosen == 2
 
 
 def test_more_threads_than_free_cores_only_when_clearly_faster():
     """Another program keeps a core busy: a second thread must beat one by the CROWDING margin."""
     meter = FakeMeter(others=1.0)
-    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10, first_check=10)
     run(tuner, {1: 0.010, 2: 0.010 / CROWDING * 1.05}, 10 + 8)
     assert tuner.free == 1 and tuner.chosen == 1, "a little faster is not enough to crowd the other program"
-    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10, first_check=10)
     run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
     assert tuner.chosen == 2, "much faster: the second thread is kept"
 
 
 def test_tries_again_when_the_free_cores_change():
     meter = FakeMeter(others=1.0)
-    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10)
+    tuner = ThreadTuner(2, meter, trial_steps=3, check_every=10, first_check=10)
     run(tuner, {1: 0.010, 2: 0.009}, 10 + 8)
     assert tuner.chosen == 1 and tuner.free == 1
     run(tuner, {1: 0.010, 2: 0.009}, 30)
