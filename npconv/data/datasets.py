@@ -29,7 +29,7 @@ holds all four files:
 import hashlib
 import os
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +346,42 @@ def _locate_files(info, directory, required):
     )
 
 
+#: Datasets read by this process, for :func:`_load_from`: ``key -> Dataset`` (arrays read-only), the latest last.
+_LOADED = {}
+
+#: How many datasets :data:`_LOADED` keeps (MNIST takes 55 MB).
+_KEEP = 2
+
+
 def _load_from(info, directory, paths, check_sha256):
+    """The dataset of the four files in ``paths``: read, optionally verified and checked once per process, and
+    again only if a file changed (a study or a test suite trains many runs in one process on the same data).
+    Its arrays are read-only: every caller shares them."""
+    try:
+        stamps = tuple((str(paths[part]), *_stamp(paths[part])) for part in PARTS)
+    except OSError:
+        stamps = None  # a file that cannot be stat'ed: read it, and let the read say why
+    key = (info.name, stamps, check_sha256)
+    if stamps is not None and key in _LOADED:
+        _LOADED[key] = _LOADED.pop(key)  # the latest last
+        return replace(_LOADED[key], classes=list(info.classes), file_sha256=dict(_LOADED[key].file_sha256))
+    dataset = _read_from(info, directory, paths, check_sha256)
+    for array in (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels):
+        array.flags.writeable = False
+    if stamps is not None:
+        _LOADED[key] = dataset
+        while len(_LOADED) > _KEEP:
+            del _LOADED[next(iter(_LOADED))]
+    return replace(dataset, classes=list(info.classes), file_sha256=dict(dataset.file_sha256))
+
+
+def _stamp(path):
+    """What changes when a file is rewritten: its size, modification time and inode."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _read_from(info, directory, paths, check_sha256):
     """Read, optionally verify, and structurally check the four files in ``paths``."""
     arrays, digests = {}, {}
     for part in PARTS:

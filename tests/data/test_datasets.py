@@ -141,6 +141,21 @@ def test_data_dir_with_any_idx_dataset(tmp_path):
     assert len(dataset.sha256) == 64
 
 
+def test_a_dataset_is_read_once_per_process_and_again_when_a_file_changes(tmp_path, monkeypatch):
+    write_small_dataset(tmp_path, seed=0)
+    reads = []
+    real = datasets_module._read_from
+    monkeypatch.setattr(datasets_module, "_read_from", lambda *a: reads.append(1) or real(*a))
+    first, again = load_dataset("mnist", data_dir=tmp_path), load_dataset("mnist", data_dir=tmp_path)
+    assert len(reads) == 1 and again.train_images is first.train_images
+    with pytest.raises(ValueError, match="read-only"):
+        first.train_images[0, 0, 0] = 1  # shared by every caller: nobody may change it
+    arrays = write_small_dataset(tmp_path, seed=1)  # rewritten: read again
+    changed = load_dataset("mnist", data_dir=tmp_path)
+    assert len(reads) == 2
+    np.testing.assert_array_equal(changed.train_images, arrays["train_images"])
+
+
 def test_data_dir_mixes_raw_and_gzip_and_other_image_sizes(tmp_path):
     write_small_dataset(tmp_path, size=(8, 6), gz=True)
     name = DATASETS["mnist"].files["train_labels"]
