@@ -35,6 +35,16 @@ if threadpool_limits is not None:
 SEED = 20240611
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _datasets_read_once():
+    """The suite trains hundreds of runs in this process on the same MNIST: read it once
+    (``npconv.data.datasets.keep_loaded``, as a sweep's worker does)."""
+    from npconv.data.datasets import keep_loaded
+
+    with keep_loaded():
+        yield
+
+
 @pytest.fixture
 def rng():
     """A fresh ``numpy.random.Generator`` with a fixed seed: every test is deterministic."""

@@ -12,7 +12,7 @@ message starts with the path at fault.
 """
 
 from .augment import random_shift
-from .datasets import DATASETS, Dataset, load_dataset
+from .datasets import DATASETS, Dataset, keep_loaded, load_dataset
 from .idx import read_idx, write_idx
 from .loader import (
     DataLoader,
@@ -27,6 +27,7 @@ __all__ = [
     "read_idx",
     "write_idx",
     "load_dataset",
+    "keep_loaded",
     "Dataset",
     "DATASETS",
     "to_float",

@@ -26,6 +26,7 @@ holds all four files:
    the cache, checked, and loaded.
 """
 
+import contextlib
 import hashlib
 import os
 import urllib.request
@@ -232,7 +233,8 @@ def load_dataset(name="mnist", data_dir=None, verify=True, *, search_dirs=None, 
     Returns
     -------
     Dataset
-        uint8 images (N, H, W) and uint8 labels (N,), as documented there.
+        uint8 images (N, H, W) and uint8 labels (N,), as documented there; the arrays are read-only (inside
+        :func:`keep_loaded` every load of the same files shares them).
 
     Raises
     ------
@@ -346,19 +348,37 @@ def _locate_files(info, directory, required):
     )
 
 
-#: Datasets read by this process, for :func:`_load_from`: ``key -> Dataset`` (arrays read-only), the latest last.
+#: Datasets kept by :func:`keep_loaded`, for :func:`_load_from`: ``key -> Dataset``, the latest last.
 _LOADED = {}
 
 #: How many datasets :data:`_LOADED` keeps (MNIST takes 55 MB).
 _KEEP = 2
 
+_keeping = 0  # keep_loaded() blocks open now
+
+
+@contextlib.contextmanager
+def keep_loaded():
+    """Within this block, a dataset is read once and kept for the next loads of the same files (read again only
+    if a file changed): for a process that trains many runs on the same data (a sweep's worker, a test suite).
+    Outside, every load reads the files, and nothing stays in memory after its last user."""
+    global _keeping
+    _keeping += 1
+    try:
+        yield
+    finally:
+        _keeping -= 1
+        if not _keeping:
+            _LOADED.clear()
+
 
 def _load_from(info, directory, paths, check_sha256):
-    """The dataset of the four files in ``paths``: read, optionally verified and checked once per process, and
-    again only if a file changed (a study or a test suite trains many runs in one process on the same data).
-    Its arrays are read-only: every caller shares them."""
+    """The dataset of the four files in ``paths``: read, optionally verified and checked; or, inside
+    :func:`keep_loaded`, the one read before from the same unchanged files. Its arrays are read-only (callers may
+    share them)."""
     try:
-        stamps = tuple((str(paths[part]), *_stamp(paths[part])) for part in PARTS)
+        stamps = tuple((str(paths[part]), *_stamp(paths[part]))
+                       for part in PARTS) if _keeping else None
     except OSError:
         stamps = None  # a file that cannot be stat'ed: read it, and let the read say why
     key = (info.name, stamps, check_sha256)

@@ -51,6 +51,7 @@ from dataclasses import asdict
 import numpy as np
 
 from .. import __version__
+from ..data import keep_loaded
 from ..errors import NpconvError, SettingError
 from ..train.runfolder import CHECKPOINT_FILE, CONFIG_FILE
 
@@ -162,10 +163,11 @@ class InProcess:
 
     def map(self, runs, *, on_start=None, progress=True):
         """Yield ``(run, result)`` for each run, in order."""
-        for index, run in enumerate(runs, start=1):
-            if on_start is not None:
-                on_start(index, run)
-            yield run, train_task(asdict(run.config), run.folder.path, progress=progress, log_epochs=progress)
+        with keep_loaded():  # the runs train on the same data: read it once
+            for index, run in enumerate(runs, start=1):
+                if on_start is not None:
+                    on_start(index, run)
+                yield run, train_task(asdict(run.config), run.folder.path, progress=progress, log_epochs=progress)
 
     def close(self):
         pass
@@ -180,6 +182,8 @@ def _start_worker():
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())
+    # A worker trains run after run, mostly on the same data: it reads the data once.
+    keep_loaded().__enter__()
 
 
 def _local_task(config_dict, run_dir):

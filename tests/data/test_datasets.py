@@ -141,19 +141,25 @@ def test_data_dir_with_any_idx_dataset(tmp_path):
     assert len(dataset.sha256) == 64
 
 
-def test_a_dataset_is_read_once_per_process_and_again_when_a_file_changes(tmp_path, monkeypatch):
+def test_inside_keep_loaded_a_dataset_is_read_once_and_again_when_a_file_changes(tmp_path, monkeypatch):
     write_small_dataset(tmp_path, seed=0)
     reads = []
     real = datasets_module._read_from
     monkeypatch.setattr(datasets_module, "_read_from", lambda *a: reads.append(1) or real(*a))
-    first, again = load_dataset("mnist", data_dir=tmp_path), load_dataset("mnist", data_dir=tmp_path)
-    assert len(reads) == 1 and again.train_images is first.train_images
-    with pytest.raises(ValueError, match="read-only"):
-        first.train_images[0, 0, 0] = 1  # shared by every caller: nobody may change it
-    arrays = write_small_dataset(tmp_path, seed=1)  # rewritten: read again
-    changed = load_dataset("mnist", data_dir=tmp_path)
-    assert len(reads) == 2
-    np.testing.assert_array_equal(changed.train_images, arrays["train_images"])
+    monkeypatch.setattr(datasets_module, "_keeping", 0)  # outside the session's keep_loaded block
+    monkeypatch.setattr(datasets_module, "_LOADED", {})
+    load_dataset("mnist", data_dir=tmp_path), load_dataset("mnist", data_dir=tmp_path)
+    assert len(reads) == 2, "outside keep_loaded every load reads the files"
+    with datasets_module.keep_loaded():
+        first, again = load_dataset("mnist", data_dir=tmp_path), load_dataset("mnist", data_dir=tmp_path)
+        assert len(reads) == 3 and again.train_images is first.train_images
+        with pytest.raises(ValueError, match="read-only"):
+            first.train_images[0, 0, 0] = 1  # shared by every caller: nobody may change it
+        arrays = write_small_dataset(tmp_path, seed=1)  # rewritten: read again
+        changed = load_dataset("mnist", data_dir=tmp_path)
+        assert len(reads) == 4
+        np.testing.assert_array_equal(changed.train_images, arrays["train_images"])
+    assert datasets_module._LOADED == {}, "nothing kept after the block"
 
 
 def test_data_dir_mixes_raw_and_gzip_and_other_image_sizes(tmp_path):
