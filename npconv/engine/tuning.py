@@ -12,12 +12,14 @@ a :class:`ThreadTuner`
   turns, step by step, so that a moment of noise slows them alike;
 * **re-checks** every :attr:`~ThreadTuner.check_every` steps: if the steps became
   :attr:`~ThreadTuner.slowdown` times slower than when it chose, or the number of
-  free cores changed, it tries again -- and in any case after a few checks, because
-  a trial timed during a moment of noise (on a shared or virtual machine) can choose
-  wrongly, and a wrong choice does not slow the steps down after it: the next trial
-  comes 1 check after the first, then 4, 16, ... checks after the one before, at
-  most :attr:`~ThreadTuner.retry_every` (so a wrong first choice costs a run a few
-  dozen steps, and a settled one a trial every few hundred);
+  free cores changed, it tries again -- and in any case after
+  :attr:`~ThreadTuner.retry_every` checks, because a trial timed during a moment of
+  noise (on a shared or virtual machine) can choose wrongly, and a wrong choice does
+  not slow the steps down after it. A trial that was **not clear** -- the fastest
+  candidate less than :data:`CLEAR` times faster than the next, or a candidate's own
+  steps more than :data:`CLEAR` times apart -- is tried again sooner: 1 check later,
+  then 4, 16, ... (so a doubtful first choice costs a run a few dozen steps, and a
+  clear one a trial every few hundred);
 * takes **more threads than there are free cores** only when they are clearly
   faster (:data:`CROWDING`): the free cores are this process's cores minus the
   cores other programs kept busy since the last check, measured from the
@@ -34,6 +36,10 @@ import time
 #: A thread count above the free cores is kept only if its steps take less than
 #: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs (docs/performance.md).
 CROWDING = 1.15
+
+#: A trial is clear when its fastest candidate beats the next by this factor and no candidate's own steps are
+#: this factor apart; a trial that is not clear is tried again soon (docs/performance.md, "threads").
+CLEAR = 1.2
 
 
 def usable_cores():
@@ -120,9 +126,9 @@ class ThreadTuner:
     slowdown : float
         Try again when the median step of a check is this many times the chosen candidate's time.
     retry_every : int
-        The most checks between two trials, even when nothing changed: the next trial comes 1 check
-        after the first, then four times as many checks after each (a trial costs only the slower
-        candidates' extra time on a few steps; docs/performance.md).
+        Checks between two trials when nothing changed and the last trial was clear (a trial costs only the
+        slower candidates' extra time on a few steps; docs/performance.md). After a trial that was not
+        clear, the next comes 1 check later, then 4, 16, ... at most this many.
     """
 
     def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, first_check=5, slowdown=1.3,
@@ -135,7 +141,9 @@ class ThreadTuner:
         self.slowdown = slowdown
         self.retry_every = retry_every
         self._checks = 0          # checks since the last trial
-        self._retry_after = 1     # checks from the last trial to the next one when nothing changes
+        self._retry_after = retry_every  # checks from the last trial to the next one when nothing changes
+        self._soon = 1            # checks to the next trial after a trial that was not clear (1, 4, 16, ...)
+        self.clear = None         # whether the last trial was clear (see CLEAR)
         self.others = None        # cores other programs keep busy, smoothed over the checks
         self.free = None          # free cores (at least 1) at the last trial; None before the first check
         self.trials = {}          # candidate -> median seconds of its last trial
@@ -174,6 +182,13 @@ class ThreadTuner:
         self.chosen = min(self.trials, key=cost)
         self._reference = self.trials[self.chosen]
         self._times = []
+        costs = sorted(cost(c) for c in self.trials)
+        self.clear = (len(costs) < 2 or costs[1] > CLEAR * costs[0]) and all(
+            max(times) <= CLEAR * min(times) for times in self._trial_times.values() if times)
+        if self.clear:
+            self._retry_after, self._soon = self.retry_every, 1
+        else:  # a doubtful choice is tried again soon, then ever less soon
+            self._retry_after, self._soon = self._soon, min(4 * self._soon, self.retry_every)
 
     def threads(self):
         """The thread count to run the next step with."""
@@ -204,11 +219,8 @@ class ThreadTuner:
         slower = self._reference is not None and typical > self.slowdown * self._reference
         self._checks += 1
         # Try again at the first check, when the steps slowed down, when the free cores changed,
-        # or when the checks since the last trial reach _retry_after (1, 4, 16, ... up to retry_every).
-        changed = self.free is None or slower or free != self.free
-        if changed or self._checks >= self._retry_after:
-            # A new situation is confirmed soon after; an unchanged one ever more rarely.
-            self._retry_after = 1 if changed else min(4 * self._retry_after, self.retry_every)
+        # or when the checks since the last trial reach _retry_after (sooner after a trial that was not clear).
+        if self.free is None or slower or free != self.free or self._checks >= self._retry_after:
             self.free = free
             self._start_trial()
         elif typical < self._reference:

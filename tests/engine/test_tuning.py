@@ -62,37 +62,47 @@ def test_tries_again_when_the_steps_slow_down():
     assert used[18:] == [1] * 5 and tuner.chosen == 1
 
 
-def test_a_wrong_choice_is_tried_again_at_the_next_check():
-    """A trial timed in a moment of noise chose one thread; nothing slows down after it, yet the tuner
-    tries again one check later and finds the faster count."""
+def test_a_doubtful_choice_is_tried_again_at_the_next_check():
+    """A trial timed in a moment of noise chose one thread, its two-thread steps far apart: the trial was not clear,
+    so the tuner tries again at the next check and finds the faster count."""
     tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, first_check=10)
-    run(tuner, {1: 0.010, 2: 0.030}, 10 + 8)   # the first check, then a trial whose two-thread steps hit noise
-    assert tuner.chosen == 1
+    run(tuner, {1: 0.010, 2: 0.006}, 10)  # the first check: a trial starts
+    for seconds in (0.010, 0.010, 0.010, 0.006, 0.030, 0.010, 0.010, 0.012):  # warm-ups 1 2, then 1 2, 2 1, 1 2
+        tuner.record(seconds)
+    assert tuner.chosen == 1 and tuner.trials == {1: 0.010, 2: 0.012} and not tuner.clear
     used = run(tuner, {1: 0.010, 2: 0.006}, 10 + 8 + 5)
     assert used[:10] == [1] * 10
     assert used[10:18] == [1, 2, 1, 2, 2, 1, 1, 2], "the next check tries again"
-    assert used[18:] == [2] * 5 and tuner.chosen == 2
+    assert used[18:] == [2] * 5 and tuner.chosen == 2 and tuner.clear
+
+
+def gaps_between_trials(tuner, step_seconds, steps):
+    """Run ``steps`` steps; the checks between one trial and the next (the first: checks before the first)."""
+    ordinary, gaps = 0, []
+    for _ in range(steps):
+        was_trying = tuner.trying
+        ordinary = 0 if was_trying else ordinary
+        tuner.record(step_seconds[tuner.threads()])
+        ordinary += not was_trying
+        if tuner.trying and not was_trying:
+            gaps.append(ordinary // tuner.check_every)
+    return gaps
+
+
+def test_a_clear_choice_is_tried_again_after_retry_every_checks_a_doubtful_one_sooner():
+    clear = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=5, first_check=5, retry_every=20)
+    assert gaps_between_trials(clear, {1: 0.010, 2: 0.006}, 300)[:3] == [1, 20, 20]
+    assert clear.chosen == 2 and clear.clear
+    doubtful = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=5, first_check=5, retry_every=20)
+    gaps = gaps_between_trials(doubtful, {1: 0.010, 2: 0.009}, 600)
+    assert gaps[:6] == [1, 1, 4, 16, 20, 20], gaps  # the first check, then 1, 4, 16 checks after, at most 20
+    assert doubtful.chosen == 2 and not doubtful.clear
 
 
 def test_the_first_check_comes_after_a_few_steps():
     tuner = ThreadTuner(2, FakeMeter())
     assert run(tuner, {1: 0.010, 2: 0.006}, 5) == [1] * 5
     assert tuner.trying, "one thread runs until the first check: it comes early"
-
-
-def test_trials_when_nothing_changes_come_ever_more_rarely_up_to_retry_every():
-    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=5, first_check=5, retry_every=20)
-    ordinary = 0  # steps outside trials since the last trial
-    gaps = []     # checks between one trial and the next
-    for _ in range(600):
-        was_trying = tuner.trying
-        ordinary = 0 if was_trying else ordinary
-        tuner.record({1: 0.010, 2: 0.006}[tuner.threads()])
-        ordinary += not was_trying
-        if tuner.trying and not was_trying:
-            gaps.append(ordinary // 5)
-    assert gaps[:6] == [1, 1, 4, 16, 20, 20], gaps  # the first check, then 1, 4, 16 checks after a trial, then 20
-    assert tuner.chosen == 2
 
 
 def test_more_threads_than_free_cores_only_when_clearly_faster():
@@ -112,7 +122,7 @@ def test_tries_again_when_the_free_cores_change():
     run(tuner, {1: 0.010, 2: 0.009}, 10 + 8)
     assert tuner.chosen == 1 and tuner.free == 1
     run(tuner, {1: 0.010, 2: 0.009}, 30)
-    assert tuner.chosen == 1 and tuner.free == 1, "tried again one check later: still not clearly faster"
+    assert tuner.chosen == 1 and tuner.free == 1, "a doubtful trial, tried again one check later: still not clearly faster"
     meter.others = 0.0  # the other program ends: within two checks the free core is seen and a trial runs
     used = run(tuner, {1: 0.010, 2: 0.005}, 40)
     assert 2 in used and tuner.chosen == 2 and tuner.free == 2
