@@ -122,6 +122,7 @@ class Classifier:
     network : the model as its layers (an ``nn.Sequential`` in evaluation mode)
     model : the same model as the engine runs it (:func:`npconv.engine.compile`), one per thread
     config : dict -- its model file's config (dataset, classes, pixel scaling, dtype)
+    plan : the engine's :class:`~npconv.engine.plan.Plan` from the run's ``plan.json``, or None (the built-in plan)
     classes : list of str -- the class names
     """
 
