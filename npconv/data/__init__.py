@@ -12,7 +12,7 @@ message starts with the path at fault.
 """
 
 from .augment import random_shift
-from .datasets import DATASETS, Dataset, keep_loaded, load_dataset
+from .datasets import DATASETS, Dataset, keep_loaded, keeping, load_dataset
 from .idx import read_idx, write_idx
 from .loader import (
     DataLoader,
@@ -28,6 +28,7 @@ __all__ = [
     "write_idx",
     "load_dataset",
     "keep_loaded",
+    "keeping",
     "Dataset",
     "DATASETS",
     "to_float",

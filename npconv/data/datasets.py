@@ -372,6 +372,11 @@ def keep_loaded():
             _LOADED.clear()
 
 
+def keeping():
+    """Whether this process is inside a :func:`keep_loaded` block now."""
+    return _keeping > 0
+
+
 def _load_from(info, directory, paths, check_sha256):
     """The dataset of the four files in ``paths``: read, optionally verified and checked; or, inside
     :func:`keep_loaded`, the one read before from the same unchanged files. Its arrays are read-only (callers may

@@ -173,6 +173,9 @@ class InProcess:
         pass
 
 
+_worker_keeps_data = None  # a local worker process's keep_loaded() block, open while the process lives
+
+
 def _start_worker():
     # Ctrl-C reaches the whole process group; the parent alone handles it
     # (and stops the workers), so the workers print no tracebacks.
@@ -182,8 +185,10 @@ def _start_worker():
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())
-    # A worker trains run after run, mostly on the same data: it reads the data once.
-    keep_loaded().__enter__()
+    # A worker trains run after run, mostly on the same data: it reads the data once, for as long as it lives.
+    global _worker_keeps_data
+    _worker_keeps_data = keep_loaded()
+    _worker_keeps_data.__enter__()
 
 
 def _local_task(config_dict, run_dir):

@@ -155,6 +155,21 @@ def test_dask_cluster_gives_the_same_results_as_local_processes(local_sweep, tmp
             assert a == (tmp_path / row["run"] / "model.npz").read_bytes(), f"{row['run']}: weights differ"
 
 
+def test_a_local_worker_process_keeps_its_datasets_while_it_lives():
+    """A sweep's worker trains run after run on the same data: its keep_loaded() block stays open (it is not a
+    temporary that the garbage collector closes)."""
+    import gc
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from npconv.data.datasets import keeping
+    from npconv.experiments.executors import _start_worker
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
+        pool.submit(gc.collect).result()
+        assert pool.submit(keeping).result() is True
+
+
 def test_dask_scheduler_that_does_not_answer_is_a_clear_error(tmp_path):
     require("dask.distributed")
     from npconv.experiments.executors import DaskCluster
