@@ -136,18 +136,9 @@ class BatchNormKernel(Kernel):
         return Moments(rows.shape[1], total, row_dots(deviations, deviations))
 
     def track(self, mean, var, count):
-        """Move the layer's running estimates towards a batch's ``mean`` and biased ``var`` of ``count`` values
-        (the formula of :class:`npconv.nn.BatchNorm2d`)."""
-        layer = self.layer
-        if count < 2:
-            raise ValueError(f"{type(layer).__name__} in training mode needs more than one value per channel, "
-                             f"got a batch of {count}")
-        layer.num_batches_tracked.data += 1
-        factor = 1 / int(layer.num_batches_tracked.data) if layer.momentum is None else layer.momentum
-        unbiased_var = var * (count / (count - 1))  # the running estimate uses the unbiased variance
-        for buffer, value in ((layer.running_mean, mean), (layer.running_var, unbiased_var)):
-            buffer.data *= 1 - factor
-            buffer.data += factor * value
+        """Move the layer's running estimates towards a batch's ``mean`` and biased ``var`` of ``count`` values:
+        the layer's own update (:class:`npconv.nn.BatchNorm2d`), once per batch, however it was cut."""
+        self.layer._update_running_stats(mean, var, count)
 
     def normalize(self, mean, var):
         """The last step of a training forward: normalize the batch :meth:`moments` saw with ``mean`` and ``var``."""

@@ -315,6 +315,8 @@ class DataParallel:
         The chunk sizes of the last training forward; None when the batch was not cut.
     threads : int
         The threads the last forward used.
+    cuttable : bool
+        Whether the network can be cut into chunks and is worth it (:func:`_can_cut`).
     tuners : dict
         ``(grad enabled, number of chunks) ->`` the :class:`~npconv.engine.tuning.ThreadTuner`
         of such batches: training steps and inference batches are timed apart.
@@ -329,6 +331,7 @@ class DataParallel:
         if B.xp is np:
             keep_freed_memory()
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
+        self.cuttable = _can_cut([kernel.layer for kernel in self.chain.kernels])  # the layers never change
         self.replicas = []
         self.sizes = None
         self.threads = 1
@@ -451,7 +454,7 @@ class DataParallel:
         """
         chunk, piece = (CHUNK, PIECE) if self.plan is None else (self.plan.chunk, self.plan.piece)
         size = chunk if nn.grad_enabled() else piece
-        if B.xp is not np or len(x) <= size or not _can_cut([kernel.layer for kernel in self.chain.kernels]):
+        if B.xp is not np or len(x) <= size or not self.cuttable:
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))
 
