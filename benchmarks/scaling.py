@@ -64,13 +64,13 @@ def ms_per_step(step, steps):
     return statistics.median(blocks)
 
 
-def _in_process(model_name, steps, start, out):
-    """A process of the 'two processes' case: wait for the start signal, then time its own chunk steps."""
+def _in_process(model_name, steps, ready, out):
+    """A process of the 'two processes' case: once both are ready, time its own chunk steps."""
     engine.parallel.keep_freed_memory()
     with threadpool_limits(1, user_api="blas"):
         step = chunk_stepper(model_name)
         step()
-        start.wait()
+        ready.wait()  # both processes have imported npconv and taken a first step
         out.put(ms_per_step(step, steps))
 
 
@@ -90,12 +90,10 @@ def free_running(model_name, steps, kind):
             t.join()
         return times
     context = multiprocessing.get_context("spawn")
-    start, out = context.Event(), context.Queue()
-    processes = [context.Process(target=_in_process, args=(model_name, steps, start, out)) for _ in range(2)]
+    ready, out = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_in_process, args=(model_name, steps, ready, out)) for _ in range(2)]
     for p in processes:
         p.start()
-    time.sleep(3)  # both have imported npconv and taken a first step
-    start.set()
     times = [out.get(timeout=300) for _ in processes]
     for p in processes:
         p.join()
@@ -172,9 +170,9 @@ def main(argv=None):
         n1, n2 = med(name, ("npconv", 1)), med(name, ("npconv", 2))
         t1, t2 = med(name, ("torch", 1)), med(name, ("torch", 2))
         lock, cores = threads / alone - 1, processes / alone - 1
-        print(f"| {name} | {alone:.2f} | {threads:.2f} (+{100 * lock:.0f} %) | {processes:.2f} (+{100 * cores:.0f} %) "
+        print(f"| {name} | {alone:.2f} | {threads:.2f} ({100 * lock:+.0f} %) | {processes:.2f} ({100 * cores:+.0f} %) "
               f"| {n1:.2f} / {n2:.2f} ({n1 / n2:.2f}x) | {t1:.2f} / {t2:.2f} ({t1 / t2:.2f}x) |")
-        summary.append(f"{name}: free threads +{100 * lock:.0f} %, free processes +{100 * cores:.0f} %, "
+        summary.append(f"{name}: free threads {100 * lock:+.0f} %, free processes {100 * cores:+.0f} %, "
                        f"step speed-up npconv {n1 / n2:.2f}x, PyTorch {t1 / t2:.2f}x")
     cpu, isa = speed.cpu_description()
     print(f"summary: {'; '.join(summary)} ({cpu}, {isa})")
