@@ -49,11 +49,18 @@ kernels, and the threading npconv chose. Usage::
     python benchmarks/speed.py --no-load     # the quiet table only
     python benchmarks/speed.py --no-load --no-memory --steps 100 --repeats 1   # the scaling table, quickly
     python benchmarks/speed.py --torch-channels-last   # PyTorch in NHWC, its faster CPU layout for ConvNets
+    python3.13t benchmarks/speed.py --torch-python python3.11   # npconv on a free-threaded Python, PyTorch
+                                                                # (which has no wheel for it) in a 3.11 process
+
+With ``--torch-python`` PyTorch runs in a child process of that interpreter, which loads the same data and waits,
+taking no CPU time, while npconv runs; the turns and the tables are the same.
 """
 
 import argparse
 import contextlib
+import functools
 import importlib.util
+import json
 import os
 import platform
 import resource
@@ -276,23 +283,103 @@ def torch_inference(model_name, d, steps, report):
 
 @dataclass
 class Workload:
-    """One row of the tables: a label and how to time each library (``fn(model, data, steps, report)``)."""
+    """One row of the tables: a label and how to time each library: npconv by ``npconv(model, data, steps,
+    report)``, PyTorch by the function of :data:`TORCH_SIDES` named ``torch``, through :data:`REFERENCE`."""
 
     label: str
     model: str
     npconv: Callable
-    torch: Callable
+    torch: str
     per_epoch: bool = True  # timed over ``steps`` steps and scaled to an epoch of 600
     loaded: bool = False    # also measured with the CPU-bound process running
 
 
 WORKLOADS = [
-    Workload("cnn training, s/epoch", "cnn", npconv_training, torch_training, loaded=True),
-    Workload("cnn training in the Python API example, s/epoch", "cnn", npconv_api_training, torch_training),
-    Workload("mlp training, s/epoch", "mlp", npconv_training, torch_training),
-    Workload("cnn inference, 10k images, s", "cnn", npconv_inference, torch_inference, per_epoch=False),
-    Workload("cnn-bn training, s/epoch", "cnn-bn", npconv_training, torch_training),
+    Workload("cnn training, s/epoch", "cnn", npconv_training, "torch_training", loaded=True),
+    Workload("cnn training in the Python API example, s/epoch", "cnn", npconv_api_training, "torch_training"),
+    Workload("mlp training, s/epoch", "mlp", npconv_training, "torch_training"),
+    Workload("cnn inference, 10k images, s", "cnn", npconv_inference, "torch_inference", per_epoch=False),
+    Workload("cnn-bn training, s/epoch", "cnn-bn", npconv_training, "torch_training"),
 ]
+
+
+# --- the reference: PyTorch, in this process or in a process of another Python ---------------------------
+
+#: PyTorch's side of the workloads, by the names :class:`Workload` and the reference process use.
+TORCH_SIDES = {"torch_training": torch_training, "torch_inference": torch_inference}
+
+
+def python_description():
+    """The interpreter in a few words, e.g. ``"Python 3.13.5, free-threaded (no GIL)"``."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return f"Python {platform.python_version()}" + ("" if gil else ", free-threaded (no GIL)")
+
+
+class TorchHere:
+    """PyTorch in this process: ``call(name, *args)`` runs its side of a measurement on this process's data."""
+
+    def __init__(self, d):
+        self.d = d
+        self.turns = {}  # model name -> torch_steps(...): one model per workload, kept between its turns
+
+    def call(self, name, *args):
+        if name == "describe":
+            import torch
+
+            return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": python_description()}
+        if name == "torch_step_turn":
+            model_name, *turn = args
+            if model_name not in self.turns:
+                self.turns[model_name] = torch_steps(model_name, self.d)
+            return self.turns[model_name](*turn)
+        model_name, steps = args
+        return TORCH_SIDES[name](model_name, self.d, steps, {})
+
+
+class TorchProcess:
+    """PyTorch in a child process of another Python (``--torch-python``), for an interpreter PyTorch has no
+    wheel for (a free-threaded one, say). The child loads the same data and answers :meth:`TorchHere.call`'s
+    requests, a line of JSON each way; between them it waits on its input and takes no CPU time."""
+
+    def __init__(self, python, channels_last):
+        command = [python, os.path.abspath(__file__), "--serve-torch"]
+        if channels_last:
+            command.append("--torch-channels-last")
+        try:
+            self.child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        except OSError as e:
+            sys.exit(f"speed.py: cannot start --torch-python {python}: {e.strerror}")
+        self.python = python
+
+    def call(self, name, *args):
+        try:
+            self.child.stdin.write(json.dumps([name, *args]) + "\n")
+            self.child.stdin.flush()
+            answer = self.child.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        if not answer:
+            sys.exit(f"speed.py: the PyTorch process ({self.python}) stopped; its error is above")
+        return json.loads(answer)
+
+    def close(self):
+        self.child.stdin.close()
+        self.child.wait()
+
+
+def serve_torch(d):
+    """The child of :class:`TorchProcess`: answer each request line on standard input with a line of JSON."""
+    answers = sys.stdout
+    sys.stdout = sys.stderr  # whatever else prints must not mix with the answers
+    here = TorchHere(d)
+    for line in sys.stdin:
+        name, *args = json.loads(line)
+        answers.write(json.dumps(here.call(name, *args)) + "\n")
+        answers.flush()
+
+
+#: Where PyTorch runs: a :class:`TorchHere` or a :class:`TorchProcess`, set by :func:`main`.
+REFERENCE = None
 
 
 # --- load, memory, floor ---------------------------------------------------------
@@ -352,50 +439,74 @@ def matmul_rate():
 SCALING = ("cnn-bn", "cnn")
 
 
-def step_times(model_name, d, rounds, steps=15, warm_up=3):
-    """Median seconds of one training step (a fixed batch of :data:`BATCH`, optimizer included) on one and on two
-    threads, for npconv (its chunks on 1 or 2 threads, the run's plan) and PyTorch (``torch.set_num_threads``),
-    the four taking turns ``rounds`` times: ``{(side, threads): seconds}``. Each turn starts with ``warm_up``
-    untimed steps: in a run a step follows a step of the same network, not of another library's."""
-    import torch
-
+def npconv_steps(model_name, d):
+    """A function ``turn(n, steps, warm_up) -> seconds per step`` timing npconv's training step (a fixed batch of
+    :data:`BATCH`, optimizer included) with its chunks on ``n`` threads and the run's plan, after ``warm_up``
+    untimed steps."""
     xb, yb = d.x[:BATCH], d.y[:BATCH]
     model = models.build_model(model_name, rng=np.random.default_rng(0))
     plan = plan_of(model_name, model)
     nets = {n: engine.DataParallel(model, plan, threads=n) for n in (1, 2)}
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    twin, as_input = torch_model(model_name)
-    topt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    tx, ty = as_input(xb), torch.from_numpy(yb.astype(np.int64))
 
-    def npconv_step(n):
+    def step(n):
         opt.zero_grad()
         loss_fn(nets[n](xb), yb)
         nets[n].backward(loss_fn.backward(), input_grad=False)
         opt.step()
 
-    def torch_step(n):
+    return functools.partial(timed_turn, step)
+
+
+def torch_steps(model_name, d):
+    """:func:`npconv_steps` for PyTorch, its ``n`` threads set by ``torch.set_num_threads`` for the turn."""
+    import torch
+
+    twin, as_input = torch_model(model_name)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    tx, ty = as_input(d.x[:BATCH]), torch.from_numpy(d.y[:BATCH].astype(np.int64))
+
+    def step(n):
         topt.zero_grad()
         torch.nn.functional.cross_entropy(twin(tx), ty).backward()
         topt.step()
 
-    before = torch.get_num_threads()
+    def turn(n, steps, warm_up):
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return timed_turn(step, n, steps, warm_up)
+        finally:
+            torch.set_num_threads(before)
+
+    return turn
+
+
+def timed_turn(step, n, steps, warm_up):
+    """Seconds per ``step(n)``, the mean of ``steps`` calls after ``warm_up`` untimed ones."""
+    for _ in range(warm_up):
+        step(n)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(n)
+    return (time.perf_counter() - started) / steps
+
+
+def step_times(model_name, d, rounds, steps=15, warm_up=3):
+    """Median seconds of one training step on one and on two threads, npconv (:func:`npconv_steps`) and PyTorch
+    (:func:`torch_steps`, through :data:`REFERENCE`), the four taking turns ``rounds`` times:
+    ``{(side, threads): seconds}``. Each turn starts with ``warm_up`` untimed steps: in a run a step follows a
+    step of the same network, not of another library's."""
+    turns = {"npconv": npconv_steps(model_name, d),
+             "torch": functools.partial(REFERENCE.call, "torch_step_turn", model_name)}
     times = {}
-    try:
-        for r in range(rounds + 1):  # round 0 warms up
-            for side, step in (("npconv", npconv_step), ("torch", torch_step)):
-                for n in (1, 2):
-                    torch.set_num_threads(n if side == "torch" else before)
-                    for _ in range(warm_up):
-                        step(n)
-                    started = time.perf_counter()
-                    for _ in range(steps):
-                        step(n)
-                    if r:
-                        times.setdefault((side, n), []).append((time.perf_counter() - started) / steps)
-    finally:
-        torch.set_num_threads(before)
+    for r in range(rounds + 1):  # round 0 warms up
+        for side, turn in turns.items():
+            for n in (1, 2):
+                seconds = turn(n, steps, warm_up)
+                if r:
+                    times.setdefault((side, n), []).append(seconds)
     return {key: statistics.median(values) for key, values in times.items()}
 
 
@@ -438,7 +549,8 @@ def measure(workloads, d, steps, repeats, report, *, one_thread_too=False, rates
         if rates is not None:
             rates.append(matmul_rate())
         for w in workloads:
-            sides = [("npconv", w.npconv), ("torch", w.torch)]
+            sides = [("npconv", w.npconv),
+                     ("torch", lambda model, d, steps, report, w=w: REFERENCE.call(w.torch, model, steps))]
             if one_thread_too and w.loaded:
                 sides.append(("npconv, one thread", one_thread(w.npconv)))
             for side, fn in sides:
@@ -485,22 +597,39 @@ def main(argv=None):
                         help="PyTorch in its channels_last (NHWC) memory format instead of its default NCHW")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: npconv on the GPU (CuPy) against PyTorch CUDA, eager and graphed (speed_gpu.py)")
+    parser.add_argument("--torch-python", metavar="PYTHON",
+                        help="run PyTorch in a process of this interpreter (one with PyTorch installed) instead of "
+                             "in this one: for a Python PyTorch has no wheel for, such as a free-threaded one")
+    parser.add_argument("--serve-torch", action="store_true", help=argparse.SUPPRESS)  # TorchProcess's child
     args = parser.parse_args(argv)
     if args.device == "cuda":
         import speed_gpu  # beside this file
 
         return speed_gpu.main(["--repeats", str(args.repeats)])
 
-    if importlib.util.find_spec("torch") is None:
-        sys.exit("speed.py compares with PyTorch: pip install -e '.[bench]'")
-    global TORCH_FORMAT
+    if args.torch_python is None and importlib.util.find_spec("torch") is None:
+        sys.exit("speed.py compares with PyTorch: pip install -e '.[bench]', or name a Python that has it "
+                 "with --torch-python")
+    global TORCH_FORMAT, REFERENCE
     TORCH_FORMAT = "channels_last" if args.torch_channels_last else "contiguous"
 
     mnist = data.load_dataset("mnist")
     mean, std = data.pixel_stats(mnist.train_images)
     d = Data(data.to_float(mnist.train_images, mean, std), mnist.train_labels,
              data.to_float(mnist.test_images, mean, std))
+    if args.serve_torch:
+        return serve_torch(d)
+    REFERENCE = TorchHere(d) if args.torch_python is None else TorchProcess(args.torch_python,
+                                                                           args.torch_channels_last)
+    try:
+        report(args, d)
+    finally:
+        if isinstance(REFERENCE, TorchProcess):
+            REFERENCE.close()
 
+
+def report(args, d):
+    """Measure everything ``args`` asks for and print the tables and the summary line."""
     rss = None if args.no_memory else peak_rss_of_train()
     rates = []  # NumPy's matrix-product rate, at the start of each quiet round
     quiet_report, loaded_report = {}, {}
@@ -514,13 +643,13 @@ def main(argv=None):
         with cpu_bound_process():
             loaded = measure(loaded_workloads, d, args.loaded_steps, args.repeats, loaded_report)
 
-    import torch
-
+    torch = REFERENCE.call("describe")
+    where = "" if args.torch_python is None else f" in another process ({torch['python']})"
     cpu, isa = cpu_description()
     print(f"\nmachine: {cpu}; {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
           f"cores; {isa}")
-    print(f"software: Python {platform.python_version()}, NumPy {np.__version__}, BLAS {blas_description()}; "
-          f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads, "
+    print(f"software: {python_description()}, NumPy {np.__version__}, BLAS {blas_description()}; "
+          f"PyTorch {torch['torch']}{where} with {torch['threads']} threads, "
           f"{'channels_last (NHWC)' if TORCH_FORMAT == 'channels_last' else 'its default NCHW'} memory format")
     for name, plan in PLANS.items():
         print(f"npconv plan, {name}: {plan.describe()}")
@@ -561,7 +690,7 @@ def main(argv=None):
         summary.append(f"{name} step two-thread speed-up npconv {t['npconv', 1] / t['npconv', 2]:.2f}x, "
                        f"PyTorch {t['torch', 1] / t['torch', 2]:.2f}x")
     summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
-    print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]})")
+    print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]}, {python_description()})")
 
 
 if __name__ == "__main__":
