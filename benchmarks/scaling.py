@@ -158,7 +158,7 @@ def main(argv=None):
     def med(name, what):
         return statistics.median(results[(name, what)])
 
-    print(f"\nmachine: {speed.machine()}")
+    print(f"\nmachine: {speed.machine()}; {speed.python_description()}")
     print(f"one chunk step ({CHUNK} images, forward and backward, one BLAS thread), ms, medians of {args.rounds} "
           f"rounds; then the training step of {BATCH} on one and on two threads:")
     print("| model | alone | two free threads (loss) | two free processes (loss) | npconv step 1 / 2 threads "
@@ -175,7 +175,7 @@ def main(argv=None):
         summary.append(f"{name}: free threads {100 * lock:+.0f} %, free processes {100 * cores:+.0f} %, "
                        f"step speed-up npconv {n1 / n2:.2f}x, PyTorch {t1 / t2:.2f}x")
     cpu, isa = speed.cpu_description()
-    print(f"summary: {'; '.join(summary)} ({cpu}, {isa})")
+    print(f"summary: {'; '.join(summary)} ({cpu}, {isa}, {speed.python_description()})")
     return 0
 
 

@@ -371,6 +371,10 @@ def serve_torch(d):
     """The child of :class:`TorchProcess`: answer each request line on standard input with a line of JSON."""
     answers = sys.stdout
     sys.stdout = sys.stderr  # whatever else prints must not mix with the answers
+    # npconv's engine raises glibc's thresholds for returning freed memory, for its whole process; PyTorch timed in
+    # that process has always had them (its inference at batch 1000 runs about twice as fast with them:
+    # docs/performance.md), so the child gets them too and both ways time the same PyTorch.
+    engine.parallel.keep_freed_memory()
     here = TorchHere(d)
     for line in sys.stdin:
         name, *args = json.loads(line)
