@@ -44,12 +44,14 @@ mean and variance of the *whole* batch, so the chunks meet at every such layer,
 as PyTorch's SyncBatchNorm has its devices meet: the network is cut into
 segments (:func:`_segments`) that end at the batch norms; every chunk runs a
 segment and takes the :class:`~npconv.engine.batchnorm.Moments` of its values;
-the calling thread pools them, in chunk order, into the whole batch's mean and
-variance (:func:`~npconv.engine.batchnorm.pooled`) and moves the running
-statistics once; then every chunk normalizes with them and runs the next
-segment. Backward meets the same way: every chunk's ``dbeta`` and ``dgamma``
-are added up before any chunk computes its ``dx``. In evaluation mode a
-BatchNorm layer uses its running statistics and the network is one segment.
+the threads meet at a barrier, and the last to arrive pools them, in chunk order,
+into the whole batch's mean and variance (:func:`~npconv.engine.batchnorm.pooled`)
+and moves the running statistics once; then every chunk normalizes with them and
+runs the next segment (:func:`_run_stages`). Backward meets the same way: every
+chunk's ``dbeta`` and ``dgamma`` are added up before any chunk computes its ``dx``.
+Which thread pools changes no number: the sums are always taken in chunk order.
+In evaluation mode a BatchNorm layer uses its running statistics and the network
+is one segment.
 
 The measurements behind the constants are in ``docs/performance.md``.
 """
@@ -57,7 +59,6 @@ The measurements behind the constants are in ``docs/performance.md``.
 import contextlib
 import contextvars
 import ctypes
-import functools
 import itertools
 import math
 import sys
@@ -65,6 +66,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -196,22 +198,92 @@ def keep_freed_memory():
     mallopt(_M_TRIM_THRESHOLD, 256 << 20)  # free memory at the heap's top goes back to the system above 256 MB
 
 
-def _run(tasks, threads):
-    """Run ``tasks`` (callables) on ``threads`` threads, the calling one included; return their results in order.
+@dataclass
+class _Stage:
+    """One stage of a batch's computation, the same for every chunk.
 
-    Thread ``t`` runs tasks ``t, t + threads, t + 2*threads, ...`` one after another. The other
-    threads run in a copy of the caller's context: they see its ``no_grad()``.
+    ``task(i, value, shared) -> value`` takes chunk i's value through the stage
+    (``shared``: what the previous stage's meeting gave, None before the first);
+    ``meet(values) -> (shared, values)``, if not None, runs once every chunk has
+    finished the stage, in one thread (the chunks' meeting at a batch norm);
+    ``threaded`` False: the stage's chunks run one after another in the calling thread.
     """
-    if threads <= 1:
-        return [task() for task in tasks]
-    share = [tasks[t::threads] for t in range(threads)]
-    futures = [_pool().submit(contextvars.copy_context().run, lambda mine=mine: [task() for task in mine])
-               for mine in share[1:]]
-    results = [[task() for task in share[0]]] + [f.result() for f in futures]
-    ordered = [None] * len(tasks)
-    for t, done in enumerate(results):
-        ordered[t::threads] = done
-    return ordered
+
+    task: Callable
+    meet: Callable | None
+    threaded: bool
+
+
+def _run_stages(stages, values, threads):
+    """Take every chunk's value through ``stages`` on ``threads`` threads, the calling one included; return the
+    values after the last stage, in chunk order.
+
+    Thread ``t`` runs chunks ``t, t + threads, ...`` of every threaded stage. The stages before the first
+    threaded one and after the last run in the calling thread alone. Between, the threads are handed their work
+    once and meet at a barrier after each stage, where the last to arrive runs the stage's meeting: a meeting then
+    waits for one thread to wake up, where handing each stage to the pool anew waits for two (the caller's, then
+    the worker's). The other threads run in a copy of the caller's context: they see its ``no_grad()``.
+    """
+    values, shared = list(values), None
+    threads = min(threads, len(values), _max_threads)  # the pool has _max_threads - 1 threads: all meet at once
+    band = [k for k, stage in enumerate(stages) if stage.threaded] if threads > 1 else []
+    first, last = (band[0], band[-1]) if band else (len(stages), len(stages) - 1)
+    for stage in stages[:first]:
+        shared, values = _alone(stage, values, shared)
+    if band:
+        shared, values = _together(stages[first : last + 1], values, shared, threads)
+    for stage in stages[last + 1 :]:
+        shared, values = _alone(stage, values, shared)
+    return values
+
+
+def _alone(stage, values, shared):
+    """One stage in the calling thread, chunk after chunk, and its meeting: ``(shared, values)`` after it."""
+    values = [stage.task(i, value, shared) for i, value in enumerate(values)]
+    return stage.meet(values) if stage.meet is not None else (shared, values)
+
+
+def _together(stages, values, shared, threads):
+    """:func:`_run_stages`'s band of stages on ``threads`` threads: ``(shared, values)`` after the last."""
+    count = len(values)
+    now = {"stage": 0, "shared": shared}  # the stage the threads are in, and what its tasks are given
+
+    def meet():  # run by the last thread to reach the barrier, while the others wait
+        stage = stages[now["stage"]]
+        if stage.meet is not None:
+            now["shared"], values[:] = stage.meet(values)
+        now["stage"] += 1
+
+    barrier = threading.Barrier(threads, action=meet)
+
+    def work(t):
+        try:
+            for k, stage in enumerate(stages):
+                mine = range(t, count, threads) if stage.threaded else range(count) if t == 0 else ()
+                for i in mine:
+                    values[i] = stage.task(i, values[i], now["shared"])
+                if k < len(stages) - 1:  # the last stage's meeting waits for the workers' return, below
+                    barrier.wait()
+        except BaseException:
+            barrier.abort()  # the other threads stop waiting (BrokenBarrierError) instead of hanging
+            raise
+
+    futures = [_pool().submit(contextvars.copy_context().run, work, t) for t in range(1, threads)]
+    error = None
+    try:
+        work(0)
+    except BaseException as e:
+        error = e
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as e:  # the thread's own error, not the broken barrier it left the others
+            if error is None or isinstance(error, threading.BrokenBarrierError):
+                error = e
+    if error is not None:
+        raise error
+    last = stages[-1]
+    return last.meet(values) if last.meet is not None else (now["shared"], values)
 
 
 def _can_cut(layers):
@@ -381,20 +453,24 @@ class DataParallel:
         workers = self._workers(len(chunks), grad, threads)
         segments = _segments(workers)
         counts = []  # per batch normalization: the values per channel of the whole batch
+
+        def stage(segment):
+            def task(i, h, statistics):
+                if segment.before is not None:
+                    h = segment.before[i].normalize(*statistics)
+                h = segment.chains[i].forward(h)
+                return h if segment.after is None else segment.after[i].moments(h)
+
+            def meet(moments):  # the whole batch's statistics, from every chunk's moments, in chunk order
+                statistics = pooled(moments)
+                counts.append(sum(m.count for m in moments))
+                segment.after[0].track(*statistics, counts[-1])  # the model's own layer
+                return statistics, moments
+
+            return _Stage(task, meet if segment.after is not None else None, segment.threaded)
+
         with one_blas_thread():
-            outs, statistics = chunks, None
-            for segment in segments:
-                def forward(i, piece, segment=segment, statistics=statistics):
-                    h = piece if segment.before is None else segment.before[i].normalize(*statistics)
-                    h = segment.chains[i].forward(h)
-                    return h if segment.after is None else segment.after[i].moments(h)
-                outs = _run([functools.partial(forward, i, piece) for i, piece in enumerate(outs)],
-                            threads if segment.threaded else 1)
-                if segment.after is not None:  # the whole batch's statistics, from every chunk's moments
-                    statistics = pooled(outs)
-                    counts.append(sum(moments.count for moments in outs))
-                    segment.after[0].track(*statistics, counts[-1])  # the model's own layer
-            out = _join(outs)
+            out = _join(_run_stages([stage(segment) for segment in segments], chunks, threads))
         seconds = time.perf_counter() - started
         if grad:
             self._step = _Step(sizes, workers, segments, counts, threads, tuner, seconds)  # ends with its backward
@@ -419,21 +495,25 @@ class DataParallel:
         for params in replica_params:
             for p in params:
                 p.grad.fill(0)
+
+        def stage(k):
+            segment = step.segments[k]
+            needed = input_grad or k > 0  # the gradient of a segment's input (the network's: if asked for)
+
+            def task(i, d, sums):
+                if segment.after is not None:
+                    d = segment.after[i].input_gradient(d, sums, step.counts[k])
+                d = segment.chains[i].backward(d, needed)
+                return d if segment.before is None else (d, segment.before[i].gradient_sums(d))
+
+            def meet(results):  # the whole batch's dbeta and dgamma, summed in chunk order
+                return tuple(sum(parts) for parts in zip(*(s for _, s in results))), [d for d, _ in results]
+
+            return _Stage(task, meet if segment.before is not None else None, segment.threaded)
+
         with one_blas_thread():
-            dys, sums = _split(dy, step.sizes), None
-            for k in reversed(range(len(step.segments))):
-                segment = step.segments[k]
-                needed = input_grad or k > 0  # the gradient of a segment's input (the network's: if asked for)
-                def backward(i, d, segment=segment, sums=sums, needed=needed, k=k):
-                    if segment.after is not None:
-                        d = segment.after[i].input_gradient(d, sums, step.counts[k])
-                    d = segment.chains[i].backward(d, needed)
-                    return d if segment.before is None else (d, segment.before[i].gradient_sums(d))
-                dys = _run([functools.partial(backward, i, d) for i, d in enumerate(dys)],
-                           threads if segment.threaded else 1)
-                if segment.before is not None:  # the whole batch's dbeta and dgamma, summed in chunk order
-                    sums = tuple(sum(parts) for parts in zip(*(s for _, s in dys)))
-                    dys = [d for d, _ in dys]
+            dys = _run_stages([stage(k) for k in reversed(range(len(step.segments)))], _split(dy, step.sizes),
+                              threads)
             dy = _join(dys) if input_grad else None
         own = self.chain.parameters()
         for params in replica_params:  # chunk order: the same sums on every run, with any number of threads

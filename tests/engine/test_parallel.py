@@ -284,3 +284,55 @@ def test_a_fixed_thread_count_overrides_the_tuner_with_the_same_numbers(rng):
             np.testing.assert_array_equal(two, one, err_msg="gradients, 2 threads / 1 thread")
     finally:
         parallel.set_num_threads(before)
+
+
+def _recording_stages(log, threaded=(True, False, True, True), fail=None):
+    """Stages that add ``k + 1`` to each chunk's value at stage ``k`` and log ``(stage, chunk, thread)``; each
+    meeting passes on the sum of the values; at stage ``fail = (k, i)`` chunk i raises."""
+    import threading
+
+    def stage(k, threaded):
+        def task(i, value, shared):
+            log.append((k, i, threading.get_ident(), shared))
+            if fail == (k, i):
+                raise ValueError(f"stage {k}, chunk {i}")
+            return value + k + 1
+
+        def meet(values):
+            return sum(values), values
+
+        return parallel._Stage(task, meet, threaded)
+
+    return [stage(k, t) for k, t in enumerate(threaded)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_stages_run_every_chunk_in_order_and_meet_between(threads, n):
+    """Whatever the threads, chunk i goes through every stage in order and each stage's tasks see the meeting of
+    the stage before (the sum of every chunk's value): the numbers cannot depend on where a chunk ran."""
+    import threading
+
+    threads(n)
+    log = []
+    values = parallel._run_stages(_recording_stages(log), [0, 10, 20, 30, 40], n)
+    assert values == [10, 20, 30, 40, 50]  # each value + 1 + 2 + 3 + 4
+    by_stage = {k: {i: shared for kk, i, _, shared in log if kk == k} for k in range(4)}
+    assert by_stage == {0: dict.fromkeys(range(5)), 1: dict.fromkeys(range(5), 105),
+                        2: dict.fromkeys(range(5), 115), 3: dict.fromkeys(range(5), 130)}, by_stage
+    caller = threading.get_ident()
+    assert all(ident == caller for k, _, ident, _ in log if k == 1), "an unthreaded stage runs in the caller"
+    used = {ident for k, _, ident, _ in log if k != 1}
+    assert len(used) == n, f"the threaded stages used {len(used)} threads, not {n}"
+    for k in (0, 2, 3):  # chunk i always on thread i % n
+        owner = {i: ident for kk, i, ident, _ in log if kk == k}
+        assert all(owner[i] == owner[i % n] for i in range(5))
+
+
+@pytest.mark.parametrize("where", [(0, 0), (2, 1), (1, 3), (3, 3), (3, 4)])
+def test_an_error_in_any_chunk_is_raised_and_no_thread_waits_for_ever(threads, where):
+    """A task that fails in the caller or in another thread, in a threaded stage or not, is raised as itself (not as
+    the broken barrier the other threads saw), and the call returns."""
+    threads(2)
+    with pytest.raises(ValueError, match=f"stage {where[0]}, chunk {where[1]}"):
+        parallel._run_stages(_recording_stages([], fail=where), [0, 10, 20, 30, 40], 2)
+    assert parallel._run_stages(_recording_stages([]), [0, 1], 2) == [10, 11], "the pool still works afterwards"
