@@ -239,7 +239,11 @@ def _run_stages(stages, values, threads):
 
 def _alone(stage, values, shared):
     """One stage in the calling thread, chunk after chunk, and its meeting: ``(shared, values)`` after it."""
-    values = [stage.task(i, value, shared) for i, value in enumerate(values)]
+    return _meeting(stage, [stage.task(i, value, shared) for i, value in enumerate(values)], shared)
+
+
+def _meeting(stage, values, shared):
+    """The stage's meeting, if it has one: ``(shared, values)`` for the next stage."""
     return stage.meet(values) if stage.meet is not None else (shared, values)
 
 
@@ -249,9 +253,7 @@ def _together(stages, values, shared, threads):
     now = {"stage": 0, "shared": shared}  # the stage the threads are in, and what its tasks are given
 
     def meet():  # run by the last thread to reach the barrier, while the others wait
-        stage = stages[now["stage"]]
-        if stage.meet is not None:
-            now["shared"], values[:] = stage.meet(values)
+        now["shared"], values[:] = _meeting(stages[now["stage"]], values, now["shared"])
         now["stage"] += 1
 
     barrier = threading.Barrier(threads, action=meet)
@@ -259,7 +261,10 @@ def _together(stages, values, shared, threads):
     def work(t):
         try:
             for k, stage in enumerate(stages):
-                mine = range(t, count, threads) if stage.threaded else range(count) if t == 0 else ()
+                if stage.threaded:
+                    mine = range(t, count, threads)
+                else:  # all of it in the calling thread
+                    mine = range(count) if t == 0 else range(0)
                 for i in mine:
                     values[i] = stage.task(i, values[i], now["shared"])
                 if k < len(stages) - 1:  # the last stage's meeting waits for the workers' return, below
@@ -282,8 +287,7 @@ def _together(stages, values, shared, threads):
                 error = e
     if error is not None:
         raise error
-    last = stages[-1]
-    return last.meet(values) if last.meet is not None else (now["shared"], values)
+    return _meeting(stages[-1], values, now["shared"])
 
 
 def _can_cut(layers):
