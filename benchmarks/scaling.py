@@ -175,7 +175,8 @@ def main(argv=None):
         summary.append(f"{name}: free threads {100 * lock:+.0f} %, free processes {100 * cores:+.0f} %, "
                        f"step speed-up npconv {n1 / n2:.2f}x, PyTorch {t1 / t2:.2f}x")
     cpu, isa = speed.cpu_description()
-    print(f"summary: {'; '.join(summary)} ({cpu}, {isa}, {speed.python_description()})")
+    print(f"summary: {'; '.join(summary)} ({cpu}, {isa}, {speed.blas_kernels()} kernels, "
+          f"{speed.python_description()})")
     return 0
 
 

@@ -108,6 +108,12 @@ def blas_description():
                      f"{i['num_threads']} threads by default)" for i in infos) or "unknown"
 
 
+def blas_kernels():
+    """NumPy's BLAS and its kernels in a few words, for a summary line, e.g. ``"openblas 0.3.31 SkylakeX"``."""
+    infos = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')}" for i in infos) or "BLAS unknown"
+
+
 def machine():
     """The machine in one line, for the benchmarks' reports: CPU, cores, ISA, NumPy and its BLAS."""
     cpu, isa = cpu_description()
@@ -694,7 +700,8 @@ def report(args, d):
         summary.append(f"{name} step two-thread speed-up npconv {t['npconv', 1] / t['npconv', 2]:.2f}x, "
                        f"PyTorch {t['torch', 1] / t['torch', 2]:.2f}x")
     summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
-    print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]}, {python_description()})")
+    print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]}, {blas_kernels()} kernels, "
+          f"{python_description()})")
 
 
 if __name__ == "__main__":
