@@ -24,7 +24,10 @@ In dependency order:
 ``plan.py``         ``Plan``: the block sizes and chunks a run computes with, fixed for the run
 ``planner.py``      a plan chosen by timing candidates on this machine, remembered per machine and model
 ``tuning.py``       ``ThreadTuner``: the thread count chosen by timing; ``CoreMeter``: the free cores
-``parallel.py``     ``DataParallel``: a batch in fixed chunks, on one or more threads
+``memory.py``       freed memory kept for the next arrays (glibc's thresholds)
+``stages.py``       a pass as stages: segments between batch norms, and where the chunks meet
+``processes.py``    helper processes that compute chunks where the interpreter lock holds threads back
+``parallel.py``     ``DataParallel``: a batch in fixed chunks, on one or more threads or processes
 ==================  ==========================================================
 
 Why each constant has its value: ``docs/performance.md``.
@@ -32,7 +35,7 @@ Why each constant has its value: ``docs/performance.md``.
 
 from .. import nn
 from .chain import Chain, kernel_for, layers_of
-from .parallel import DataParallel, get_num_threads, set_num_threads
+from .parallel import DataParallel, get_num_threads, set_num_threads, set_processes
 from .plan import BUILT_IN, Plan, PlanError
 from .planner import plan_for
 
@@ -71,4 +74,4 @@ def layer_outputs(model, x):
 
 __all__ = ["BUILT_IN", "Chain", "DataParallel", "ENGINES", "Plan", "PlanError", "compile", "get_num_threads",
            "kernel_for", "layer_outputs",
-           "plan_for", "set_num_threads"]
+           "plan_for", "set_num_threads", "set_processes"]

@@ -17,11 +17,13 @@ any load, with any number of threads -- and
 Under ``no_grad()`` (inference) nothing is kept for backward, and the chunks are
 pieces of :data:`PIECE` images, small enough to stay in the processor's caches.
 
-**Where** the chunks run -- one after another in the calling thread, or spread
-over several threads -- changes no number: each chunk is computed the same way
-wherever it runs and the sums are always taken in chunk order. So the numbers
-of a run depend on its settings (and on the CPU's BLAS kernels), never on the
-threads or the load, and the thread count can change at any step. A
+**Where** the chunks run -- one after another in the calling thread, spread
+over several threads, or over this process and helper processes
+(:mod:`npconv.engine.processes`, on a Python with the interpreter lock, where
+threads wait for each other) -- changes no number: each chunk is computed the
+same way wherever it runs and the sums are always taken in chunk order. So the
+numbers of a run depend on its settings (and on the CPU's BLAS kernels), never
+on the threads or the load, and the way can change at any step. A
 :class:`~npconv.engine.tuning.ThreadTuner` chooses it by timing the run's own
 steps. The worker threads run in a copy of the calling thread's context, so they
 see its ``no_grad()``.
@@ -42,7 +44,7 @@ threads: the masks come from one generator and must be drawn in chunk order.
 **Batch normalization.** In training mode a BatchNorm layer normalizes with the
 mean and variance of the *whole* batch, so the chunks meet at every such layer,
 as PyTorch's SyncBatchNorm has its devices meet: the network is cut into
-segments (:func:`_segments`) that end at the batch norms; every chunk runs a
+segments (:func:`~npconv.engine.stages.cut_at_batch_norms`) that end at the batch norms; every chunk runs a
 segment and takes the :class:`~npconv.engine.batchnorm.Moments` of its values;
 the threads meet at a barrier, and the last to arrive pools them, in chunk order,
 into the whole batch's mean and variance (:func:`~npconv.engine.batchnorm.pooled`)
@@ -58,26 +60,28 @@ The measurements behind the constants are in ``docs/performance.md``.
 
 import contextlib
 import contextvars
-import ctypes
 import itertools
 import math
-import sys
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .. import backend as B
 from .. import nn
+from . import processes
 from .batchnorm import pooled
 from .chain import Chain, kernel_for, layers_of
 from .layout import batch_first, batch_last, is_batch_last
+from .memory import keep_freed_memory
 from .plan import using
-from .tuning import CoreMeter, ThreadTuner, usable_cores
+from .stages import (WORTH_CUTTING, alone, backward_stages, batch_statistics, cut_at_batch_norms, forward_stages,
+                     meeting, summed)
+from .tuning import CoreMeter, InProcesses, ThreadTuner, cores_of, usable_cores
 
 #: Images per chunk of a training batch: cutting costs little CPU time where one core is free, and
 #: lets two threads share a batch of 100 where two are (docs/performance.md, "chunks").
@@ -92,18 +96,8 @@ PIECE = 100
 PER_SAMPLE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Linear, nn.Flatten, nn.ReLU, nn.Sigmoid, nn.Tanh,
               nn.Dropout)
 
-#: Layers that make a network worth cutting into chunks: without one, it is a few matrix
-#: products, cheaper on the whole batch (docs/performance.md, "chunks").
-WORTH_CUTTING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
-def _batch_statistics(layer):
-    """Whether ``layer`` uses the statistics of the whole batch: a batch normalization in training mode.
-    (In evaluation mode it uses its running statistics, the same for every sample.)"""
-    return isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and layer.training
-
-
 _max_threads = usable_cores()
+_processes = True
 _executor = None
 _blas = None
 
@@ -117,6 +111,16 @@ def set_num_threads(n):
     if _executor is not None:
         _executor.shutdown()
         _executor = None
+
+
+def set_processes(on):
+    """Spread the chunks over helper processes (True) or threads (False) where a model is not told otherwise
+    (``DataParallel(processes=...)``). Default True: processes on a Python with the interpreter lock
+    (:mod:`npconv.engine.processes`), threads on one without it or where processes cannot run."""
+    global _processes
+    if not isinstance(on, bool):
+        raise ValueError(f"processes must be True or False, got {on!r}")
+    _processes = on
 
 
 def get_num_threads():
@@ -170,51 +174,7 @@ def one_blas_thread():
                         lib.set_num_threads(n)
 
 
-#: ``mallopt`` parameters of glibc (malloc.h): sizes from which freed memory goes back to the system.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_memory_kept = False
-
-
-def keep_freed_memory():
-    """Let the C library keep the memory of freed arrays for the next ones (glibc only; once per process).
-
-    A training step allocates and frees the same large temporaries every time. By default glibc returns
-    a freed block of more than a few hundred KB to the system and maps fresh pages for the next one: every
-    page is then faulted in and zeroed again, thousands of page faults a step, taken while holding the
-    interpreter lock and, with two threads, contending for the process's memory map (docs/performance.md,
-    "page faults"). Raising the two thresholds keeps that memory in the process, where the next step reuses
-    it. Where the memory comes from changes no number.
-    """
-    global _memory_kept
-    if _memory_kept or not sys.platform.startswith("linux"):
-        return
-    _memory_kept = True
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
-    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest: blocks below 32 MB come from the heap
-    mallopt(_M_TRIM_THRESHOLD, 256 << 20)  # free memory at the heap's top goes back to the system above 256 MB
-
-
-@dataclass
-class _Stage:
-    """One stage of a batch's computation, the same for every chunk.
-
-    ``task(i, value, shared) -> value`` takes chunk i's value through the stage
-    (``shared``: what the previous stage's meeting gave, None before the first);
-    ``meet(values) -> (shared, values)``, if not None, runs once every chunk has
-    finished the stage, in one thread (the chunks' meeting at a batch norm);
-    ``threaded`` False: the stage's chunks run one after another in the calling thread.
-    """
-
-    task: Callable
-    meet: Callable | None
-    threaded: bool
-
-
-def _run_stages(stages, values, threads):
+def _run_stages(stages, values, threads, helpers=None):
     """Take every chunk's value through ``stages`` on ``threads`` threads, the calling one included; return the
     values after the last stage, in chunk order.
 
@@ -223,37 +183,33 @@ def _run_stages(stages, values, threads):
     once and meet at a barrier after each stage, where the last to arrive runs the stage's meeting: a meeting then
     waits for one thread to wake up, where handing each stage to the pool anew waits for two (the caller's, then
     the worker's). The other threads run in a copy of the caller's context: they see its ``no_grad()``.
+
+    With ``helpers`` (a list of :class:`~npconv.engine.processes.Helper`, already sent their chunks) the chunks are
+    spread over processes instead: :func:`~npconv.engine.processes.run_apart`.
     """
     values, shared = list(values), None
+    if helpers is not None:
+        return processes.run_apart(stages, values, helpers)
     threads = min(threads, len(values), _max_threads)  # the pool has _max_threads - 1 threads: all meet at once
     band = [k for k, stage in enumerate(stages) if stage.threaded] if threads > 1 else []
     first, last = (band[0], band[-1]) if band else (len(stages), len(stages) - 1)
     for stage in stages[:first]:
-        shared, values = _alone(stage, values, shared)
+        shared, values = alone(stage, values, shared)
     if band:
         shared, values = _together(stages[first : last + 1], values, shared, threads)
     for stage in stages[last + 1 :]:
-        shared, values = _alone(stage, values, shared)
+        shared, values = alone(stage, values, shared)
     return values
-
-
-def _alone(stage, values, shared):
-    """One stage in the calling thread, chunk after chunk, and its meeting: ``(shared, values)`` after it."""
-    return _meeting(stage, [stage.task(i, value, shared) for i, value in enumerate(values)], shared)
-
-
-def _meeting(stage, values, shared):
-    """The stage's meeting, if it has one: ``(shared, values)`` for the next stage."""
-    return stage.meet(values) if stage.meet is not None else (shared, values)
 
 
 def _together(stages, values, shared, threads):
     """:func:`_run_stages`'s band of stages on ``threads`` threads: ``(shared, values)`` after the last."""
     count = len(values)
+    notes = [None] * count
     now = {"stage": 0, "shared": shared}  # the stage the threads are in, and what its tasks are given
 
     def meet():  # run by the last thread to reach the barrier, while the others wait
-        now["shared"], values[:] = _meeting(stages[now["stage"]], values, now["shared"])
+        now["shared"] = meeting(stages[now["stage"]], notes, now["shared"])
         now["stage"] += 1
 
     barrier = threading.Barrier(threads, action=meet)
@@ -266,7 +222,7 @@ def _together(stages, values, shared, threads):
                 else:  # all of it in the calling thread
                     mine = range(count) if t == 0 else range(0)
                 for i in mine:
-                    values[i] = stage.task(i, values[i], now["shared"])
+                    values[i], notes[i] = stage.task(i, values[i], now["shared"])
                 if k < len(stages) - 1:  # the last stage's meeting waits for the workers' return, below
                     barrier.wait()
         except BaseException:
@@ -287,7 +243,7 @@ def _together(stages, values, shared, threads):
                 error = e
     if error is not None:
         raise error
-    return _meeting(stages[-1], values, now["shared"])
+    return meeting(stages[-1], notes, now["shared"]), values
 
 
 def _can_cut(layers):
@@ -296,41 +252,6 @@ def _can_cut(layers):
     pooled over the chunks), and one of them is a convolution or a pooling layer (:data:`WORTH_CUTTING`)."""
     return (all(isinstance(layer, (*PER_SAMPLE, nn.BatchNorm1d, nn.BatchNorm2d)) for layer in layers)
             and any(isinstance(layer, WORTH_CUTTING) for layer in layers))
-
-
-@dataclass
-class _Segment:
-    """The kernels between two batch normalizations (training mode), for every chunk.
-
-    Chunk ``i`` runs ``chains[i]`` (a Chain of chunk i's kernels), after normalizing
-    with ``before[i]`` (the batch-norm kernel that ends the previous segment) and
-    before taking the moments of ``after[i]`` (the one that ends this segment);
-    None at the network's two ends. A segment without a convolution or a pooling
-    layer (:data:`WORTH_CUTTING`: ``cnn-bn``'s head) is too small to hand to
-    another thread: its chunks run one after another in the calling thread
-    (``threaded`` False; docs/performance.md, "chunks").
-    """
-
-    chains: list
-    before: list | None
-    after: list | None
-
-    @property
-    def threaded(self):
-        return any(isinstance(kernel.layer, WORTH_CUTTING) for kernel in self.chains[0].kernels)
-
-
-def _segments(workers):
-    """The network of ``workers`` (one Chain per chunk) cut at its batch normalizations."""
-    kernels = [worker.kernels for worker in workers]
-    bounds = [i for i, kernel in enumerate(kernels[0]) if _batch_statistics(kernel.layer)]
-    segments, start = [], 0
-    for stop in bounds + [len(kernels[0])]:
-        segments.append(_Segment([Chain(mine[start:stop]) for mine in kernels],
-                                 [mine[start - 1] for mine in kernels] if start else None,
-                                 [mine[stop] for mine in kernels] if stop < len(kernels[0]) else None))
-        start = stop + 1
-    return segments
 
 
 def _split(a, sizes):
@@ -353,8 +274,8 @@ def _join(pieces):
 @dataclass
 class _Step:
     """What backward needs of a training forward: its chunk sizes, the chains that ran them and their segments
-    (None: the batch was not cut), the batch norms' value counts, the threads, and the tuner to tell the
-    step's time (None: no timing)."""
+    (None: the batch was not cut), the batch norms' value counts, the threads, the tuner to tell the
+    step's time (None: no timing), and whether helper processes computed some of the chunks."""
 
     sizes: list | None = None
     workers: list | None = None
@@ -363,6 +284,7 @@ class _Step:
     threads: int = 1
     tuner: ThreadTuner | None = None
     seconds: float = 0.0
+    helpers: bool = False
 
 
 class DataParallel:
@@ -398,12 +320,14 @@ class DataParallel:
         of such batches: training steps and inference batches are timed apart.
     """
 
-    def __init__(self, model, plan=None, threads=None):
+    def __init__(self, model, plan=None, threads=None, processes=None):
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"DataParallel needs a Sequential model, got {type(model).__name__}")
         self.model = model
         self.plan = plan
         self.fixed_threads = threads
+        self.processes = processes
+        self._hosting = None  # the model as the helper processes hold it, once they do
         if B.xp is np:
             keep_freed_memory()
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
@@ -450,34 +374,31 @@ class DataParallel:
             return self.chain.forward(x)
         self.sizes = sizes = [len(c) for c in chunks]
         tuner = self._tuner(grad, len(chunks))
-        threads = min(tuner.threads(), _max_threads) if tuner else 1
+        way = tuner.threads() if tuner else 1  # a thread count, or InProcesses
         if tuner is not None and self.fixed_threads is not None:
-            threads, tuner = min(self.fixed_threads, _max_threads, len(chunks)), None
+            way, tuner = (InProcesses(self.fixed_threads) if self.processes and self.fixed_threads > 1
+                          else self.fixed_threads), None
+        threads = min(cores_of(way), _max_threads, len(chunks))
         self.threads = threads
         workers = self._workers(len(chunks), grad, threads)
-        segments = _segments(workers)
+        segments = cut_at_batch_norms(workers)
         counts = []  # per batch normalization: the values per channel of the whole batch
 
-        def stage(segment):
-            def task(i, h, statistics):
-                if segment.before is not None:
-                    h = segment.before[i].normalize(*statistics)
-                h = segment.chains[i].forward(h)
-                return h if segment.after is None else segment.after[i].moments(h)
+        def meet(segment, moments):  # the whole batch's statistics, from every chunk's moments, in chunk order
+            statistics = pooled(moments)
+            counts.append(sum(m.count for m in moments))
+            segment.after[0].track(*statistics, counts[-1])  # the model's own layer
+            return statistics
 
-            def meet(moments):  # the whole batch's statistics, from every chunk's moments, in chunk order
-                statistics = pooled(moments)
-                counts.append(sum(m.count for m in moments))
-                segment.after[0].track(*statistics, counts[-1])  # the model's own layer
-                return statistics, moments
-
-            return _Stage(task, meet if segment.after is not None else None, segment.threaded)
-
-        with one_blas_thread():
-            out = _join(_run_stages([stage(segment) for segment in segments], chunks, threads))
+        with one_blas_thread(), self._helpers(threads, len(chunks), isinstance(way, InProcesses)) as helpers:
+            if helpers is not None:
+                for h, helper in enumerate(helpers, 1):
+                    helper.send_chunks(self._hosting.id, self.model.training, grad, chunks[h::threads])
+            out = _join(_run_stages(forward_stages(segments, meet), chunks, threads, helpers))
         seconds = time.perf_counter() - started
         if grad:
-            self._step = _Step(sizes, workers, segments, counts, threads, tuner, seconds)  # ends with its backward
+            self._step = _Step(sizes, workers, segments, counts, threads, tuner, seconds,
+                               helpers is not None)  # ends with its backward
         elif tuner is not None:
             tuner.record(seconds)
         return out
@@ -495,38 +416,77 @@ class DataParallel:
             return self.chain.backward(dy, input_grad)
         started = time.perf_counter()
         threads = step.threads
-        replica_params = [worker.parameters() for worker in step.workers[1:]]
-        for params in replica_params:
+        count = len(step.sizes)
+        mine = range(0, count, threads) if step.helpers else range(count)  # the chunks computed in this process
+        replica_params = {i: step.workers[i].parameters() for i in mine if i > 0}
+        for params in replica_params.values():
             for p in params:
                 p.grad.fill(0)
-
-        def stage(k):
-            segment = step.segments[k]
-            needed = input_grad or k > 0  # the gradient of a segment's input (the network's: if asked for)
-
-            def task(i, d, sums):
-                if segment.after is not None:
-                    d = segment.after[i].input_gradient(d, sums, step.counts[k])
-                d = segment.chains[i].backward(d, needed)
-                return d if segment.before is None else (d, segment.before[i].gradient_sums(d))
-
-            def meet(results):  # the whole batch's dbeta and dgamma, summed in chunk order
-                return tuple(sum(parts) for parts in zip(*(s for _, s in results))), [d for d, _ in results]
-
-            return _Stage(task, meet if segment.before is not None else None, segment.threaded)
-
-        with one_blas_thread():
-            dys = _run_stages([stage(k) for k in reversed(range(len(step.segments)))], _split(dy, step.sizes),
-                              threads)
+        dys = _split(dy, step.sizes)
+        with one_blas_thread(), self._helpers(threads, count, step.helpers, backward=True) as helpers:
+            if helpers is not None:
+                for h, helper in enumerate(helpers, 1):
+                    helper.send(("backward", self._hosting.id, step.counts, input_grad, dys[h::threads]))
+            dys = _run_stages(backward_stages(step.segments, step.counts, input_grad, summed), dys, threads,
+                              helpers)
             dy = _join(dys) if input_grad else None
         own = self.chain.parameters()
-        for params in replica_params:  # chunk order: the same sums on every run, with any number of threads
-            for mine, theirs in zip(own, params):
-                mine.grad += theirs.grad
+        for i in range(1, count):  # chunk order: the same sums on every run, wherever the chunks ran
+            theirs = replica_params[i] if i in replica_params else None
+            grads = ([p.grad for p in theirs] if theirs is not None
+                     else self._hosting.gradients_of(i % threads - 1, i // threads))
+            for p, g in zip(own, grads):
+                p.grad += g
         if step.tuner is not None:
             step.tuner.record(step.seconds + time.perf_counter() - started)
         self._step = replace(step, tuner=None)  # timed once
         return dy
+
+    @contextlib.contextmanager
+    def _helpers(self, threads, count, wanted, backward=False):
+        """The helper processes to spread a pass of ``count`` chunks over (``threads - 1`` of them), or None: run
+        on threads.
+
+        A forward runs on processes where they are ``wanted`` (the tuner chose :class:`InProcesses`) and no other
+        pass is using them, else on threads; a backward where its forward did (``wanted``): its chunks' caches are
+        there, so it waits for them. A helper's failure stops the helpers for good: the error is raised, and later
+        passes run on threads.
+        """
+        if threads < 2 or not wanted or not (backward or self._processes_possible()):
+            yield None
+            return
+        pool = processes.POOL
+        if not pool.lock.acquire(blocking=backward):
+            yield None
+            return
+        try:
+            if self._hosting is None:
+                self._hosting = processes.Hosting(self.model, self.plan)
+                weakref.finalize(self, pool.drop, self._hosting.id)
+            try:
+                helpers = self._hosting.helpers(threads - 1, -(-count // threads), fresh=not backward)
+            except processes.HelperError as e:
+                pool.stop(e)
+                if backward:
+                    raise
+                helpers = None  # could not start one: this pass and every later one on threads
+            try:
+                yield helpers
+            except processes.HelperError as e:
+                pool.stop(e)
+                raise
+            except BaseException:
+                if helpers is not None:  # a pass left half-done in the helpers: their next messages are not ours
+                    pool.close()
+                raise
+        finally:
+            pool.lock.release()
+
+    def _processes_possible(self):
+        """Whether this model's chunks may go to helper processes: allowed (``processes``, else
+        :func:`set_processes`), NumPy arrays, and helpers can run here and have not failed."""
+        allowed = self.processes if self.processes is not None else _processes
+        return bool(allowed) and B.xp is np and processes.POOL.broken is None and processes.available()
 
     # --- how to cut and where to run -------------------------------------------
     def chunks(self, x):
@@ -550,7 +510,7 @@ class DataParallel:
         steps: one chain per chunk. Otherwise (inference) one per thread, piece i
         in thread ``i % threads``.
         """
-        if grad or any(_batch_statistics(kernel.layer) for kernel in self.chain.kernels):
+        if grad or any(batch_statistics(kernel.layer) for kernel in self.chain.kernels):
             return [self.chain] + self._replicas(count - 1)
         runners = [self.chain] + self._replicas(threads - 1)
         return [runners[i % threads] for i in range(count)]
@@ -567,7 +527,8 @@ class DataParallel:
         key = (grad, count)
         if key not in self.tuners:
             # An inference batch (1000 images) is checked after fewer of them.
-            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, check_every=25 if grad else 5)
+            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, processes=self._processes_possible(),
+                                           check_every=25 if grad else 5)
         return self.tuners[key]
 
     def describe(self):

@@ -1,12 +1,13 @@
 """Choosing how many threads to use, by timing the run's own steps (as cuDNN's autotuner does).
 
 :class:`~npconv.engine.parallel.DataParallel` can run a batch's chunks one after
-another or spread over several threads, and every choice gives the same numbers
-bit for bit. Which is fastest depends on the CPU and on what else runs on it. So
-a :class:`ThreadTuner`
+another, spread over several threads or -- on a Python with the interpreter lock --
+over this process and helper processes (:class:`InProcesses`), and every choice
+gives the same numbers bit for bit. Which is fastest depends on the CPU and on
+what else runs on it. So a :class:`ThreadTuner`
 
 * starts with one thread and, at its first check (after :attr:`~ThreadTuner.first_check`
-  steps), **tries** each thread count on a
+  steps), **tries** each thread count (and the processes) on a
   few of the run's real steps (they are ordinary training steps: trying costs only
   the slower candidates' extra time) and keeps the fastest; the candidates take
   turns, step by step, so that a moment of noise slows them alike;
@@ -32,6 +33,7 @@ a :class:`ThreadTuner`
 import os
 import statistics
 import time
+from dataclasses import dataclass
 
 #: A thread count above the free cores is kept only if its steps take less than
 #: ``1 / CROWDING`` of the best count that fits: it takes CPU time from other programs (docs/performance.md).
@@ -40,6 +42,28 @@ CROWDING = 1.15
 #: A trial is clear when its fastest candidate beats the next by this factor and no candidate's own steps are
 #: this factor apart; a trial that is not clear is tried again soon (docs/performance.md, "threads").
 CLEAR = 1.2
+
+
+@dataclass(frozen=True)
+class InProcesses:
+    """A candidate besides the thread counts: the chunks spread over ``cores`` processes, this one and
+    ``cores - 1`` helpers (:mod:`npconv.engine.processes`)."""
+
+    cores: int
+
+    def __str__(self):
+        return f"{self.cores} processes"
+
+
+def cores_of(candidate):
+    """The cores a candidate keeps busy: a thread count, or an :class:`InProcesses`'s processes."""
+    return candidate.cores if isinstance(candidate, InProcesses) else candidate
+
+
+def _named(candidate):
+    if isinstance(candidate, InProcesses):
+        return str(candidate)
+    return f"{candidate} thread{'s' if candidate > 1 else ''}"
 
 
 def usable_cores():
@@ -114,6 +138,8 @@ class ThreadTuner:
     ----------
     max_threads : int
         The most threads ever used (the cores, the chunks of a batch, or a user's limit).
+    processes : bool
+        Whether :class:`InProcesses` (``max_threads`` processes) is a candidate too.
     meter : CoreMeter, optional
         Where the cores others keep busy are read; None: every core is free.
     trial_steps : int
@@ -131,9 +157,12 @@ class ThreadTuner:
         clear, the next comes 1 check later, then 4, 16, ... at most this many.
     """
 
-    def __init__(self, max_threads, meter=None, *, trial_steps=3, check_every=25, first_check=5, slowdown=1.3,
-                 retry_every=20):
+    def __init__(self, max_threads, meter=None, *, processes=False, trial_steps=3, check_every=25, first_check=5,
+                 slowdown=1.3, retry_every=20):
         self.max_threads = max(1, max_threads)
+        self.candidates = list(range(1, self.max_threads + 1))
+        if processes and self.max_threads > 1:
+            self.candidates.append(InProcesses(self.max_threads))
         self.meter = meter
         self.trial_steps = trial_steps
         self.check_every = check_every
@@ -168,7 +197,7 @@ class ThreadTuner:
         self.trials = {}
         self._checks = 0
         self._times = []
-        candidates = list(range(1, self.max_threads + 1))
+        candidates = self.candidates
         self._trial_times = {c: [] for c in candidates}
         self._queue = [(c, True) for c in candidates]
         for r in range(self.trial_steps):
@@ -177,7 +206,7 @@ class ThreadTuner:
     def _finish(self):
         """Keep the fastest candidate; one that needs more than the free cores must be clearly faster."""
         def cost(c):
-            return self.trials[c] * (CROWDING if c > self.free else 1)
+            return self.trials[c] * (CROWDING if cores_of(c) > self.free else 1)
 
         self.chosen = min(self.trials, key=cost)
         self._reference = self.trials[self.chosen]
@@ -191,7 +220,7 @@ class ThreadTuner:
             self._retry_after, self._soon = self._soon, min(4 * self._soon, self.retry_every)
 
     def threads(self):
-        """The thread count to run the next step with."""
+        """The candidate to run the next step with: a thread count, or :class:`InProcesses`."""
         return self._queue[0][0] if self._queue else self.chosen
 
     @property
@@ -228,10 +257,10 @@ class ThreadTuner:
 
     def describe(self):
         """One line: what was chosen, from which timings."""
-        text = f"{self.chosen} thread{'s' if self.chosen > 1 else ''}"
+        text = _named(self.chosen)
         if self.trying:
             return text + " (trying)"
         if not self.trials:
             return text + (" (not tried yet)" if self.max_threads > 1 else "")
-        tried = ", ".join(f"{c}: {1e3 * t:.2f} ms" for c, t in sorted(self.trials.items()))
+        tried = ", ".join(f"{c}: {1e3 * t:.2f} ms" for c, t in self.trials.items())  # 1, 2, 2 processes
         return text + f" (per step, tried {tried}; {self.free} core(s) free)"

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import randomize_output_layer
 from npconv import models, nn, optim
-from npconv.engine import parallel, tuning
+from npconv.engine import parallel, stages, tuning
 from npconv.train import TrainConfig, run_training
 from npconv.engine.parallel import DataParallel
 
@@ -288,7 +288,7 @@ def test_a_fixed_thread_count_overrides_the_tuner_with_the_same_numbers(rng):
 
 def _recording_stages(log, threaded=(True, False, True, True), fail=None):
     """Stages that add ``k + 1`` to each chunk's value at stage ``k`` and log ``(stage, chunk, thread)``; each
-    meeting passes on the sum of the values; at stage ``fail = (k, i)`` chunk i raises."""
+    meeting passes on the sum of the values (each chunk's note); at stage ``fail = (k, i)`` chunk i raises."""
     import threading
 
     def stage(k, threaded):
@@ -296,12 +296,12 @@ def _recording_stages(log, threaded=(True, False, True, True), fail=None):
             log.append((k, i, threading.get_ident(), shared))
             if fail == (k, i):
                 raise ValueError(f"stage {k}, chunk {i}")
-            return value + k + 1
+            return value + k + 1, value + k + 1  # the new value, and it again as the note for the meeting
 
-        def meet(values):
-            return sum(values), values
+        def meet(notes):
+            return sum(notes)
 
-        return parallel._Stage(task, meet, threaded)
+        return stages.Stage(task, meet, threaded)
 
     return [stage(k, t) for k, t in enumerate(threaded)]
 

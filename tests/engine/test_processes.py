@@ -1,0 +1,201 @@
+"""Helper processes (npconv/engine/processes.py): chunks computed in another process give the bits threads give.
+
+The pool of helpers is the process's own and shared by every test here: a helper starts once (a few tenths of a
+second) and each model is sent to it once.
+"""
+
+import glob
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from npconv import models, nn, optim
+from npconv.engine import DataParallel, parallel, processes
+from npconv.engine.tuning import InProcesses, ThreadTuner
+
+pytestmark = pytest.mark.skipif(not processes.available(),
+                                reason="helper processes need a POSIX system and a Python with the interpreter lock")
+
+
+@pytest.fixture(autouse=True)
+def two_cores():
+    """Two cores allowed whatever the machine has; a pool stopped by a test is usable again afterwards."""
+    before = parallel.get_num_threads()
+    parallel.set_num_threads(2)
+    yield
+    parallel.set_num_threads(before)
+    processes.POOL.broken = None
+
+
+@pytest.fixture
+def apart(monkeypatch):
+    """The passes that ran in helper processes: a list with one entry per pass."""
+    passes = []
+    run_apart = processes.run_apart
+
+    def spy(stages, values, helpers):
+        passes.append(len(helpers))
+        return run_apart(stages, values, helpers)
+
+    monkeypatch.setattr(processes, "run_apart", spy)
+    return passes
+
+
+def _model(name):
+    """A preset with every parameter drawn at random (a fresh preset's last layer starts at zero: its outputs
+    would be equal whatever computed them)."""
+    model = models.build_model(name, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for p in model.parameters():
+        p.data[...] = rng.standard_normal(p.data.shape) * 0.2
+    return model
+
+
+def _images(rng, n):
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+
+
+def _train(model_name, way, batches, labels):
+    """Train a fresh model on ``batches`` with DataParallel(threads, processes) = ``way``; return its state, the
+    losses and the network."""
+    model = _model(model_name)
+    net = DataParallel(model, threads=way[0], processes=way[1])
+    loss_fn = nn.SoftmaxCrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for x, y in zip(batches, labels):
+        opt.zero_grad()
+        losses.append(loss_fn(net(x), y))
+        net.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+    return {k: v.copy() for k, v in model.state_dict().items()}, losses, net
+
+
+@pytest.mark.parametrize("model_name", ["cnn-bn", "cnn"])
+def test_training_in_a_helper_gives_the_bits_of_one_thread_and_of_two(model_name, rng):
+    """Steps of batches of 100, 150 and 60 (2, 3 and 2 chunks: the helper's room for gradients grows): every
+    parameter, running statistic and loss is the same to the last bit on 1 thread, 2 threads and 2 processes."""
+    sizes = [100, 150, 60]
+    batches = [_images(rng, n) for n in sizes]
+    labels = [rng.integers(0, 10, n) for n in sizes]
+    runs = {way: _train(model_name, way, batches, labels) for way in [(1, False), (2, False), (2, True)]}
+    assert runs[2, True][2]._step.helpers, "the last step did not run in a helper"
+    state, losses, _ = runs[1, False]
+    for way in [(2, False), (2, True)]:
+        assert runs[way][1] == losses, way
+        for name, value in state.items():
+            np.testing.assert_array_equal(runs[way][0][name], value, err_msg=f"{name}, {way}")
+
+
+def test_the_input_gradient_and_inference_in_a_helper_are_those_of_one_thread(rng, apart):
+    """``backward(dy, input_grad=True)`` returns the helper's chunks' dx in place; under ``no_grad()`` in evaluation
+    mode (running statistics) a batch of 250 in pieces of 100 gives the one-thread output."""
+    model = _model("cnn-bn")
+    x = _images(rng, 100)
+    dy = rng.standard_normal((100, 10)).astype(np.float32)
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    results = []
+    for net in (one, two):
+        y = net(x)
+        results.append((y, net.backward(dy, input_grad=True)))
+    assert two._step.helpers
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    model.eval()
+    with nn.no_grad():
+        xs = _images(rng, 250)  # pieces of 84, 83 and 83 images
+        np.testing.assert_array_equal(two(xs), one(xs))
+        assert two.sizes == [84, 83, 83]
+    assert apart == [1, 1, 1], "forward, backward and inference each ran in one helper"
+
+
+def test_a_helper_computes_with_the_model_as_it_is_now(rng, apart):
+    """Values changed between passes (``load_state_dict``, an in-place update) reach the helper."""
+    model = _model("cnn")
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    x = _images(rng, 3 * parallel.PIECE)  # inference: pieces of PIECE images
+    with nn.no_grad():
+        two(x)
+        state = {k: v * 0.5 for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        np.testing.assert_array_equal(two(x), one(x))
+        model.parameters()[0].data += 1
+        np.testing.assert_array_equal(two(x), one(x))
+    assert len(apart) == 3
+
+
+def test_an_error_in_a_helper_is_raised_here_and_the_helper_goes_on():
+    """A message a helper cannot answer comes back as a HelperError naming the error; the helper still serves."""
+    helper = processes.POOL.start(1)[0]
+    helper.send(("backward", -1, [], False, []))  # no model -1
+    with pytest.raises(processes.HelperError, match="KeyError"):
+        helper.receive()
+    helper.send(("drop", -1))
+    helper.send(("backward", -1, [], False, []))
+    with pytest.raises(processes.HelperError, match="KeyError"):
+        helper.receive()
+
+
+def test_a_helper_that_dies_stops_the_helpers_and_later_passes_run_on_threads(rng):
+    """A killed helper: the pass raises HelperError; the next ones run on threads with the one-thread numbers."""
+    model = _model("cnn")
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    x = _images(rng, 3 * parallel.PIECE)  # inference: pieces of PIECE images
+    with nn.no_grad():
+        two(x)
+        helper = processes.POOL.helpers[0]
+        helper.process.kill()
+        helper.process.wait()
+        with pytest.raises(processes.HelperError, match="helper process stopped"):
+            two(x)
+        assert processes.POOL.broken is not None and processes.POOL.helpers == []
+        np.testing.assert_array_equal(two(x), one(x))
+        assert two.threads == 2
+
+
+def test_helpers_ignore_ctrl_c_and_leave_no_shared_files(rng, apart):
+    """Ctrl-C reaches every process of the terminal: a helper ignores it (the trainer stops it). The shared-memory
+    files are unlinked as soon as the helpers have opened them."""
+    pattern = os.path.join(processes._shared_dir() or "/tmp", "npconv-*")
+    before = set(glob.glob(pattern))
+    model = _model("cnn")
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    x = _images(rng, 3 * parallel.PIECE)  # inference: pieces of PIECE images
+    with nn.no_grad():
+        two(x)
+        os.kill(processes.POOL.helpers[0].process.pid, signal.SIGINT)
+        np.testing.assert_array_equal(two(x), one(x))
+    assert len(apart) == 2
+    assert set(glob.glob(pattern)) <= before
+
+
+def test_the_tuner_tries_processes_where_they_can_run():
+    """Processes are a candidate of the tuner beside the thread counts, unless turned off."""
+    assert ThreadTuner(2, processes=True).candidates == [1, 2, InProcesses(2)]
+    assert ThreadTuner(1, processes=True).candidates == [1]
+    model = models.build_model("cnn", rng=np.random.default_rng(0))
+    net = DataParallel(model)
+    assert InProcesses(2) in net._tuner(True, 2).candidates
+    parallel.set_processes(False)
+    try:
+        assert DataParallel(model)._tuner(True, 2).candidates == [1, 2]
+    finally:
+        parallel.set_processes(True)
+    assert DataParallel(model, processes=False)._tuner(True, 2).candidates == [1, 2]
+
+
+def test_a_helper_that_cannot_start_leaves_the_pass_to_threads(rng, monkeypatch):
+    """A Python that cannot run a helper (here ``false``): the pass runs on threads with the same numbers, and
+    the helpers are not tried again in this process."""
+    processes.POOL.close()
+    monkeypatch.setattr(processes.sys, "executable", "/bin/false")
+    model = _model("cnn")
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    x = _images(rng, 3 * parallel.PIECE)
+    with nn.no_grad():
+        np.testing.assert_array_equal(two(x), one(x))
+    assert isinstance(processes.POOL.broken, processes.HelperError)
+    assert "helper process stopped" in str(processes.POOL.broken)
+    assert not two._processes_possible() and InProcesses(2) not in DataParallel(model)._tuner(False, 3).candidates
