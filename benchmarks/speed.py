@@ -27,8 +27,10 @@ Workloads (float32, MNIST, batch 100, SGD with momentum 0.9 and weight decay 5e-
 npconv runs every workload with the plan ``npconv train`` would use (``--plan measure``: block sizes and
 chunks timed on this machine once per model, then read from the plan cache, ``npconv/engine/plan.py``); the
 report prints it. The **scaling** table times one training step (batch 100, optimizer included) of ``cnn-bn``
-and ``cnn`` on one thread and on two, npconv (its chunks on 1 or 2 threads) and PyTorch
-(``torch.set_num_threads``) taking turns; the speed-up is the one-thread step over the two-thread one.
+and ``cnn`` on one thread and on two, npconv (its chunks on 1 or 2 threads, and -- on a Python with the
+interpreter lock -- in this process and a helper process, ``npconv/engine/processes.py``) and PyTorch
+(``torch.set_num_threads``) taking turns; the speed-up is the one-thread step over the two-core one. A run's
+tuner takes whichever of npconv's ways is fastest on the machine.
 
 The loaded table repeats the ``loaded`` workloads (``--loaded-steps`` steps each) while
 one CPU-bound process -- started and stopped by this script -- keeps a core busy, as a
@@ -449,21 +451,27 @@ def matmul_rate():
 SCALING = ("cnn-bn", "cnn")
 
 
+#: npconv's ways to run the step table's step: one thread, two threads and, where helper processes can run (a
+#: Python with the interpreter lock), this process and one helper -- the tuner of a run picks the fastest.
+NPCONV_WAYS = (1, 2, "2 processes") if engine.processes.available() else (1, 2)
+
+
 def npconv_steps(model_name, d):
-    """A function ``turn(n, steps, warm_up) -> seconds per step`` timing npconv's training step (a fixed batch of
-    :data:`BATCH`, optimizer included) with its chunks on ``n`` threads and the run's plan, after ``warm_up``
+    """A function ``turn(way, steps, warm_up) -> seconds per step`` timing npconv's training step (a fixed batch of
+    :data:`BATCH`, optimizer included) run one of :data:`NPCONV_WAYS` with the run's plan, after ``warm_up``
     untimed steps."""
     xb, yb = d.x[:BATCH], d.y[:BATCH]
     model = models.build_model(model_name, rng=np.random.default_rng(0))
     plan = plan_of(model_name, model)
-    nets = {n: engine.DataParallel(model, plan, threads=n) for n in (1, 2)}
+    nets = {way: engine.DataParallel(model, plan, threads=2 if way == "2 processes" else way,
+                                     processes=way == "2 processes") for way in NPCONV_WAYS}
     loss_fn = nn.SoftmaxCrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    def step(n):
+    def step(way):
         opt.zero_grad()
-        loss_fn(nets[n](xb), yb)
-        nets[n].backward(loss_fn.backward(), input_grad=False)
+        loss_fn(nets[way](xb), yb)
+        nets[way].backward(loss_fn.backward(), input_grad=False)
         opt.step()
 
     return functools.partial(timed_turn, step)
@@ -510,10 +518,11 @@ def step_times(model_name, d, rounds, steps=15, warm_up=3):
     step of the same network, not of another library's."""
     turns = {"npconv": npconv_steps(model_name, d),
              "torch": functools.partial(REFERENCE.call, "torch_step_turn", model_name)}
+    ways = {"npconv": NPCONV_WAYS, "torch": (1, 2)}
     times = {}
     for r in range(rounds + 1):  # round 0 warms up
         for side, turn in turns.items():
-            for n in (1, 2):
+            for n in ways[side]:
                 seconds = turn(n, steps, warm_up)
                 if r:
                     times.setdefault((side, n), []).append(seconds)
@@ -521,13 +530,19 @@ def step_times(model_name, d, rounds, steps=15, warm_up=3):
 
 
 def speedup_table(scaling):
-    """Markdown rows: each side's one- and two-thread step and the speed-up (one-thread step / two-thread step)."""
-    lines = ["| workload | npconv 1 thread, ms | npconv 2 threads, ms | npconv speed-up | PyTorch 1 thread, ms | "
-             "PyTorch 2 threads, ms | PyTorch speed-up |", "|---" * 7 + "|"]
+    """Markdown rows: each side's one- and two-core steps and the speed-ups (one-thread step / two-core step)."""
+    processes = "2 processes" in NPCONV_WAYS
+    head = ["workload", "npconv 1 thread, ms", "npconv 2 threads, ms", "npconv speed-up"]
+    head += ["npconv 2 processes, ms", "npconv speed-up in processes"] if processes else []
+    head += ["PyTorch 1 thread, ms", "PyTorch 2 threads, ms", "PyTorch speed-up"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, t in scaling.items():
-        lines.append(f"| {name} step | {1e3 * t['npconv', 1]:.2f} | {1e3 * t['npconv', 2]:.2f} | "
-                     f"{t['npconv', 1] / t['npconv', 2]:.2f} | {1e3 * t['torch', 1]:.2f} | {1e3 * t['torch', 2]:.2f} | "
-                     f"{t['torch', 1] / t['torch', 2]:.2f} |")
+        row = [f"{name} step", f"{1e3 * t['npconv', 1]:.2f}", f"{1e3 * t['npconv', 2]:.2f}",
+               f"{t['npconv', 1] / t['npconv', 2]:.2f}"]
+        if processes:
+            row += [f"{1e3 * t['npconv', '2 processes']:.2f}", f"{t['npconv', 1] / t['npconv', '2 processes']:.2f}"]
+        row += [f"{1e3 * t['torch', 1]:.2f}", f"{1e3 * t['torch', 2]:.2f}", f"{t['torch', 1] / t['torch', 2]:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -673,8 +688,8 @@ def report(args, d):
     if rss is not None:
         print(f"peak RSS of `npconv train` (1 epoch): {rss:.0f} MB")
     if scaling:
-        print(f"\none training step of batch {BATCH} on one thread and on two, medians of interleaved rounds "
-              f"(3 untimed steps at the start of each turn):")
+        print(f"\none training step of batch {BATCH} on one thread and on two (and in two processes, where helpers "
+              f"can run), medians of interleaved rounds (3 untimed steps at the start of each turn):")
         print(speedup_table(scaling))
     if loaded is not None:
         print(f"\nwith one CPU-bound process running ({args.loaded_steps} steps per epoch timed, "
@@ -697,7 +712,9 @@ def report(args, d):
                            f"({min(loaded[w.label, 'npconv']) / min(quiet[w.label, 'npconv, one thread']):.2f}x "
                            f"on one thread)")
     for name, t in scaling.items():
-        summary.append(f"{name} step two-thread speed-up npconv {t['npconv', 1] / t['npconv', 2]:.2f}x, "
+        in_processes = (f" ({t['npconv', 1] / t['npconv', '2 processes']:.2f}x in processes)"
+                        if ("npconv", "2 processes") in t else "")
+        summary.append(f"{name} step two-thread speed-up npconv {t['npconv', 1] / t['npconv', 2]:.2f}x{in_processes}, "
                        f"PyTorch {t['torch', 1] / t['torch', 2]:.2f}x")
     summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
     print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]}, {blas_kernels()} kernels, "
