@@ -392,8 +392,7 @@ class DataParallel:
 
         with one_blas_thread(), self._helpers(threads, len(chunks), isinstance(way, InProcesses)) as helpers:
             if helpers is not None:
-                for h, helper in enumerate(helpers, 1):
-                    helper.send_chunks(self._hosting.id, self.model.training, grad, chunks[h::threads])
+                self._hosting.send_chunks(helpers, self.model.training, grad, chunks)
             out = _join(_run_stages(forward_stages(segments, meet), chunks, threads, helpers))
         seconds = time.perf_counter() - started
         if grad:

@@ -69,48 +69,48 @@ def available():
     return os.name == "posix" and lock and bool(sys.executable)
 
 
-def _shared_dir():
-    """Where shared-memory files go: ``/dev/shm`` (memory) where there is one, else the temporary folder."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
 class SharedArrays:
-    """Arrays of the given ``(shape, dtype)`` specs in one file that several processes map (64-byte aligned).
+    """Arrays of the given ``(shape, dtype)`` specs in one piece of memory that several processes map (64-byte
+    aligned).
 
-    ``SharedArrays(specs)`` makes the file, named :attr:`path` until :meth:`forget` unlinks it (once every
-    process has opened it); ``SharedArrays(specs, path)`` opens another process's. ``arrays`` are the views.
+    ``SharedArrays(specs)`` makes it: an anonymous file (``memfd_create``, or a temporary file unlinked at once),
+    so nothing is ever left in the file system; its descriptor :attr:`fd` goes to the other processes over their
+    sockets (:meth:`Helper.send_fd`) and is closed by :meth:`close_fd` once they have it.
+    ``SharedArrays(specs, fd)`` maps another process's. ``arrays`` are the views.
     """
 
-    def __init__(self, specs, path=None):
+    def __init__(self, specs, fd=None):
         offsets, size = [], 0
         for shape, dtype in specs:
             offsets.append(size)
             size += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // 64) * 64
         size = max(size, 64)
-        if path is None:
-            fd, path = tempfile.mkstemp(prefix="npconv-", dir=_shared_dir())
+        mine = fd is None
+        if mine:
+            if hasattr(os, "memfd_create"):
+                fd = os.memfd_create("npconv")
+            else:
+                fd, path = tempfile.mkstemp(prefix="npconv-")
+                os.unlink(path)
             try:
                 os.ftruncate(fd, size)
             except BaseException:
                 os.close(fd)
-                os.unlink(path)
                 raise
-        else:
-            fd = os.open(path, os.O_RDWR)
         try:
             self.map = mmap.mmap(fd, size)
         finally:
-            os.close(fd)
-        self.path = path
+            if not mine:
+                os.close(fd)
+        self.fd = fd if mine else None
         self.arrays = [np.ndarray(shape, dtype, buffer=self.map, offset=offset)
                        for (shape, dtype), offset in zip(specs, offsets)]
 
-    def forget(self):
-        """Unlink the file: the memory stays mapped in every process that opened it and goes with the last."""
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            self.path = None
+    def close_fd(self):
+        """Close the descriptor: the memory stays mapped in every process that has it, and goes with the last."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _state(model):
@@ -149,7 +149,8 @@ class Helper:
             raise
         finally:
             there.close()
-        self.connection = Connection(here.detach())
+        self.socket = here  # for descriptors (SCM_RIGHTS); the Connection below reads and writes the same socket
+        self.connection = Connection(os.dup(here.fileno()))
         self.hosted = set()  # ids of the models it holds
 
     def _stopped(self, why):
@@ -167,14 +168,10 @@ class Helper:
         except (OSError, ValueError) as e:
             raise self._stopped(type(e).__name__) from None
 
-    def send_chunks(self, model_id, training, grad, chunks):
-        """Start a forward: the message, then each chunk's bytes as they lie in memory (read by the helper
-        into arrays of its own)."""
-        chunks = [np.ascontiguousarray(c) for c in chunks]
-        self.send(("forward", model_id, training, grad, [(c.shape, c.dtype) for c in chunks]))
+    def send_fd(self, fd):
+        """Pass a file descriptor to the helper (it reads it with :func:`_receive_fd` when a message says so)."""
         try:
-            for c in chunks:
-                self.connection.send_bytes(memoryview(c).cast("B"))
+            socket.send_fds(self.socket, [b"F"], [fd])
         except (OSError, ValueError) as e:
             raise self._stopped(type(e).__name__) from None
 
@@ -190,7 +187,8 @@ class Helper:
         return payload
 
     def close(self):
-        self.connection.close()  # the helper sees the end of its input and returns
+        self.connection.close()
+        self.socket.close()  # the helper sees the end of its input and returns
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -272,6 +270,7 @@ class Hosting:
         self.state = None      # SharedArrays: the model's parameters and buffers
         self.gradients = None  # SharedArrays: helpers * places places, one array per parameter in each
         self.shape = (0, 0)
+        self.inbox = None      # SharedArrays: per helper, room for the inputs of its chunks in a pass
         self.pid = os.getpid()
 
     def helpers(self, count, chunks_each, fresh=True):
@@ -279,8 +278,9 @@ class Hosting:
         ``fresh``, the current values of its parameters and buffers (a forward; a backward computes with the
         values of its forward)."""
         helpers = POOL.start(count)
-        if self.pid != os.getpid():  # forked: the shared files are the parent's
-            self.state, self.gradients, self.shape, self.pid = None, None, (0, 0), os.getpid()
+        if self.pid != os.getpid():  # forked: the shared memory is the parent's
+            self.state, self.gradients, self.inbox, self.shape = None, None, None, (0, 0)
+            self.pid = os.getpid()
         if count > self.shape[0] or chunks_each > self.shape[1] or any(self.id not in h.hosted for h in helpers):
             self._send(helpers, (max(count, self.shape[0]), max(chunks_each, self.shape[1])))
         if fresh:
@@ -289,25 +289,48 @@ class Hosting:
         return helpers
 
     def _send(self, helpers, shape):
-        """Send the model to ``helpers`` with new shared files: its state, and room for ``shape`` = (helpers,
-        places) chunks' gradients. The files are unlinked once the helpers have opened them."""
+        """Send the model to ``helpers`` with new shared memory: for its state, and for ``shape`` = (helpers,
+        places) chunks' gradients."""
         state = _state(self.model)
+        specs = [(p.data.shape, p.data.dtype) for p in self.model.parameters()]
         self.state = SharedArrays([(v.data.shape, v.data.dtype) for v in state])
+        self.gradients = SharedArrays(specs * (shape[0] * shape[1]))
+        self.shape, self.inbox = shape, None
         try:
-            specs = [(p.data.shape, p.data.dtype) for p in self.model.parameters()]
-            self.gradients = SharedArrays(specs * (shape[0] * shape[1]))
-            self.shape = shape
             for helper in POOL.helpers:
                 helper.hosted.discard(self.id)
             model = pickle.dumps(self.model)
             for h, helper in enumerate(helpers):
-                helper.send(("model", self.id, model, self.plan, self.state.path, self.gradients.path, shape, h))
+                helper.send(("model", self.id, model, self.plan, shape, h))
+                helper.send_fd(self.state.fd)
+                helper.send_fd(self.gradients.fd)
                 helper.receive()
                 helper.hosted.add(self.id)
         finally:
-            self.state.forget()
-            if self.gradients is not None:
-                self.gradients.forget()
+            self.state.close_fd()
+            self.gradients.close_fd()
+
+    def send_chunks(self, helpers, training, grad, chunks):
+        """Start a forward in ``helpers``: helper ``h`` (1-based) gets chunks ``h, h + n, ...`` (n = helpers + 1),
+        copied into its part of the shared inbox (made larger, and sent again, when they do not fit)."""
+        n = len(helpers) + 1
+        mine = [chunks[h::n] for h in range(1, n)]
+        need = max(sum(-(-c.nbytes // 64) * 64 for c in cs) for cs in mine)
+        fresh = self.inbox is None or need > self.inbox.arrays[0].nbytes or len(self.inbox.arrays) < len(helpers)
+        if fresh:
+            self.inbox = SharedArrays([((2 * need,), np.uint8)] * len(helpers))
+        try:
+            for helper, cs, room in zip(helpers, mine, self.inbox.arrays):
+                layouts, offset = [], 0
+                for c in cs:
+                    np.copyto(np.ndarray(c.shape, c.dtype, buffer=room, offset=offset), c)
+                    layouts.append((c.shape, c.dtype, offset))
+                    offset += -(-c.nbytes // 64) * 64
+                helper.send(("forward", self.id, training, grad, layouts, fresh))
+                if fresh:
+                    helper.send_fd(self.inbox.fd)
+        finally:
+            self.inbox.close_fd()
 
     def gradients_of(self, h, j):
         """The parameter gradients of helper ``h``'s (0-based) ``j``-th chunk in the last backward."""
@@ -343,15 +366,17 @@ class _Hosted:
     """A model in a helper: its copy, computing with parameters and buffers in shared memory, and the chains of
     its chunks."""
 
-    def __init__(self, model, plan, state_path, gradients_path, shape, h):
+    def __init__(self, model, plan, shape, h, state_fd, gradients_fd):
         self.model, self.plan = model, plan
         state = _state(model)
-        self.state = SharedArrays([(v.data.shape, v.data.dtype) for v in state], state_path)
+        self.state = SharedArrays([(v.data.shape, v.data.dtype) for v in state], state_fd)
         for value, shared in zip(state, self.state.arrays):
             value.data = shared  # the kernels read these arrays, which the other process fills
         specs = [(p.data.shape, p.data.dtype) for p in model.parameters()]
-        gradients = SharedArrays(specs * (shape[0] * shape[1]), gradients_path).arrays
+        gradients = SharedArrays(specs * (shape[0] * shape[1]), gradients_fd).arrays
         first, n = h * shape[1], len(specs)
+        self.h, self.helpers = h, shape[0]
+        self.inbox = None
         self.places = [gradients[(first + j) * n : (first + j + 1) * n] for j in range(shape[1])]
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
         self.replicas = []
@@ -359,12 +384,13 @@ class _Hosted:
         self.segments = None
         self.inputs = {}  # chunk j -> the array its input is read into
 
-    def received(self, connection, j, shape, dtype):
-        """Chunk ``j``'s input, read from ``connection`` into an array kept for it."""
+    def received(self, j, shape, dtype, offset):
+        """Chunk ``j``'s input, copied from the inbox into an array kept for it (the inbox is refilled by the
+        next forward, while a backward may still need what the chunk kept)."""
         buffer = self.inputs.get(j)
         if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
             buffer = self.inputs[j] = np.empty(shape, dtype)
-        connection.recv_bytes_into(memoryview(buffer).cast("B"))
+        np.copyto(buffer, np.ndarray(shape, dtype, buffer=self.inbox.arrays[self.h], offset=offset))
         return buffer
 
     def chains_for(self, count, per_chunk):
@@ -376,8 +402,12 @@ class _Hosted:
         return [self.chain] + self.replicas[: count - 1]
 
 
-def _forward(hosted, connection, training, grad, layouts):
-    chunks = [hosted.received(connection, j, *layout) for j, layout in enumerate(layouts)]
+def _forward(hosted, connection, training, grad, layouts, fresh_inbox):
+    if fresh_inbox:
+        room = max(offset + -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64
+                   for shape, dtype, offset in layouts)
+        hosted.inbox = SharedArrays([((room,), np.uint8)] * hosted.helpers, _receive_fd(connection))
+    chunks = [hosted.received(j, *layout) for j, layout in enumerate(layouts)]
     hosted.model.train(training)
     per_chunk = grad or any(batch_statistics(kernel.layer) for kernel in hosted.chain.kernels)
     hosted.chains = hosted.chains_for(len(chunks), per_chunk)
@@ -394,6 +424,13 @@ def _backward(hosted, connection, counts, input_grad, dys):
     dxs = run_alone(backward_stages(hosted.segments, counts, input_grad, lambda notes: _exchange(connection, notes)),
                     dys)
     return dxs if input_grad else [None] * len(dys)
+
+
+def _receive_fd(connection):
+    """A descriptor sent by :meth:`Helper.send_fd`."""
+    with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    return fds[0]
 
 
 def _exchange(connection, notes):
@@ -418,8 +455,9 @@ def serve(fd=None):
         try:
             kind, model_id, *rest = message
             if kind == "model":
-                model, plan, *where = rest
-                models[model_id] = _Hosted(pickle.loads(model), plan, *where)
+                model, plan, shape, h = rest
+                models[model_id] = _Hosted(pickle.loads(model), plan, shape, h, _receive_fd(connection),
+                                           _receive_fd(connection))
                 reply = None
             elif kind == "drop":
                 models.pop(model_id, None)
