@@ -26,10 +26,10 @@ machine (:class:`~npconv.engine.tuning.InProcesses`):
 A helper computes a chunk exactly as a thread would -- the same kernels, the same
 plan, BLAS on one thread -- so the numbers do not depend on where a chunk ran.
 Helpers are started with ``python -c`` (not :mod:`multiprocessing`, which would
-import a user's script again in each), ignore Ctrl-C (the process that started
-them stops them), and end when that process closes their socket or ends. A
-helper that fails stops them all for the rest of the process: the pass raises
-:class:`HelperError`, and later passes run on threads.
+import a user's script again in each), ignore Ctrl-C and SIGTERM (the process that
+started them stops at a safe point, then stops them), and end when that process
+closes their socket or ends. A helper that fails stops them all for the rest of
+the process: the pass raises :class:`HelperError`, and later passes run on threads.
 """
 
 import atexit
@@ -442,7 +442,10 @@ def _exchange(connection, notes):
 
 def serve(fd=None):
     """A helper's life: answer the messages of the process that started it until it closes the socket."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal; the trainer stops us
+    # Ctrl-C reaches the whole terminal, a service manager's SIGTERM the whole group: the trainer stops at a safe
+    # point (npconv.train.interrupt), still needing us, and ends us by closing the socket.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     connection = Connection(int(sys.argv[1]) if fd is None else fd)
     threadpool_limits(1, user_api="blas")  # as in DataParallel's chunks: BLAS on one thread, the same numbers
     keep_freed_memory()

@@ -157,8 +157,9 @@ def test_a_helper_that_dies_stops_the_helpers_and_later_passes_run_on_threads(rn
         assert two.threads == 2
 
 
-def test_helpers_ignore_ctrl_c_and_leave_no_shared_files(rng, apart):
-    """Ctrl-C reaches every process of the terminal: a helper ignores it (the trainer stops it). Shared memory
+def test_helpers_ignore_ctrl_c_and_sigterm_and_leave_no_shared_files(rng, apart):
+    """Ctrl-C reaches every process of the terminal (SIGTERM, of a service): a helper ignores both (the trainer
+    stops at a safe point, then stops it). Shared memory
     has no name in the file system (nothing can be left behind)."""
     patterns = [os.path.join(folder, "npconv-*") for folder in ("/dev/shm", tempfile.gettempdir())]
     before = {name for pattern in patterns for name in glob.glob(pattern)}
@@ -167,7 +168,8 @@ def test_helpers_ignore_ctrl_c_and_leave_no_shared_files(rng, apart):
     x = _images(rng, 3 * parallel.PIECE)  # inference: pieces of PIECE images
     with nn.no_grad():
         two(x)
-        os.kill(processes.POOL.helpers[0].process.pid, signal.SIGINT)
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            os.kill(processes.POOL.helpers[0].process.pid, stop)
         np.testing.assert_array_equal(two(x), one(x))
     assert len(apart) == 2
     assert {name for pattern in patterns for name in glob.glob(pattern)} <= before
