@@ -69,6 +69,11 @@ def available():
     return os.name == "posix" and lock and bool(sys.executable)
 
 
+def _aligned(nbytes):
+    """``nbytes`` rounded up to a whole number of 64-byte cache lines: where the next array in shared memory starts."""
+    return -(-nbytes // 64) * 64
+
+
 class SharedArrays:
     """Arrays of the given ``(shape, dtype)`` specs in one piece of memory that several processes map (64-byte
     aligned).
@@ -83,7 +88,7 @@ class SharedArrays:
         offsets, size = [], 0
         for shape, dtype in specs:
             offsets.append(size)
-            size += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // 64) * 64
+            size += _aligned(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
         size = max(size, 64)
         mine = fd is None
         if mine:
@@ -315,19 +320,21 @@ class Hosting:
         copied into its part of the shared inbox (made larger, and sent again, when they do not fit)."""
         n = len(helpers) + 1
         mine = [chunks[h::n] for h in range(1, n)]
-        need = max(sum(-(-c.nbytes // 64) * 64 for c in cs) for cs in mine)
-        fresh = self.inbox is None or need > self.inbox.arrays[0].nbytes or len(self.inbox.arrays) < len(helpers)
-        if fresh:
-            self.inbox = SharedArrays([((2 * need,), np.uint8)] * len(helpers))
+        need = max(sum(_aligned(c.nbytes) for c in cs) for cs in mine)
+        # A new inbox is sent with its layout: (helpers, bytes each); None: the helpers have it.
+        new = None
+        if self.inbox is None or need > self.inbox.arrays[0].nbytes or len(self.inbox.arrays) < len(helpers):
+            new = (len(helpers), 2 * need)
+            self.inbox = SharedArrays([((new[1],), np.uint8)] * new[0])
         try:
             for helper, cs, room in zip(helpers, mine, self.inbox.arrays):
                 layouts, offset = [], 0
                 for c in cs:
                     np.copyto(np.ndarray(c.shape, c.dtype, buffer=room, offset=offset), c)
                     layouts.append((c.shape, c.dtype, offset))
-                    offset += -(-c.nbytes // 64) * 64
-                helper.send(("forward", self.id, training, grad, layouts, fresh))
-                if fresh:
+                    offset += _aligned(c.nbytes)
+                helper.send(("forward", self.id, training, grad, layouts, new))
+                if new is not None:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
@@ -375,7 +382,7 @@ class _Hosted:
         specs = [(p.data.shape, p.data.dtype) for p in model.parameters()]
         gradients = SharedArrays(specs * (shape[0] * shape[1]), gradients_fd).arrays
         first, n = h * shape[1], len(specs)
-        self.h, self.helpers = h, shape[0]
+        self.h = h
         self.inbox = None
         self.places = [gradients[(first + j) * n : (first + j + 1) * n] for j in range(shape[1])]
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
@@ -402,11 +409,10 @@ class _Hosted:
         return [self.chain] + self.replicas[: count - 1]
 
 
-def _forward(hosted, connection, training, grad, layouts, fresh_inbox):
-    if fresh_inbox:
-        room = max(offset + -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64
-                   for shape, dtype, offset in layouts)
-        hosted.inbox = SharedArrays([((room,), np.uint8)] * hosted.helpers, _receive_fd(connection))
+def _forward(hosted, connection, training, grad, layouts, new_inbox):
+    if new_inbox is not None:  # (helpers, bytes each), as the other process made it
+        count, room = new_inbox
+        hosted.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(connection))
     chunks = [hosted.received(j, *layout) for j, layout in enumerate(layouts)]
     hosted.model.train(training)
     per_chunk = grad or any(batch_statistics(kernel.layer) for kernel in hosted.chain.kernels)

@@ -203,3 +203,24 @@ def test_a_helper_that_cannot_start_leaves_the_pass_to_threads(rng, monkeypatch)
     assert isinstance(processes.POOL.broken, processes.HelperError)
     assert "helper process stopped" in str(processes.POOL.broken)
     assert not two._processes_possible() and InProcesses(2) not in DataParallel(model)._tuner(False, 3).candidates
+
+
+def test_two_helpers_give_the_bits_of_one_thread(rng):
+    """Three processes (this one and two helpers, whatever the cores): each helper reads its own part of the
+    shared inbox and writes its own places of the gradients -- a training step of three chunks, then inference in
+    six pieces, with the one-thread numbers."""
+    parallel.set_num_threads(3)
+    sizes = [150]
+    batches, labels = [_images(rng, n) for n in sizes], [rng.integers(0, 10, n) for n in sizes]
+    (state, losses, three), (one_state, one_losses, _) = (_train("cnn-bn", way, batches, labels)
+                                                          for way in [(3, True), (1, False)])
+    assert three._step.helpers and three.threads == 3
+    assert losses == one_losses
+    for name, value in one_state.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+    model = _model("cnn")
+    one, three = DataParallel(model, threads=1), DataParallel(model, threads=3, processes=True)
+    with nn.no_grad():
+        x = _images(rng, 6 * parallel.PIECE)
+        np.testing.assert_array_equal(three(x), one(x))
+    assert len(processes.POOL.helpers) >= 2
