@@ -66,7 +66,7 @@ def ms_per_step(step, steps):
 
 def _in_process(model_name, steps, ready, out):
     """A process of the 'two processes' case: once both are ready, time its own chunk steps."""
-    engine.parallel.keep_freed_memory()
+    engine.memory.keep_freed_memory()
     with threadpool_limits(1, user_api="blas"):
         step = chunk_stepper(model_name)
         step()
@@ -142,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="rounds taking turns; medians count (default 3)")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block (default 20)")
     args = parser.parse_args(argv)
-    engine.parallel.keep_freed_memory()
+    engine.memory.keep_freed_memory()
     results = {}  # (model, what) -> list over rounds
     for _ in range(args.rounds):
         for name in MODELS:

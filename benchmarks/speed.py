@@ -103,17 +103,22 @@ def cpu_description():
     return name, isa
 
 
+def blas_libraries():
+    """NumPy's BLAS libraries as threadpoolctl sees them (a dict each)."""
+    return [i for i in threadpool_info() if i["user_api"] == "blas"]
+
+
 def blas_description():
     """NumPy's BLAS as threadpoolctl sees it, e.g. ``"openblas 0.3.31 (SkylakeX kernels, 2 threads)"``."""
-    infos = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    infos = blas_libraries()
     return "; ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels, "
                      f"{i['num_threads']} threads by default)" for i in infos) or "unknown"
 
 
 def blas_kernels():
     """NumPy's BLAS and its kernels in a few words, for a summary line, e.g. ``"openblas 0.3.31 SkylakeX"``."""
-    infos = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    return "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')}" for i in infos) or "BLAS unknown"
+    return "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')}"
+                     for i in blas_libraries()) or "BLAS unknown"
 
 
 def machine():
@@ -382,7 +387,7 @@ def serve_torch(d):
     # npconv's engine raises glibc's thresholds for returning freed memory, for its whole process; PyTorch timed in
     # that process has always had them (its inference at batch 1000 runs about twice as fast with them:
     # docs/performance.md), so the child gets them too and both ways time the same PyTorch.
-    engine.parallel.keep_freed_memory()
+    engine.memory.keep_freed_memory()
     here = TorchHere(d)
     for line in sys.stdin:
         name, *args = json.loads(line)
@@ -512,9 +517,9 @@ def timed_turn(step, n, steps, warm_up):
 
 
 def step_times(model_name, d, rounds, steps=15, warm_up=3):
-    """Median seconds of one training step on one and on two threads, npconv (:func:`npconv_steps`) and PyTorch
-    (:func:`torch_steps`, through :data:`REFERENCE`), the four taking turns ``rounds`` times:
-    ``{(side, threads): seconds}``. Each turn starts with ``warm_up`` untimed steps: in a run a step follows a
+    """Median seconds of one training step on one and on two cores, npconv (:func:`npconv_steps`, each of
+    :data:`NPCONV_WAYS`) and PyTorch (:func:`torch_steps` on 1 and 2 threads, through :data:`REFERENCE`), all
+    taking turns ``rounds`` times: ``{(side, way): seconds}``. Each turn starts with ``warm_up`` untimed steps: in a run a step follows a
     step of the same network, not of another library's."""
     turns = {"npconv": npconv_steps(model_name, d),
              "torch": functools.partial(REFERENCE.call, "torch_step_turn", model_name)}

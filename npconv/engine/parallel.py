@@ -79,7 +79,7 @@ from .chain import Chain, kernel_for, layers_of
 from .layout import batch_first, batch_last, is_batch_last
 from .memory import keep_freed_memory
 from .plan import using
-from .stages import (WORTH_CUTTING, alone, backward_stages, batch_statistics, cut_at_batch_norms, forward_stages,
+from .stages import (WORTH_CUTTING, alone, backward_stages, chain_per_chunk, cut_at_batch_norms, forward_stages,
                      meeting, summed)
 from .tuning import CoreMeter, InProcesses, ThreadTuner, cores_of, usable_cores
 
@@ -306,6 +306,10 @@ class DataParallel:
         Run the chunks on this many threads (at most :func:`get_num_threads`) instead of the count a
         :class:`~npconv.engine.tuning.ThreadTuner` chooses: for measuring how a step scales. The
         numbers are the same either way.
+    processes : bool, optional
+        False: never spread the chunks over helper processes (:mod:`npconv.engine.processes`); True: the
+        tuner may, and with ``threads`` the chunks go to ``threads - 1`` helpers instead of threads. None:
+        as :func:`set_processes` says (by default, like True).
 
     Attributes
     ----------
@@ -392,7 +396,7 @@ class DataParallel:
 
         with one_blas_thread(), self._helpers(threads, len(chunks), isinstance(way, InProcesses)) as helpers:
             if helpers is not None:
-                self._hosting.send_chunks(helpers, self.model.training, grad, chunks)
+                self._hosting.start_forward(helpers, self.model.training, grad, chunks)
             out = _join(_run_stages(forward_stages(segments, meet), chunks, threads, helpers))
         seconds = time.perf_counter() - started
         if grad:
@@ -424,15 +428,13 @@ class DataParallel:
         dys = _split(dy, step.sizes)
         with one_blas_thread(), self._helpers(threads, count, step.helpers, backward=True) as helpers:
             if helpers is not None:
-                for h, helper in enumerate(helpers, 1):
-                    helper.send(("backward", self._hosting.id, step.counts, input_grad, dys[h::threads]))
+                self._hosting.start_backward(helpers, step.counts, input_grad, dys)
             dys = _run_stages(backward_stages(step.segments, step.counts, input_grad, summed), dys, threads,
                               helpers)
             dy = _join(dys) if input_grad else None
         own = self.chain.parameters()
         for i in range(1, count):  # chunk order: the same sums on every run, wherever the chunks ran
-            theirs = replica_params[i] if i in replica_params else None
-            grads = ([p.grad for p in theirs] if theirs is not None
+            grads = ([p.grad for p in replica_params[i]] if i in replica_params
                      else self._hosting.gradients_of(i % threads - 1, i // threads))
             for p, g in zip(own, grads):
                 p.grad += g
@@ -509,7 +511,7 @@ class DataParallel:
         steps: one chain per chunk. Otherwise (inference) one per thread, piece i
         in thread ``i % threads``.
         """
-        if grad or any(batch_statistics(kernel.layer) for kernel in self.chain.kernels):
+        if chain_per_chunk(self.chain.kernels, grad):
             return [self.chain] + self._replicas(count - 1)
         runners = [self.chain] + self._replicas(threads - 1)
         return [runners[i % threads] for i in range(count)]
@@ -526,8 +528,8 @@ class DataParallel:
         key = (grad, count)
         if key not in self.tuners:
             # An inference batch (1000 images) is checked after fewer of them.
-            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, processes=self._processes_possible(),
-                                           check_every=25 if grad else 5)
+            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, check_every=25 if grad else 5,
+                                           processes=self._processes_possible())
         return self.tuners[key]
 
     def describe(self):

@@ -55,7 +55,7 @@ from .. import nn
 from .chain import Chain, kernel_for, layers_of
 from .memory import keep_freed_memory
 from .plan import using
-from .stages import backward_stages, batch_statistics, cut_at_batch_norms, forward_stages, run_alone
+from .stages import backward_stages, chain_per_chunk, cut_at_batch_norms, forward_stages, run_alone
 
 
 class HelperError(RuntimeError):
@@ -159,7 +159,7 @@ class Helper:
         self.hosted = set()  # ids of the models it holds
 
     def _stopped(self, why):
-        """The error for a helper that stopped: ``why``, and the last line it wrote, if any."""
+        """The error for a helper that stopped: ``why`` (in words), and the last line it wrote, if any."""
         with contextlib.suppress(OSError, ValueError):
             self.errors.seek(0)
             lines = self.errors.read().decode(errors="replace").strip().splitlines()
@@ -170,23 +170,23 @@ class Helper:
     def send(self, message):
         try:
             self.connection.send(message)
-        except (OSError, ValueError) as e:
-            raise self._stopped(type(e).__name__) from None
+        except (OSError, ValueError):
+            raise self._stopped("its socket is closed") from None
 
     def send_fd(self, fd):
         """Pass a file descriptor to the helper (it reads it with :func:`_receive_fd` when a message says so)."""
         try:
             socket.send_fds(self.socket, [b"F"], [fd])
-        except (OSError, ValueError) as e:
-            raise self._stopped(type(e).__name__) from None
+        except (OSError, ValueError):
+            raise self._stopped("its socket is closed") from None
 
     def receive(self):
         """The helper's next message; an error it sent is raised as a :class:`HelperError`."""
         try:
             _wait(self.connection)
             ok, payload = self.connection.recv()
-        except (EOFError, OSError) as e:
-            raise self._stopped(type(e).__name__) from None
+        except (EOFError, OSError):
+            raise self._stopped("its socket is closed") from None
         if not ok:
             raise HelperError(f"in a helper process: {payload}")
         return payload
@@ -218,7 +218,7 @@ class Pool:
         atexit.register(self.close)
 
     def start(self, count):
-        """``count`` helpers, started if need be (a few tenths of a second each, once per process)."""
+        """``count`` helpers, started if need be (the start of a Python that imports npconv, once per process)."""
         if self.pid != os.getpid():  # forked: the helpers are the parent's
             self.helpers, self.pid = [], os.getpid()
         if self.broken is not None:
@@ -315,7 +315,7 @@ class Hosting:
             self.state.close_fd()
             self.gradients.close_fd()
 
-    def send_chunks(self, helpers, training, grad, chunks):
+    def start_forward(self, helpers, training, grad, chunks):
         """Start a forward in ``helpers``: helper ``h`` (1-based) gets chunks ``h, h + n, ...`` (n = helpers + 1),
         copied into its part of the shared inbox (made larger, and sent again, when they do not fit)."""
         n = len(helpers) + 1
@@ -338,6 +338,13 @@ class Hosting:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
+
+    def start_backward(self, helpers, counts, input_grad, dys):
+        """Start a backward in ``helpers``: each gets the ``dy`` of its chunks (small: the network's outputs) and the
+        batch norms' value counts."""
+        n = len(helpers) + 1
+        for h, helper in enumerate(helpers, 1):
+            helper.send(("backward", self.id, counts, input_grad, dys[h::n]))
 
     def gradients_of(self, h, j):
         """The parameter gradients of helper ``h``'s (0-based) ``j``-th chunk in the last backward."""
@@ -382,7 +389,7 @@ class _Hosted:
         specs = [(p.data.shape, p.data.dtype) for p in model.parameters()]
         gradients = SharedArrays(specs * (shape[0] * shape[1]), gradients_fd).arrays
         first, n = h * shape[1], len(specs)
-        self.h = h
+        self.h = h  # this helper's index: its part of the inbox, its places for gradients
         self.inbox = None
         self.places = [gradients[(first + j) * n : (first + j + 1) * n] for j in range(shape[1])]
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
@@ -415,8 +422,7 @@ def _forward(hosted, connection, training, grad, layouts, new_inbox):
         hosted.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(connection))
     chunks = [hosted.received(j, *layout) for j, layout in enumerate(layouts)]
     hosted.model.train(training)
-    per_chunk = grad or any(batch_statistics(kernel.layer) for kernel in hosted.chain.kernels)
-    hosted.chains = hosted.chains_for(len(chunks), per_chunk)
+    hosted.chains = hosted.chains_for(len(chunks), chain_per_chunk(hosted.chain.kernels, grad))
     hosted.segments = cut_at_batch_norms(hosted.chains)
     with contextlib.nullcontext() if grad else nn.no_grad():
         return run_alone(forward_stages(hosted.segments, lambda segment, notes: _exchange(connection, notes)), chunks)

@@ -23,6 +23,13 @@ from .chain import Chain
 WORTH_CUTTING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
+def chain_per_chunk(kernels, grad):
+    """Whether every chunk needs a chain of its own: a training pass keeps each chunk's caches for backward, and a
+    batch normalization in training mode keeps a chunk's deviations between its steps. Otherwise (inference) one
+    chain can run chunk after chunk."""
+    return grad or any(batch_statistics(kernel.layer) for kernel in kernels)
+
+
 def batch_statistics(layer):
     """Whether ``layer`` uses the statistics of the whole batch: a batch normalization in training mode.
     (In evaluation mode it uses its running statistics, the same for every sample.)"""
@@ -95,8 +102,8 @@ def cut_at_batch_norms(workers):
     segments, start = [], 0
     for stop in bounds + [len(kernels[0])]:
         segments.append(Segment([Chain(mine[start:stop]) for mine in kernels],
-                                 [mine[start - 1] for mine in kernels] if start else None,
-                                 [mine[stop] for mine in kernels] if stop < len(kernels[0]) else None))
+                                [mine[start - 1] for mine in kernels] if start else None,
+                                [mine[stop] for mine in kernels] if stop < len(kernels[0]) else None))
         start = stop + 1
     return segments
 
@@ -114,7 +121,7 @@ def forward_stages(segments, meet):
             return (h, None) if segment.after is None else (None, segment.after[i].moments(h))
 
         return Stage(task, functools.partial(meet, segment) if segment.after is not None else None,
-                      segment.threaded)
+                     segment.threaded)
 
     return [stage(segment) for segment in segments]
 

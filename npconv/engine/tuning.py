@@ -138,10 +138,10 @@ class ThreadTuner:
     ----------
     max_threads : int
         The most threads ever used (the cores, the chunks of a batch, or a user's limit).
-    processes : bool
-        Whether :class:`InProcesses` (``max_threads`` processes) is a candidate too.
     meter : CoreMeter, optional
         Where the cores others keep busy are read; None: every core is free.
+    processes : bool
+        Whether :class:`InProcesses` (``max_threads`` processes) is a candidate too.
     trial_steps : int
         Steps timed per candidate when trying (after one warm-up step each), the candidates taking turns;
         the median counts.
