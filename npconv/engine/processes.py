@@ -17,9 +17,11 @@ machine (:class:`~npconv.engine.tuning.InProcesses`):
   them (the optimizer, ``load_state_dict``) the helper computes with the same values;
 * a pass sends each helper its chunks (their bytes, not pickled); the stages
   (:func:`~npconv.engine.parallel.forward_stages`, :func:`~npconv.engine.parallel.backward_stages`)
-  run in every process at once; at each meeting a helper sends its chunks' notes
-  (a batch norm's moments or gradient sums: a few numbers per channel) and waits
-  for what the meeting gives; at the end it sends its chunks' results. Its chunks'
+  run in every process at once; at each meeting every process sends its chunks'
+  notes (a batch norm's moments or gradient sums: a few numbers per channel) and
+  runs the meeting itself on all of them, in chunk order -- the same numbers in
+  every process; at the end a helper sends its chunks' results. A pass's messages
+  go through shared memory (:class:`Mailbox`), not the socket. Its chunks'
   parameter gradients are computed straight into shared memory, where
   DataParallel adds them to the model's in chunk order.
 
@@ -34,10 +36,12 @@ the process: the pass raises :class:`HelperError`, and later passes run on threa
 
 import atexit
 import contextlib
+import io
 import itertools
 import mmap
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -55,7 +59,8 @@ from .. import nn
 from .chain import Chain, kernel_for, layers_of
 from .memory import keep_freed_memory
 from .plan import using
-from .stages import backward_stages, chain_per_chunk, cut_at_batch_norms, forward_stages, run_alone
+from .batchnorm import pooled
+from .stages import backward_stages, chain_per_chunk, cut_at_batch_norms, forward_stages, run_alone, summed
 
 
 class HelperError(RuntimeError):
@@ -63,10 +68,10 @@ class HelperError(RuntimeError):
 
 
 def available():
-    """Whether helper processes can run here: a POSIX system and an interpreter with the lock (without it,
-    threads already run Python at once)."""
+    """Whether helper processes can run here: Linux (its ``eventfd``, :class:`Mailbox`) and an interpreter with the
+    lock (without it, threads already run Python at once)."""
     lock = getattr(sys, "_is_gil_enabled", lambda: True)()
-    return os.name == "posix" and lock and bool(sys.executable)
+    return hasattr(os, "eventfd") and lock and bool(sys.executable)
 
 
 def _aligned(nbytes):
@@ -123,16 +128,104 @@ def _state(model):
     return [value for _, value in model._named(nn.module._State)]
 
 
-#: Seconds a process watches a socket before it sleeps on it: waking a sleeping process (on a virtual machine,
-#: its idle core) takes longer than most meetings wait (docs/performance.md, "helper processes").
+#: Seconds a process watches its :class:`Mailbox` before it sleeps on it: waking a sleeping process (on a virtual
+#: machine, its idle core) takes longer than most meetings wait (docs/performance.md, "helper processes").
 WATCH = 0.002
 
 
-def _wait(connection):
-    """Return once ``connection`` has a message, or after :data:`WATCH` seconds."""
-    end = time.perf_counter() + WATCH
-    while not connection.poll(0) and time.perf_counter() < end:
-        pass
+class _Pickler(pickle.Pickler):
+    """A pickler that writes a NumPy array as its dtype, shape and bytes: half the time of NumPy's own way for the
+    small arrays of a meeting's notes."""
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray:
+            return _array, (obj.dtype.str, obj.shape, obj.tobytes())
+        return NotImplemented
+
+
+def _array(dtype, shape, data):
+    return np.frombuffer(data, dtype).reshape(shape).copy()  # a copy: writable, and not tied to the message
+
+
+def _dumps(message):
+    out = io.BytesIO()
+    _Pickler(out, pickle.HIGHEST_PROTOCOL).dump(message)
+    return out.getbuffer()
+
+
+class Mailbox:
+    """A pass's messages between this process and one helper -- a meeting's notes, a chunk's result -- through
+    shared memory, each announced by an ``eventfd``.
+
+    A message through a socket takes tens of microseconds each way on a virtual machine (the system call, and
+    the other side's ``poll``), twice per meeting; one here costs a copy and a counter. Each direction has two
+    slots of :data:`SLOT` bytes, used in turn: a side sends its next message only after it has read the other's
+    previous one, so the slot it writes has been read. The counter (``EFD_SEMAPHORE``: one count per message)
+    is written after the message and read before it, through the kernel, which orders the two in memory on
+    every CPU. A message larger than a slot goes through the socket, announced the same way. The socket stays
+    the way to start a pass and to report an error: a side waiting here that finds it readable stops waiting.
+    """
+
+    #: Bytes per slot: a meeting's notes (a few numbers per channel and chunk) fit many times over.
+    SLOT = 64 << 10
+
+    def __init__(self, connection, fds=None):
+        """This process's side of a new mailbox (``fds`` None), or a helper's side of the mailbox whose
+        descriptors (:meth:`fds`) it was given."""
+        self.connection = connection
+        self.sent = self.read = 0  # messages so far each way: which slot is next
+        if fds is None:
+            flags = os.EFD_SEMAPHORE | os.EFD_NONBLOCK
+            self.events = [os.eventfd(0, flags), os.eventfd(0, flags)]  # to the helper, from the helper
+            self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)])
+            self.out, self.into = 0, 1
+        else:
+            memory, *self.events = fds
+            self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)], memory)
+            self.out, self.into = 1, 0
+        self.slots = self.memory.arrays[0]  # (direction, slot, bytes)
+
+    def fds(self):
+        """The descriptors a helper's side is made from: the memory and the two counters."""
+        return [self.memory.fd, *self.events]
+
+    def send(self, message):
+        data = _dumps(message)
+        fits = len(data) <= self.SLOT - 8
+        slot = self.slots[self.out, self.sent % 2]
+        slot[:8] = np.frombuffer((len(data) if fits else -1).to_bytes(8, "little", signed=True), np.uint8)
+        if fits:
+            slot[8 : 8 + len(data)] = np.frombuffer(data, np.uint8)
+        self.sent += 1
+        os.eventfd_write(self.events[self.out], 1)
+        if not fits:
+            self.connection.send_bytes(data)
+
+    def receive(self):
+        """The other side's next message: watched for :data:`WATCH` seconds, then slept on. Raises EOFError
+        if the socket becomes readable first (the other side ended, or reports an error: the caller reads it)."""
+        event = self.events[self.into]
+        end = time.perf_counter() + WATCH
+        while True:
+            try:
+                os.eventfd_read(event)
+                break
+            except BlockingIOError:
+                if time.perf_counter() < end:
+                    continue
+            readable, _, _ = select.select([event, self.connection], [], [])
+            if event not in readable:
+                raise EOFError
+        slot = self.slots[self.into, self.read % 2]
+        self.read += 1
+        size = int.from_bytes(slot[:8].tobytes(), "little", signed=True)
+        return pickle.loads(slot[8 : 8 + size].tobytes() if size >= 0 else self.connection.recv_bytes())
+
+    def close(self):
+        for fd in self.events:
+            os.close(fd)
+        self.events = []
+        self.memory.close_fd()  # the memory goes with the last view of it
 
 
 class Helper:
@@ -144,18 +237,23 @@ class Helper:
         start = f"import sys; sys.path.insert(0, {root!r}); from npconv.engine.processes import serve; serve()"
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")  # a chunk's BLAS runs on one thread, as in a thread
         self.errors = tempfile.TemporaryFile()  # the helper's stderr, for the message if it stops
+        self.connection = Connection(os.dup(here.fileno()))
+        self.mailbox = Mailbox(self.connection)
+        fds = [there.fileno(), *self.mailbox.fds()]
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", start, str(there.fileno())], pass_fds=[there.fileno()], env=env,
+                [sys.executable, "-c", start, *map(str, fds)], pass_fds=fds, env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.errors)
         except BaseException:
             here.close()
+            self.connection.close()
+            self.mailbox.close()
             self.errors.close()
             raise
         finally:
             there.close()
-        self.socket = here  # for descriptors (SCM_RIGHTS); the Connection below reads and writes the same socket
-        self.connection = Connection(os.dup(here.fileno()))
+            self.mailbox.memory.close_fd()  # mapped here, and passed
+        self.socket = here  # for descriptors (SCM_RIGHTS); the Connection reads and writes the same socket
         self.hosted = set()  # ids of the models it holds
 
     def _stopped(self, why):
@@ -180,10 +278,25 @@ class Helper:
         except (OSError, ValueError):
             raise self._stopped("its socket is closed") from None
 
-    def receive(self):
-        """The helper's next message; an error it sent is raised as a :class:`HelperError`."""
+    def post(self, message):
+        """Send a message of a pass (:class:`Mailbox`)."""
         try:
-            _wait(self.connection)
+            self.mailbox.send(message)
+        except (OSError, ValueError):
+            raise self._stopped("its socket is closed") from None
+
+    def collect(self):
+        """The helper's next message of a pass (:class:`Mailbox`); an error it sent is raised as a
+        :class:`HelperError`."""
+        try:
+            return self.mailbox.receive()
+        except (EOFError, OSError):  # it wrote to the socket instead: an error, or its end
+            self.receive()
+            raise self._stopped("it sent a message out of turn") from None
+
+    def receive(self):
+        """The helper's next message on the socket; an error it sent is raised as a :class:`HelperError`."""
+        try:
             ok, payload = self.connection.recv()
         except (EOFError, OSError):
             raise self._stopped("its socket is closed") from None
@@ -194,6 +307,7 @@ class Helper:
     def close(self):
         self.connection.close()
         self.socket.close()  # the helper sees the end of its input and returns
+        self.mailbox.close()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -333,7 +447,7 @@ class Hosting:
                     np.copyto(np.ndarray(c.shape, c.dtype, buffer=room, offset=offset), c)
                     layouts.append((c.shape, c.dtype, offset))
                     offset += _aligned(c.nbytes)
-                helper.send(("forward", self.id, training, grad, layouts, new))
+                helper.post(("forward", self.id, training, grad, layouts, new, n))
                 if new is not None:
                     helper.send_fd(self.inbox.fd)
         finally:
@@ -344,7 +458,7 @@ class Hosting:
         batch norms' value counts."""
         n = len(helpers) + 1
         for h, helper in enumerate(helpers, 1):
-            helper.send(("backward", self.id, counts, input_grad, dys[h::n]))
+            helper.post(("backward", self.id, counts, input_grad, dys[h::n]))
 
     def gradients_of(self, h, j):
         """The parameter gradients of helper ``h``'s (0-based) ``j``-th chunk in the last backward."""
@@ -355,23 +469,41 @@ class Hosting:
 
 def run_apart(stages, values, helpers):
     """A pass's ``stages`` over processes: the calling thread runs chunks ``0, n, 2n, ...`` of every stage, helper
-    ``h`` (1 to n - 1) runs chunks ``h, h + n, ...`` in its process, at the same time; at a meeting each helper
-    sends its chunks' notes, the meeting runs here on all of them in chunk order, and what it gives goes back to
-    every helper. The helpers' values stay in their processes until the last stage, when they send them."""
+    ``h`` (1 to n - 1) runs chunks ``h, h + n, ...`` in its process, at the same time. At a meeting every process
+    gets every chunk's note (:func:`_gather`) and runs the meeting itself, on all of them in chunk order: the same
+    numbers everywhere, and a helper waits for one message, not for this process's answer to its own. The helpers'
+    values stay in their processes until the last stage, when they send them."""
     count, n = len(values), len(helpers) + 1
     notes, shared = [None] * count, None
     for stage in stages:
         for i in range(0, count, n):
             values[i], notes[i] = stage.task(i, values[i], shared)
         if stage.meet is not None:
-            for h, helper in enumerate(helpers, 1):
-                notes[h::n] = helper.receive()
+            _gather(notes, helpers)
             shared = stage.meet(notes)
-            for helper in helpers:
-                helper.send(shared)
     for h, helper in enumerate(helpers, 1):
-        values[h::n] = helper.receive()
+        values[h::n] = helper.collect()
     return values
+
+
+def _gather(notes, helpers):
+    """Fill ``notes`` (this process's chunks' notes in place) with the helpers', and send each helper the notes of
+    every chunk but its own as soon as they are all here: with one helper, before its own arrive."""
+    n = len(helpers) + 1
+    unsent, arrived = list(range(1, n)), set()
+
+    def send_ready():
+        for h in [h for h in unsent if arrived >= set(range(1, n)) - {h}]:
+            others = list(notes)
+            others[h::n] = [None] * len(others[h::n])
+            helpers[h - 1].post(others)
+            unsent.remove(h)
+
+    send_ready()
+    for h, helper in enumerate(helpers, 1):
+        notes[h::n] = helper.collect()
+        arrived.add(h)
+        send_ready()
 
 
 # --- the helper's side --------------------------------------------------------
@@ -390,6 +522,7 @@ class _Hosted:
         gradients = SharedArrays(specs * (shape[0] * shape[1]), gradients_fd).arrays
         first, n = h * shape[1], len(specs)
         self.h = h  # this helper's index: its part of the inbox, its places for gradients
+        self.n = 2  # processes in the current pass (set by each forward)
         self.inbox = None
         self.places = [gradients[(first + j) * n : (first + j + 1) * n] for j in range(shape[1])]
         self.chain = Chain(kernel_for(layer) for layer in layers_of(model))
@@ -416,25 +549,27 @@ class _Hosted:
         return [self.chain] + self.replicas[: count - 1]
 
 
-def _forward(hosted, connection, training, grad, layouts, new_inbox):
+def _forward(hosted, mailbox, training, grad, layouts, new_inbox, n):
+    hosted.n = n  # processes in this pass (and its backward): the chunks' places in a meeting's notes
     if new_inbox is not None:  # (helpers, bytes each), as the other process made it
         count, room = new_inbox
-        hosted.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(connection))
+        hosted.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(mailbox.connection))
     chunks = [hosted.received(j, *layout) for j, layout in enumerate(layouts)]
     hosted.model.train(training)
     hosted.chains = hosted.chains_for(len(chunks), chain_per_chunk(hosted.chain.kernels, grad))
     hosted.segments = cut_at_batch_norms(hosted.chains)
     with contextlib.nullcontext() if grad else nn.no_grad():
-        return run_alone(forward_stages(hosted.segments, lambda segment, notes: _exchange(connection, notes)), chunks)
+        return run_alone(forward_stages(hosted.segments,
+                                        lambda segment, notes: pooled(_exchange(hosted, mailbox, notes))), chunks)
 
 
-def _backward(hosted, connection, counts, input_grad, dys):
+def _backward(hosted, mailbox, counts, input_grad, dys):
     for j, chain in enumerate(hosted.chains):  # chunk j's gradients are computed in its place in shared memory
         for p, place in zip(chain.parameters(), hosted.places[j]):
             p.grad = place
             place.fill(0)
-    dxs = run_alone(backward_stages(hosted.segments, counts, input_grad, lambda notes: _exchange(connection, notes)),
-                    dys)
+    dxs = run_alone(backward_stages(hosted.segments, counts, input_grad,
+                                    lambda notes: summed(_exchange(hosted, mailbox, notes))), dys)
     return dxs if input_grad else [None] * len(dys)
 
 
@@ -445,42 +580,49 @@ def _receive_fd(connection):
     return fds[0]
 
 
-def _exchange(connection, notes):
-    """A meeting, in a helper: send its chunks' notes, return what the meeting gave."""
-    connection.send((True, notes))
-    _wait(connection)
-    return connection.recv()
+def _exchange(hosted, mailbox, notes):
+    """A meeting, in a helper: send its chunks' notes, return every chunk's, in chunk order (:func:`_gather`)."""
+    mailbox.send(notes)
+    everyone = mailbox.receive()
+    everyone[hosted.h + 1 :: hosted.n] = notes
+    return everyone
 
 
-def serve(fd=None):
-    """A helper's life: answer the messages of the process that started it until it closes the socket."""
+def serve(fds=None):
+    """A helper's life: answer the messages of the process that started it until it closes the socket.
+    ``fds``: the socket's descriptor and the :class:`Mailbox`'s (default: the command line's arguments)."""
     # Ctrl-C reaches the whole terminal, a service manager's SIGTERM the whole group: the trainer stops at a safe
     # point (npconv.train.interrupt), still needing us, and ends us by closing the socket.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.SIG_IGN)
-    connection = Connection(int(sys.argv[1]) if fd is None else fd)
+    socket_fd, *mailbox_fds = [int(fd) for fd in sys.argv[1:]] if fds is None else fds
+    connection = Connection(socket_fd)
+    mailbox = Mailbox(connection, mailbox_fds)
     threadpool_limits(1, user_api="blas")  # as in DataParallel's chunks: BLAS on one thread, the same numbers
     keep_freed_memory()
     models = {}
     while True:
         try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            return
+            message = mailbox.receive()  # a pass
+        except EOFError:  # the socket instead: a model to hold or to drop, or the end
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                return
         try:
             kind, model_id, *rest = message
             if kind == "model":
                 model, plan, shape, h = rest
                 models[model_id] = _Hosted(pickle.loads(model), plan, shape, h, _receive_fd(connection),
                                            _receive_fd(connection))
-                reply = None
+                connection.send((True, None))
             elif kind == "drop":
                 models.pop(model_id, None)
-                continue
-            else:
+            else:  # a pass
                 hosted = models[model_id]
                 with using(hosted.plan):
-                    reply = (_forward if kind == "forward" else _backward)(hosted, connection, *rest)
-            connection.send((True, reply))
+                    mailbox.send((_forward if kind == "forward" else _backward)(hosted, mailbox, *rest))
+        except EOFError:  # the trainer closed the socket during a pass
+            return
         except Exception as e:  # to the trainer, which raises it (and stops the helpers)
             connection.send((False, f"{type(e).__name__}: {e}"))

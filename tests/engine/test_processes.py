@@ -8,6 +8,7 @@ import glob
 import os
 import signal
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from npconv.engine import DataParallel, parallel, processes
 from npconv.engine.tuning import InProcesses, ThreadTuner
 
 pytestmark = pytest.mark.skipif(not processes.available(),
-                                reason="helper processes need a POSIX system and a Python with the interpreter lock")
+                                reason="helper processes need Linux (eventfd) and a Python with the interpreter lock")
 
 
 @pytest.fixture(autouse=True)
@@ -224,3 +225,42 @@ def test_two_helpers_give_the_bits_of_one_thread(rng):
         x = _images(rng, 6 * parallel.PIECE)
         np.testing.assert_array_equal(three(x), one(x))
     assert len(processes.POOL.helpers) >= 2
+
+
+def test_a_mailbox_carries_small_and_large_messages_both_ways_in_order():
+    """Each side's messages arrive in the order sent, through the two slots in turn, and one larger than a slot
+    through the socket; a side waiting finds the socket readable (an error reported, or the end) and stops."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    here, there = socket.socketpair()
+    trainer = processes.Mailbox(Connection(here.detach()))
+    helper = processes.Mailbox(Connection(there.detach()), [os.dup(fd) for fd in trainer.fds()])
+    big = np.arange(processes.Mailbox.SLOT, dtype=np.float32)  # four times a slot
+    for k in range(5):  # each side sends, then reads the other's: the protocol of a pass
+        trainer.send(("note", k, np.full(3, k, np.float32)))
+        # (from a thread: the socket holds less than a large message until the other side reads)
+        sending = threading.Thread(target=helper.send, args=(big + k if k == 2 else [k, None],))
+        sending.start()
+        kind, number, values = helper.receive()
+        assert (kind, number) == ("note", k) and values.tolist() == [k] * 3
+        answer = trainer.receive()
+        if k == 2:
+            np.testing.assert_array_equal(answer, big + 2)
+        else:
+            assert answer == [k, None]
+        sending.join()
+    # The trainer may send its next message before the helper has read the last (the helper sent its note, then
+    # was slower to read): the next slot and a second count.
+    trainer.send("first")
+    helper.send("its note")
+    assert trainer.receive() == "its note"
+    trainer.send("second")
+    assert helper.receive() == "first" and helper.receive() == "second"
+    helper.connection.send((False, "an error"))  # on the socket, while the trainer waits in its mailbox
+    with pytest.raises(EOFError):
+        trainer.receive()
+    assert trainer.connection.recv() == (False, "an error")
+    for side in (trainer, helper):
+        side.connection.close()
+        side.close()
