@@ -174,6 +174,11 @@ def one_blas_thread():
                         lib.set_num_threads(n)
 
 
+def _helper_seconds():
+    """The CPU time of this process's helper processes: their work is this process's (:class:`CoreMeter`)."""
+    return processes.POOL.cpu_seconds()
+
+
 def _run_stages(stages, values, threads, helpers=None):
     """Take every chunk's value through ``stages`` on ``threads`` threads, the calling one included; return the
     values after the last stage, in chunk order.
@@ -340,7 +345,7 @@ class DataParallel:
         self.sizes = None
         self.threads = 1
         self.tuners = {}  # (grad enabled, number of chunks) -> ThreadTuner
-        self._meter = CoreMeter()
+        self._meter = CoreMeter(helpers=_helper_seconds)
         self._step = None  # what backward needs of the last training forward
 
     # --- the model's interface -----------------------------------------------

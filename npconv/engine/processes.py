@@ -278,6 +278,15 @@ class Helper:
         except (OSError, ValueError):
             raise self._stopped("its socket is closed") from None
 
+    def cpu_seconds(self):
+        """The helper's CPU time so far (user and system; 0 where ``/proc`` does not tell)."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     def post(self, message):
         """Send a message of a pass (:class:`Mailbox`)."""
         try:
@@ -328,6 +337,7 @@ class Pool:
         self.lock = threading.Lock()
         self.broken = None  # the error that stopped the helpers, if one did: they are not started again
         self.pid = os.getpid()
+        self.ended_seconds = 0.0  # CPU time of the helpers closed so far
         self._ids = itertools.count()
         atexit.register(self.close)
 
@@ -352,6 +362,11 @@ class Pool:
     def new_id(self):
         return next(self._ids)
 
+    def cpu_seconds(self):
+        """The CPU time the helpers have used, helpers that ended included (for :class:`~npconv.engine.tuning.CoreMeter`:
+        their work is this process's, not another program's)."""
+        return self.ended_seconds + sum(helper.cpu_seconds() for helper in self.helpers)
+
     def drop(self, model_id):
         """Tell the helpers to forget a model that is gone (unless a pass is using them: then they keep it)."""
         if self.pid == os.getpid() and self.lock.acquire(blocking=False):
@@ -369,6 +384,7 @@ class Pool:
         helpers, self.helpers = self.helpers, []
         if self.pid == os.getpid():
             for helper in helpers:
+                self.ended_seconds += helper.cpu_seconds()
                 helper.close()
 
 

@@ -79,14 +79,16 @@ class CoreMeter:
     On Linux, ``/proc/stat`` counts the time each core spent busy; the busy time
     of this process's cores, minus this process's own CPU time, over the wall
     time between two readings, is the number of cores others used. Elsewhere
-    nothing is known and every core counts as free.
+    nothing is known and every core counts as free. ``helpers()``, if given, is the CPU
+    time of processes working for this one (helper processes): counted as its own.
     """
 
     #: Shortest interval worth a reading, seconds (the kernel counts in 10 ms ticks).
     MIN_INTERVAL = 0.1
 
-    def __init__(self, stat_path="/proc/stat"):
+    def __init__(self, stat_path="/proc/stat", helpers=None):
         self.stat_path = stat_path
+        self.helpers = helpers
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         self.cores_count = usable_cores()
         self._last = self._read()
@@ -112,7 +114,8 @@ class CoreMeter:
         return busy / os.sysconf("SC_CLK_TCK")
 
     def _read(self):
-        return time.monotonic(), self._busy_seconds(), time.process_time()
+        own = time.process_time() + (self.helpers() if self.helpers is not None else 0.0)
+        return time.monotonic(), self._busy_seconds(), own
 
     def others_busy(self):
         """Cores other programs kept busy since the last reading (0 when unknown).

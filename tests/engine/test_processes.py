@@ -264,3 +264,17 @@ def test_a_mailbox_carries_small_and_large_messages_both_ways_in_order():
     for side in (trainer, helper):
         side.connection.close()
         side.close()
+
+
+def test_the_helpers_cpu_time_is_counted_as_this_processs_own(rng):
+    """The tuner's CoreMeter counts the helpers' CPU time as this process's: a helper computing is not another
+    program keeping a core busy."""
+    model = _model("cnn-bn")
+    net = DataParallel(model, threads=2, processes=True)
+    before = processes.POOL.cpu_seconds()
+    x = _images(rng, 100)
+    for _ in range(20):
+        y = net(x)
+        net.backward(np.ones_like(y) / y.size, input_grad=False)
+    assert processes.POOL.cpu_seconds() > before
+    assert net._meter.helpers() > before  # what the meter reads

@@ -162,6 +162,24 @@ def test_core_meter_counts_the_busy_time_of_others(tmp_path, monkeypatch):
     assert meter.others_busy() == pytest.approx(1.0, abs=2 / hz)
 
 
+def test_core_meter_counts_its_helper_processes_as_its_own(tmp_path, monkeypatch):
+    import npconv.engine.tuning as tuning
+
+    clock = {"wall": 100.0, "own": 5.0, "helpers": 2.0}
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(tuning.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(tuning.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    hz = tuning.os.sysconf("SC_CLK_TCK")
+    fake_stat(tmp_path, busy=0, idle=0)
+    meter = CoreMeter(str(tmp_path / "stat"), helpers=lambda: clock["helpers"])
+    # One second later: both cores were busy 0.9 s; this process used 0.9 s, its helper 0.8 s: 0.1 core for others.
+    clock["wall"] += 1.0
+    clock["own"] += 0.9
+    clock["helpers"] += 0.8
+    fake_stat(tmp_path, busy=int(0.9 * hz), idle=int(0.1 * hz))
+    assert meter.others_busy() == pytest.approx(0.1, abs=2 / hz)
+
+
 def test_core_meter_without_proc_stat_sees_every_core_free(tmp_path):
     meter = CoreMeter(str(tmp_path / "missing"))
     meter._last = (meter._last[0] - 1.0, *meter._last[1:])  # a second ago
