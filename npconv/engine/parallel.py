@@ -389,8 +389,6 @@ class DataParallel:
                           else self.fixed_threads), None
         threads = min(cores_of(way), _max_threads, len(chunks))
         self.threads = threads
-        workers = self._workers(len(chunks), grad, threads)
-        segments = cut_at_batch_norms(workers)
         counts = []  # per batch normalization: the values per channel of the whole batch
 
         def meet(segment, moments):  # the whole batch's statistics, from every chunk's moments, in chunk order
@@ -402,6 +400,9 @@ class DataParallel:
         with one_blas_thread(), self._helpers(threads, len(chunks), isinstance(way, InProcesses)) as helpers:
             if helpers is not None:
                 self._hosting.start_forward(helpers, self.model.training, grad, chunks)
+            # After the helpers have their chunks: they get ready while this thread does.
+            workers = self._workers(len(chunks), grad, threads)
+            segments = cut_at_batch_norms(workers)
             out = _join(_run_stages(forward_stages(segments, meet), chunks, threads, helpers))
         seconds = time.perf_counter() - started
         if grad:
