@@ -184,6 +184,9 @@ class Mailbox:
             self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)], memory)
             self.out, self.into = 1, 0
         self.slots = self.memory.arrays[0]  # (direction, slot, bytes)
+        self.sleep = select.poll()  # on the counter and the socket (poll: no limit on descriptor numbers)
+        self.sleep.register(self.events[self.into], select.POLLIN)
+        self.sleep.register(connection.fileno(), select.POLLIN)
 
     def fds(self):
         """The descriptors a helper's side is made from: the memory and the two counters."""
@@ -213,8 +216,7 @@ class Mailbox:
             except BlockingIOError:
                 if time.perf_counter() < end:
                     continue
-            readable, _, _ = select.select([event, self.connection], [], [])
-            if event not in readable:
+            if event not in dict(self.sleep.poll()):
                 raise EOFError
         slot = self.slots[self.into, self.read % 2]
         self.read += 1
