@@ -163,7 +163,7 @@ class Mailbox:
     previous one, so the slot it writes has been read. The counter (``EFD_SEMAPHORE``: one count per message)
     is written after the message and read before it, through the kernel, which orders the two in memory on
     every CPU. A message larger than a slot goes through the socket, announced the same way. The socket stays
-    the way to start a pass and to report an error: a side waiting here that finds it readable stops waiting.
+    the way to send a model, a descriptor or an error: a side waiting here that finds it readable stops waiting.
     """
 
     #: Bytes per slot: a meeting's notes (a few numbers per channel and chunk) fit many times over.
