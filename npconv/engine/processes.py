@@ -183,7 +183,7 @@ class Mailbox:
             memory, *self.events = fds
             self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)], memory)
             self.out, self.into = 1, 0
-        self.slots = self.memory.arrays[0]  # (direction, slot, bytes)
+        self.map = self.memory.map  # slot k of direction d: bytes (2d + k) * SLOT onwards; a length, then the message
         self.sleep = select.poll()  # on the counter and the socket (poll: no limit on descriptor numbers)
         self.sleep.register(self.events[self.into], select.POLLIN)
         self.sleep.register(connection.fileno(), select.POLLIN)
@@ -192,13 +192,16 @@ class Mailbox:
         """The descriptors a helper's side is made from: the memory and the two counters."""
         return [self.memory.fd, *self.events]
 
+    def _slot(self, direction, number):
+        return (2 * direction + number % 2) * self.SLOT
+
     def send(self, message):
         data = _dumps(message)
         fits = len(data) <= self.SLOT - 8
-        slot = self.slots[self.out, self.sent % 2]
-        slot[:8] = np.frombuffer((len(data) if fits else -1).to_bytes(8, "little", signed=True), np.uint8)
+        start = self._slot(self.out, self.sent)
+        self.map[start : start + 8] = (len(data) if fits else -1).to_bytes(8, "little", signed=True)
         if fits:
-            slot[8 : 8 + len(data)] = np.frombuffer(data, np.uint8)
+            self.map[start + 8 : start + 8 + len(data)] = data
         self.sent += 1
         os.eventfd_write(self.events[self.out], 1)
         if not fits:
@@ -218,10 +221,10 @@ class Mailbox:
                     continue
             if event not in dict(self.sleep.poll()):
                 raise EOFError
-        slot = self.slots[self.into, self.read % 2]
+        start = self._slot(self.into, self.read)
         self.read += 1
-        size = int.from_bytes(slot[:8].tobytes(), "little", signed=True)
-        return pickle.loads(slot[8 : 8 + size].tobytes() if size >= 0 else self.connection.recv_bytes())
+        size = int.from_bytes(self.map[start : start + 8], "little", signed=True)
+        return pickle.loads(self.map[start + 8 : start + 8 + size] if size >= 0 else self.connection.recv_bytes())
 
     def close(self):
         for fd in self.events:
