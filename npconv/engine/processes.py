@@ -175,7 +175,7 @@ class Mailbox:
         self.connection = connection
         self.sent = self.read = 0  # messages so far each way: which slot is next
         if fds is None:
-            flags = os.EFD_SEMAPHORE | os.EFD_NONBLOCK
+            flags = os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC  # the helper gets them by pass_fds
             self.events = [os.eventfd(0, flags), os.eventfd(0, flags)]  # to the helper, from the helper
             self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)])
             self.out, self.into = 0, 1
