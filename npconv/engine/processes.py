@@ -134,8 +134,8 @@ WATCH = 0.002
 
 
 class _Pickler(pickle.Pickler):
-    """A pickler that writes a NumPy array as its dtype, shape and bytes: half the time of NumPy's own way for the
-    small arrays of a meeting's notes."""
+    """A pickler that writes a NumPy array as its dtype, shape and bytes: faster than NumPy's own way for the
+    small arrays of a meeting's notes (docs/performance.md, "what a message costs")."""
 
     def reducer_override(self, obj):
         if type(obj) is np.ndarray:
@@ -157,8 +157,8 @@ class Mailbox:
     """A pass's messages between this process and one helper -- a meeting's notes, a chunk's result -- through
     shared memory, each announced by an ``eventfd``.
 
-    A message through a socket takes tens of microseconds each way on a virtual machine (the system call, and
-    the other side's ``poll``), twice per meeting; one here costs a copy and a counter. Each direction has two
+    A message through a socket costs system calls on both sides and the other side's ``poll``, twice per meeting;
+    one here costs a copy and a counter (docs/performance.md, "what a message costs"). Each direction has two
     slots of :data:`SLOT` bytes, used in turn: a side sends its next message only after it has read the other's
     previous one, so the slot it writes has been read. The counter (``EFD_SEMAPHORE``: one count per message)
     is written after the message and read before it, through the kernel, which orders the two in memory on
@@ -509,22 +509,21 @@ def run_apart(stages, values, helpers):
 
 def _gather(notes, helpers):
     """Fill ``notes`` (this process's chunks' notes in place) with the helpers', and send each helper the notes of
-    every chunk but its own as soon as they are all here: with one helper, before its own arrive."""
+    every chunk but its own as soon as they are all here. They are read in helper order, so the last helper's are
+    complete before its own are read (with one helper: at once), the others' once every helper's are here."""
     n = len(helpers) + 1
-    unsent, arrived = list(range(1, n)), set()
 
-    def send_ready():
-        for h in [h for h in unsent if arrived >= set(range(1, n)) - {h}]:
-            others = list(notes)
-            others[h::n] = [None] * len(others[h::n])
-            helpers[h - 1].post(others)
-            unsent.remove(h)
+    def send_others(h):
+        others = list(notes)
+        others[h::n] = [None] * len(others[h::n])
+        helpers[h - 1].post(others)
 
-    send_ready()
     for h, helper in enumerate(helpers, 1):
+        if h == n - 1:
+            send_others(h)
         notes[h::n] = helper.collect()
-        arrived.add(h)
-        send_ready()
+    for h in range(1, n - 1):
+        send_others(h)
 
 
 # --- the helper's side --------------------------------------------------------
