@@ -79,22 +79,16 @@ def _aligned(nbytes):
     return -(-nbytes // 64) * 64
 
 
-class SharedArrays:
-    """Arrays of the given ``(shape, dtype)`` specs in one piece of memory that several processes map (64-byte
-    aligned).
+class SharedMemory:
+    """``size`` bytes of memory that several processes map: an anonymous file (``memfd_create``, or a temporary
+    file unlinked at once), so nothing is ever left in the file system.
 
-    ``SharedArrays(specs)`` makes it: an anonymous file (``memfd_create``, or a temporary file unlinked at once),
-    so nothing is ever left in the file system; its descriptor :attr:`fd` goes to the other processes over their
-    sockets (:meth:`Helper.send_fd`) and is closed by :meth:`close_fd` once they have it.
-    ``SharedArrays(specs, fd)`` maps another process's. ``arrays`` are the views.
+    ``SharedMemory(size)`` makes it; its descriptor :attr:`fd` goes to the other processes (``pass_fds``, or
+    :meth:`Helper.send_fd` over their sockets) and is closed by :meth:`close_fd` once they have it.
+    ``SharedMemory(size, fd)`` maps another process's (and closes ``fd``). :attr:`map` is the mapping.
     """
 
-    def __init__(self, specs, fd=None):
-        offsets, size = [], 0
-        for shape, dtype in specs:
-            offsets.append(size)
-            size += _aligned(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-        size = max(size, 64)
+    def __init__(self, size, fd=None):
         mine = fd is None
         if mine:
             if hasattr(os, "memfd_create"):
@@ -113,14 +107,27 @@ class SharedArrays:
             if not mine:
                 os.close(fd)
         self.fd = fd if mine else None
-        self.arrays = [np.ndarray(shape, dtype, buffer=self.map, offset=offset)
-                       for (shape, dtype), offset in zip(specs, offsets)]
 
     def close_fd(self):
         """Close the descriptor: the memory stays mapped in every process that has it, and goes with the last."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class SharedArrays(SharedMemory):
+    """Arrays of the given ``(shape, dtype)`` specs in one :class:`SharedMemory` (each 64-byte aligned):
+    ``SharedArrays(specs)`` makes it, ``SharedArrays(specs, fd)`` maps another process's. ``arrays`` are the views.
+    """
+
+    def __init__(self, specs, fd=None):
+        offsets, size = [], 0
+        for shape, dtype in specs:
+            offsets.append(size)
+            size += _aligned(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        super().__init__(max(size, 64), fd)
+        self.arrays = [np.ndarray(shape, dtype, buffer=self.map, offset=offset)
+                       for (shape, dtype), offset in zip(specs, offsets)]
 
 
 def _state(model):
@@ -177,11 +184,11 @@ class Mailbox:
         if fds is None:
             flags = os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC  # the helper gets them by pass_fds
             self.events = [os.eventfd(0, flags), os.eventfd(0, flags)]  # to the helper, from the helper
-            self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)])
+            self.memory = SharedMemory(4 * self.SLOT)
             self.out, self.into = 0, 1
         else:
             memory, *self.events = fds
-            self.memory = SharedArrays([((2, 2, self.SLOT), np.uint8)], memory)
+            self.memory = SharedMemory(4 * self.SLOT, memory)
             self.out, self.into = 1, 0
         self.map = self.memory.map  # slot k of direction d: bytes (2d + k) * SLOT onwards; a length, then the message
         self.sleep = select.poll()  # on the counter and the socket (poll: no limit on descriptor numbers)
@@ -296,8 +303,8 @@ class Helper:
         """Send a message of a pass (:class:`Mailbox`)."""
         try:
             self.mailbox.send(message)
-        except (OSError, ValueError):
-            raise self._stopped("its socket is closed") from None
+        except (OSError, ValueError):  # a large message goes through the socket, which the helper closed by ending
+            raise self._stopped("it no longer takes messages") from None
 
     def collect(self):
         """The helper's next message of a pass (:class:`Mailbox`); an error it sent is raised as a
