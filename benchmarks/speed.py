@@ -31,6 +31,9 @@ and ``cnn`` on one thread and on two, npconv (its chunks on 1 or 2 threads, and 
 interpreter lock -- in this process and a helper process, ``npconv/engine/processes.py``) and PyTorch
 (``torch.set_num_threads``) taking turns; the speed-up is the one-thread step over the two-core one. A run's
 tuner takes whichever of npconv's ways is fastest on the machine.
+Beside it, the machine's **two-core ceiling** (:func:`two_core_ceiling`): a chunk's share of the ``cnn-bn`` step in
+one process alone and in two at once, never waiting for each other -- what two cores give right now, whatever the
+software (on a virtual machine whose second core is shared with other work, well under 2).
 
 The loaded table repeats the ``loaded`` workloads (``--loaded-steps`` steps each) while
 one CPU-bound process -- started and stopped by this script -- keeps a core busy, as a
@@ -413,6 +416,52 @@ def cpu_bound_process():
         hog.wait()
 
 
+#: What each process of :func:`two_core_ceiling` runs: the ``cnn-bn`` step's work on one chunk of 50 images (forward
+#: and backward with the engine's kernels, BLAS on one thread), timed per step after a warm-up; it prints the median.
+CHUNK_ALONE = """
+import statistics, sys, time
+import numpy as np
+from npconv import data, engine, models, nn
+mnist = data.load_dataset("mnist")
+x = data.to_float(mnist.train_images[:50], 0.1307, 0.3081)
+model = models.build_model("cnn-bn", rng=np.random.default_rng(0))
+net = engine.DataParallel(model, engine.plan_for(model, (1, 28, 28), 100), threads=1)
+def step():
+    y = net(x)
+    net.backward(np.ones_like(y), input_grad=False)
+for _ in range(10):
+    step()
+times = []
+for _ in range(int(sys.argv[1])):
+    started = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - started)
+print(statistics.median(times))
+"""
+
+
+def two_core_ceiling(rounds=3, steps=60):
+    """What two cores of this machine give right now, whatever the software: :data:`CHUNK_ALONE` in one process
+    alone, then in two at once (each on its own, never waiting for the other), ``rounds`` times in turn.
+
+    Returns ``(ceiling, alone, together)``: the median over the rounds of ``2 * alone / slower of the two`` -- a step
+    whose two halves meet must wait for the slower -- and the last round's seconds per step. On a machine whose
+    cores do not slow each other down it is 2; on a virtual machine whose second core is shared with other work, less.
+    """
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+    def run(count):
+        children = [subprocess.Popen([sys.executable, "-c", CHUNK_ALONE, str(steps)], env=env, stdout=subprocess.PIPE,
+                                     text=True) for _ in range(count)]
+        return [float(child.communicate()[0]) for child in children]
+
+    ceilings = []
+    for _ in range(rounds):
+        (alone,), together = run(1), run(2)
+        ceilings.append(2 * alone / max(together))
+    return statistics.median(ceilings), alone, together
+
+
 def peak_rss_of_train():
     """Peak RSS in MB of ``npconv train`` (1 epoch) in a child process."""
     with tempfile.TemporaryDirectory() as out:
@@ -667,6 +716,7 @@ def report(args, d):
     quiet = measure(WORKLOADS, d, args.steps, args.repeats, quiet_report, one_thread_too=not args.no_load,
                     rates=rates)
     scaling = {} if args.no_scaling else {name: step_times(name, d, args.repeats * 3) for name in SCALING}
+    ceiling = None if args.no_scaling else two_core_ceiling()
     loaded_workloads = [w for w in WORKLOADS if w.loaded]
     loaded = None
     if not args.no_load:
@@ -696,6 +746,12 @@ def report(args, d):
         print(f"\none training step of batch {BATCH} on one thread and on two (and in two processes, where helpers "
               f"can run), medians of interleaved rounds (3 untimed steps at the start of each turn):")
         print(speedup_table(scaling))
+        if ceiling is not None:
+            best, alone, together = ceiling
+            print(f"this machine's two-core ceiling: {best:.2f}x -- one chunk of 50 images (the cnn-bn step's work, "
+                  f"engine kernels, one BLAS thread) {1e3 * alone:.2f} ms a step in one process alone, "
+                  f"{' and '.join(f'{1e3 * t:.2f}' for t in together)} ms in two at once (last of 3 rounds); "
+                  f"2 x alone / the slower of the two, the median of the rounds")
     if loaded is not None:
         print(f"\nwith one CPU-bound process running ({args.loaded_steps} steps per epoch timed, "
               f"best of {args.repeats} rounds):")
@@ -721,6 +777,8 @@ def report(args, d):
                         if ("npconv", "2 processes") in t else "")
         summary.append(f"{name} step two-thread speed-up npconv {t['npconv', 1] / t['npconv', 2]:.2f}x{in_processes}, "
                        f"PyTorch {t['torch', 1] / t['torch', 2]:.2f}x")
+    if ceiling is not None:
+        summary.append(f"the machine's two-core ceiling {ceiling[0]:.2f}x")
     summary.append(f"cnn epoch {cnn_ours / floor:.1f}x the floor")
     print("summary: " + "; ".join(summary) + f" ({cpu}, {isa.split(' ')[0]}, {blas_kernels()} kernels, "
           f"{python_description()})")
