@@ -44,6 +44,7 @@ import pickle
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ from .. import nn
 from .chain import Chain, kernel_for, layers_of
 from .memory import keep_freed_memory
 from .plan import using
-from .batchnorm import pooled
+from .batchnorm import Moments, pooled
 from .stages import backward_stages, chain_per_chunk, cut_at_batch_norms, forward_stages, run_alone, summed
 
 
@@ -160,6 +161,72 @@ def _dumps(message):
     return out.getbuffer()
 
 
+#: A message's head in its slot: how it is written (:data:`_PICKLED`, :data:`_NOTES`, or :data:`_BY_SOCKET`: not in
+#: the slot, on the socket) and its size in bytes.
+_HEAD = struct.Struct("<qq")
+_PICKLED, _NOTES, _BY_SOCKET = 0, 1, 2
+
+#: A note's head (what it is: None, Moments or a tuple; its count or its length), an array's (its dtype's character
+#: code and its length).
+_ITEM = struct.Struct("<qq")
+_NONE, _MOMENTS, _TUPLE = 0, 1, 2
+
+
+def _write_notes(memory, start, stop, notes):
+    """Write ``notes`` into ``memory[start:stop]`` as numbers: each note's head, then its arrays (each a head and its
+    bytes). Returns where they end; None (what was written does not count) if they are not such notes or do not
+    fit."""
+    if type(notes) is not list:
+        return None
+    pos = start
+    for note in notes:
+        if note is None:
+            head, arrays = (_NONE, 0), ()
+        elif type(note) is Moments and type(note.count) is int:
+            head, arrays = (_MOMENTS, note.count), (note.total, note.squares)
+        elif type(note) is tuple:
+            head, arrays = (_TUPLE, len(note)), note
+        else:
+            return None
+        if pos + _ITEM.size > stop:
+            return None
+        _ITEM.pack_into(memory, pos, *head)
+        pos += _ITEM.size
+        for a in arrays:
+            plain = type(a) is np.ndarray and a.ndim == 1 and a.flags.c_contiguous
+            if not plain or pos + _ITEM.size + a.nbytes > stop:
+                return None
+            _ITEM.pack_into(memory, pos, ord(a.dtype.char), len(a))
+            pos += _ITEM.size
+            memory[pos : pos + a.nbytes] = a.data.cast("B")
+            pos += a.nbytes
+    return pos
+
+
+def _read_notes(memory, pos, size):
+    """The notes :func:`_write_notes` wrote in the ``size`` bytes from ``pos`` on (their arrays copied out)."""
+    stop, notes = pos + size, []
+
+    def array():
+        nonlocal pos
+        code, length = _ITEM.unpack_from(memory, pos)
+        pos += _ITEM.size
+        a = np.frombuffer(memory, chr(code), length, pos).copy()
+        pos += a.nbytes
+        return a
+
+    while pos < stop:
+        kind, number = _ITEM.unpack_from(memory, pos)
+        pos += _ITEM.size
+        if kind == _NONE:
+            notes.append(None)
+        elif kind == _MOMENTS:
+            notes.append(Moments(number, array(), array()))
+        else:
+            notes.append(tuple(array() for _ in range(number)))
+    return notes
+
+
 class Mailbox:
     """A pass's messages between this process and one helper -- a meeting's notes, a chunk's result -- through
     shared memory, each announced by an ``eventfd``.
@@ -169,7 +236,8 @@ class Mailbox:
     slots of :data:`SLOT` bytes, used in turn: a side sends its next message only after it has read the other's
     previous one, so the slot it writes has been read. The counter (``EFD_SEMAPHORE``: one count per message)
     is written after the message and read before it, through the kernel, which orders the two in memory on
-    every CPU. A message larger than a slot goes through the socket, announced the same way. The socket stays
+    every CPU. A meeting's notes are written as their numbers (:meth:`send_notes`), anything else pickled. A
+    message larger than a slot goes through the socket, announced the same way. The socket stays
     the way to send a model, a descriptor or an error: a side waiting here that finds it readable stops waiting.
     """
 
@@ -190,7 +258,7 @@ class Mailbox:
             memory, *self.events = fds
             self.memory = SharedMemory(4 * self.SLOT, memory)
             self.out, self.into = 1, 0
-        self.map = self.memory.map  # slot k of direction d: bytes (2d + k) * SLOT onwards; a length, then the message
+        self.map = self.memory.map  # slot k of direction d: bytes (2d + k) * SLOT on; a head (_HEAD), then the message
         self.sleep = select.poll()  # on the counter and the socket (poll: no limit on descriptor numbers)
         self.sleep.register(self.events[self.into], select.POLLIN)
         self.sleep.register(connection.fileno(), select.POLLIN)
@@ -203,16 +271,31 @@ class Mailbox:
         return (2 * direction + number % 2) * self.SLOT
 
     def send(self, message):
+        """Send ``message`` (pickled; through the socket if it does not fit in a slot)."""
         data = _dumps(message)
-        fits = len(data) <= self.SLOT - 8
+        fits = len(data) <= self.SLOT - _HEAD.size
         start = self._slot(self.out, self.sent)
-        self.map[start : start + 8] = (len(data) if fits else -1).to_bytes(8, "little", signed=True)
+        _HEAD.pack_into(self.map, start, _PICKLED if fits else _BY_SOCKET, len(data))
         if fits:
-            self.map[start + 8 : start + 8 + len(data)] = data
-        self.sent += 1
-        os.eventfd_write(self.events[self.out], 1)
+            self.map[start + _HEAD.size : start + _HEAD.size + len(data)] = data
+        self._announce()
         if not fits:
             self.connection.send_bytes(data)
+
+    def send_notes(self, notes):
+        """Send a meeting's notes -- a list of None, :class:`~npconv.engine.batchnorm.Moments` and tuples of arrays --
+        as their numbers, without pickling (a meeting waits for it; docs/performance.md, "what a message costs").
+        Anything else, or too large for a slot, is sent as :meth:`send` sends it."""
+        start = self._slot(self.out, self.sent)
+        end = _write_notes(self.map, start + _HEAD.size, start + self.SLOT, notes)
+        if end is None:
+            return self.send(notes)
+        _HEAD.pack_into(self.map, start, _NOTES, end - start - _HEAD.size)
+        self._announce()
+
+    def _announce(self):
+        self.sent += 1
+        os.eventfd_write(self.events[self.out], 1)
 
     def receive(self):
         """The other side's next message: watched for :data:`WATCH` seconds, then slept on. Raises EOFError
@@ -230,8 +313,11 @@ class Mailbox:
                 raise EOFError
         start = self._slot(self.into, self.read)
         self.read += 1
-        size = int.from_bytes(self.map[start : start + 8], "little", signed=True)
-        return pickle.loads(self.map[start + 8 : start + 8 + size] if size >= 0 else self.connection.recv_bytes())
+        kind, size = _HEAD.unpack_from(self.map, start)
+        start += _HEAD.size
+        if kind == _NOTES:
+            return _read_notes(self.map, start, size)
+        return pickle.loads(self.map[start : start + size] if kind == _PICKLED else self.connection.recv_bytes())
 
     def close(self):
         for fd in self.events:
@@ -299,10 +385,10 @@ class Helper:
         except (OSError, ValueError, IndexError):
             return 0.0
 
-    def post(self, message):
-        """Send a message of a pass (:class:`Mailbox`)."""
+    def post(self, message, notes=False):
+        """Send a message of a pass (:class:`Mailbox`); ``notes``: a meeting's notes (:meth:`Mailbox.send_notes`)."""
         try:
-            self.mailbox.send(message)
+            (self.mailbox.send_notes if notes else self.mailbox.send)(message)
         except (OSError, ValueError):  # a large message goes through the socket, which the helper closed by ending
             raise self._stopped("it no longer takes messages") from None
 
@@ -523,7 +609,7 @@ def _gather(notes, helpers):
     def send_others(h):
         others = list(notes)
         others[h::n] = [None] * len(others[h::n])
-        helpers[h - 1].post(others)
+        helpers[h - 1].post(others, notes=True)
 
     for h, helper in enumerate(helpers, 1):
         if h == n - 1:
@@ -609,7 +695,7 @@ def _receive_fd(connection):
 
 def _exchange(hosted, mailbox, notes):
     """A meeting, in a helper: send its chunks' notes, return every chunk's, in chunk order (:func:`_gather`)."""
-    mailbox.send(notes)
+    mailbox.send_notes(notes)
     everyone = mailbox.receive()
     everyone[hosted.h + 1 :: hosted.n] = notes
     return everyone

@@ -266,6 +266,45 @@ def test_a_mailbox_carries_small_and_large_messages_both_ways_in_order():
         side.close()
 
 
+def test_a_meetings_notes_go_through_a_mailbox_as_numbers_and_come_back_equal():
+    """Notes -- None, Moments, tuples of arrays -- are written as their numbers (not pickled) and read back with the
+    same types, dtypes and bits; anything else a meeting might send, or notes too large for a slot, is pickled."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from npconv.engine.batchnorm import Moments
+
+    here, there = socket.socketpair()
+    trainer = processes.Mailbox(Connection(here.detach()))
+    helper = processes.Mailbox(Connection(there.detach()), [os.dup(fd) for fd in trainer.fds()])
+    rng = np.random.default_rng(0)
+    forward = [Moments(9800, rng.random(32, dtype=np.float32), rng.random(32, dtype=np.float32)), None]
+    backward = [None, (rng.random(16, dtype=np.float32), rng.random(16))]
+    odd = [np.ones((2, 3), np.float32), None]  # not a note: pickled
+    for notes in (forward, backward, odd):
+        trainer.send_notes(notes)
+        back = helper.receive()
+        assert len(back) == len(notes)
+        for mine, theirs in zip(notes, back):
+            if mine is None:
+                assert theirs is None
+            elif isinstance(mine, Moments):
+                assert type(theirs) is Moments and theirs.count == mine.count and type(theirs.count) is int
+                for a, b in ((mine.total, theirs.total), (mine.squares, theirs.squares)):
+                    assert b.dtype == a.dtype and b.tobytes() == a.tobytes() and b.flags.writeable
+            else:
+                assert type(theirs) is type(mine)
+                pairs = zip(mine, theirs) if isinstance(mine, tuple) else [(mine, theirs)]
+                for a, b in pairs:
+                    assert b.dtype == a.dtype and b.shape == a.shape and b.tobytes() == a.tobytes()
+        helper.send("read")  # the protocol of a pass: each side reads the other's before it sends again
+        assert trainer.receive() == "read"
+    assert processes._write_notes(trainer.map, 0, 100, forward) is None  # does not fit: pickled instead
+    for side in (trainer, helper):
+        side.connection.close()
+        side.close()
+
+
 def test_the_helpers_cpu_time_is_counted_as_this_processs_own(rng):
     """The tuner's CoreMeter counts the helpers' CPU time as this process's: a helper computing is not another
     program keeping a core busy."""
