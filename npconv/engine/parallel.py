@@ -471,7 +471,7 @@ class DataParallel:
                 self._hosting = processes.Hosting(self.model, self.plan)
                 weakref.finalize(self, pool.drop, self._hosting.id)
             try:
-                helpers = self._hosting.helpers(threads - 1, -(-count // threads), fresh=not backward)
+                helpers = self._hosting.helpers(threads - 1, -(-count // threads))
             except processes.HelperError as e:
                 pool.stop(e)
                 if backward:

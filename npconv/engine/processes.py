@@ -13,8 +13,10 @@ machine (:class:`~npconv.engine.tuning.InProcesses`):
 * a helper is sent a copy of the model (pickled) and the run's plan once, and
   computes with kernels of its own copy; the parameters and buffers it computes
   with are arrays in shared memory (a file both processes map), into which the
-  model's current values are copied before every forward -- so whatever changed
-  them (the optimizer, ``load_state_dict``) the helper computes with the same values;
+  model's current values are copied at every forward (those of the layers before the
+  first meeting before the helpers are told to start, the others just after) -- so
+  whatever changed them (the optimizer, ``load_state_dict``) the helper computes with
+  the same values;
 * a pass sends each helper its chunks (their bytes, not pickled); the stages
   (:func:`~npconv.engine.parallel.forward_stages`, :func:`~npconv.engine.parallel.backward_stages`)
   run in every process at once; at each meeting every process sends its chunks'
@@ -61,7 +63,8 @@ from .chain import Chain, kernel_for, layers_of
 from .memory import keep_freed_memory
 from .plan import using
 from .batchnorm import Moments, pooled
-from .stages import backward_stages, chain_per_chunk, cut_at_batch_norms, forward_stages, run_alone, summed
+from .stages import (backward_stages, batch_statistics, chain_per_chunk, cut_at_batch_norms, forward_stages,
+                     run_alone, summed)
 
 
 class HelperError(RuntimeError):
@@ -506,20 +509,21 @@ class Hosting:
         self.inbox = None      # SharedArrays: per helper, room for the inputs of its chunks in a pass
         self.pid = os.getpid()
 
-    def helpers(self, count, chunks_each, fresh=True):
-        """``count`` helpers holding the model, with room for ``chunks_each`` chunks' gradients each and, if
-        ``fresh``, the current values of its parameters and buffers (a forward; a backward computes with the
-        values of its forward)."""
+    def helpers(self, count, chunks_each):
+        """``count`` helpers holding the model, with room for ``chunks_each`` chunks' gradients each."""
         helpers = POOL.start(count)
         if self.pid != os.getpid():  # forked: the shared memory is the parent's
             self.state, self.gradients, self.inbox, self.shape = None, None, None, (0, 0)
             self.pid = os.getpid()
         if count > self.shape[0] or chunks_each > self.shape[1] or any(self.id not in h.hosted for h in helpers):
             self._send(helpers, (max(count, self.shape[0]), max(chunks_each, self.shape[1])))
-        if fresh:
-            for mine, value in zip(self.state.arrays, _state(self.model)):
-                np.copyto(mine, value.data)
         return helpers
+
+    def copy_state(self, start=0, stop=None):
+        """Copy the model's parameters and buffers ``start:stop`` (``state_dict`` order) into shared memory, where the
+        helpers compute with them."""
+        for mine, value in zip(self.state.arrays[start:stop], _state(self.model)[start:stop]):
+            np.copyto(mine, value.data)
 
     def _send(self, helpers, shape):
         """Send the model to ``helpers`` with new shared memory: for its state, and for ``shape`` = (helpers,
@@ -545,7 +549,13 @@ class Hosting:
 
     def start_forward(self, helpers, training, grad, chunks):
         """Start a forward in ``helpers``: helper ``h`` (1-based) gets chunks ``h, h + n, ...`` (n = helpers + 1),
-        copied into its part of the shared inbox (made larger, and sent again, when they do not fit)."""
+        copied into its part of the shared inbox (made larger, and sent again, when they do not fit).
+
+        The helpers compute with the model's current parameters and buffers (a backward, with those of its forward):
+        those the first stage reads are copied into shared memory before the start is sent, the others after it,
+        while the helpers start -- they read them after the first meeting, which waits for this process's notes."""
+        early = _first_stage_state(self.model)
+        self.copy_state(0, early)
         n = len(helpers) + 1
         mine = [chunks[h::n] for h in range(1, n)]
         need = max(sum(_aligned(c.nbytes) for c in cs) for cs in mine)
@@ -566,6 +576,7 @@ class Hosting:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
+        self.copy_state(early)
 
     def start_backward(self, helpers, counts, input_grad, dys):
         """Start a backward in ``helpers``: each gets the ``dy`` of its chunks (small: the network's outputs) and the
@@ -579,6 +590,17 @@ class Hosting:
         n = len(self.model.parameters())
         start = (h * self.shape[1] + j) * n
         return self.gradients.arrays[start : start + n]
+
+
+def _first_stage_state(model):
+    """How many of the model's parameters and buffers (``state_dict`` order) a forward's first stage reads: those of
+    the layers before its first meeting (a batch norm in training mode); all of them in a pass without meetings."""
+    count = 0
+    for layer in layers_of(model):
+        if batch_statistics(layer):
+            return count
+        count += sum(1 for _ in layer._named(nn.module._State))
+    return count
 
 
 def run_apart(stages, values, helpers):
