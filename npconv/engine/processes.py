@@ -149,7 +149,7 @@ class _Pickler(pickle.Pickler):
     small arrays of a meeting's notes (docs/performance.md, "what a message costs")."""
 
     def reducer_override(self, obj):
-        if type(obj) is np.ndarray:
+        if type(obj) is np.ndarray and not obj.dtype.hasobject:  # (objects: NumPy's own way)
             return _array, (obj.dtype.str, obj.shape, obj.tobytes())
         return NotImplemented
 
@@ -196,7 +196,8 @@ def _write_notes(memory, start, stop, notes):
         _ITEM.pack_into(memory, pos, *head)
         pos += _ITEM.size
         for a in arrays:
-            plain = type(a) is np.ndarray and a.ndim == 1 and a.flags.c_contiguous
+            plain = (type(a) is np.ndarray and a.ndim == 1 and a.flags.c_contiguous
+                     and a.dtype.isbuiltin == 1 and not a.dtype.hasobject)  # a native number type: its char says it
             if not plain or pos + _ITEM.size + a.nbytes > stop:
                 return None
             _ITEM.pack_into(memory, pos, ord(a.dtype.char), len(a))

@@ -281,8 +281,11 @@ def test_a_meetings_notes_go_through_a_mailbox_as_numbers_and_come_back_equal():
     forward = [Moments(9800, rng.random(32, dtype=np.float32), rng.random(32, dtype=np.float32)), None]
     backward = [None, (rng.random(16, dtype=np.float32), rng.random(16))]
     odd = [np.ones((2, 3), np.float32), None]  # not a note: pickled
-    for notes in (forward, backward, odd):
+    swapped = [(np.arange(4, dtype=">f8"), np.array([1, None], dtype=object))]  # not plain numbers: pickled
+    for notes in (forward, backward, odd, swapped):
         trainer.send_notes(notes)
+        kind, _ = processes._HEAD.unpack_from(trainer.map, trainer._slot(trainer.out, trainer.sent - 1))
+        assert kind == (processes._NOTES if notes is forward or notes is backward else processes._PICKLED)
         back = helper.receive()
         assert len(back) == len(notes)
         for mine, theirs in zip(notes, back):
