@@ -520,10 +520,11 @@ class Hosting:
             self._send(helpers, (max(count, self.shape[0]), max(chunks_each, self.shape[1])))
         return helpers
 
-    def copy_state(self, start=0, stop=None):
-        """Copy the model's parameters and buffers ``start:stop`` (``state_dict`` order) into shared memory, where the
-        helpers compute with them."""
-        for mine, value in zip(self.state.arrays[start:stop], _state(self.model)[start:stop]):
+    def copy_state(self, start=0, stop=None, state=None):
+        """Copy the model's parameters and buffers ``start:stop`` (``state_dict`` order; ``state``: the model's, if
+        already listed) into shared memory, where the helpers compute with them."""
+        state = _state(self.model) if state is None else state
+        for mine, value in zip(self.state.arrays[start:stop], state[start:stop]):
             np.copyto(mine, value.data)
 
     def _send(self, helpers, shape):
@@ -555,8 +556,8 @@ class Hosting:
         The helpers compute with the model's current parameters and buffers (a backward, with those of its forward):
         those the first stage reads are copied into shared memory before the start is sent, the others after it,
         while the helpers start -- they read them after the first meeting, which waits for this process's notes."""
-        early = _first_stage_state(self.model)
-        self.copy_state(0, early)
+        state, early = _state(self.model), _first_stage_state(self.model)
+        self.copy_state(0, early, state)
         n = len(helpers) + 1
         mine = [chunks[h::n] for h in range(1, n)]
         need = max(sum(_aligned(c.nbytes) for c in cs) for cs in mine)
@@ -577,7 +578,7 @@ class Hosting:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
-        self.copy_state(early)
+        self.copy_state(early, None, state)
 
     def start_backward(self, helpers, counts, input_grad, dys):
         """Start a backward in ``helpers``: each gets the ``dy`` of its chunks (small: the network's outputs) and the
@@ -667,13 +668,17 @@ class _Hosted:
         self.segments = None
         self.inputs = {}  # chunk j -> the array its input is read into
 
-    def received(self, j, shape, dtype, offset):
-        """Chunk ``j``'s input, copied from the inbox into an array kept for it (the inbox is refilled by the
-        next forward, while a backward may still need what the chunk kept)."""
+    def received(self, j, shape, dtype, offset, keep):
+        """Chunk ``j``'s input: with ``keep`` (a training forward) copied from the inbox into an array kept for it
+        (the inbox is refilled by the next forward, while a backward may still need what the chunk kept); else
+        the inbox's own bytes (no backward follows, and the next forward waits for this one's results)."""
+        view = np.ndarray(shape, dtype, buffer=self.inbox.arrays[self.h], offset=offset)
+        if not keep:
+            return view
         buffer = self.inputs.get(j)
         if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
             buffer = self.inputs[j] = np.empty(shape, dtype)
-        np.copyto(buffer, np.ndarray(shape, dtype, buffer=self.inbox.arrays[self.h], offset=offset))
+        np.copyto(buffer, view)
         return buffer
 
     def chains_for(self, count, per_chunk):
@@ -690,7 +695,7 @@ def _forward(hosted, mailbox, training, grad, layouts, new_inbox, n):
     if new_inbox is not None:  # (helpers, bytes each), as the other process made it
         count, room = new_inbox
         hosted.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(mailbox.connection))
-    chunks = [hosted.received(j, *layout) for j, layout in enumerate(layouts)]
+    chunks = [hosted.received(j, *layout, keep=grad) for j, layout in enumerate(layouts)]
     hosted.model.train(training)
     hosted.chains = hosted.chains_for(len(chunks), chain_per_chunk(hosted.chain.kernels, grad))
     hosted.segments = cut_at_batch_norms(hosted.chains)
