@@ -114,6 +114,29 @@ def test_the_input_gradient_and_inference_in_a_helper_are_those_of_one_thread(rn
     assert apart == [1, 1, 1], "forward, backward and inference each ran in one helper"
 
 
+def test_training_steps_around_an_inference_pass_give_the_bits_of_one_thread(rng, apart):
+    """An inference pass (its pieces computed straight from the shared inbox) between two training steps (whose
+    chunks the helper copies out of it) leaves every output, dx and gradient that of one thread."""
+    xs, other = [_images(rng, 100), _images(rng, 250)], _images(rng, 550)  # the helper: 1 and 2 chunks, 3 pieces
+    dys = [rng.standard_normal((len(x), 10)).astype(np.float32) for x in xs]
+    results = []
+    for way in [(1, False), (2, True)]:
+        model = _model("cnn-bn")
+        net = DataParallel(model, threads=way[0], processes=way[1])
+        seen = []
+        for k, (x, dy) in enumerate(zip(xs, dys)):
+            for p in model.parameters():
+                p.grad.fill(0)
+            seen += [net(x), net.backward(dy, input_grad=True), *[p.grad.copy() for p in model.parameters()]]
+            if k == 0:
+                with nn.no_grad():
+                    seen.append(net(other))
+        results.append(seen)
+    assert apart == [1] * 5, "two forwards, two backwards and the inference each ran in a helper"
+    for theirs, mine in zip(*results):
+        np.testing.assert_array_equal(mine, theirs)
+
+
 def test_a_helper_computes_with_the_model_as_it_is_now(rng, apart):
     """Values changed between passes (``load_state_dict``, an in-place update) reach the helper."""
     model = _model("cnn")
