@@ -465,8 +465,8 @@ class Pool:
         return next(self._ids)
 
     def cpu_seconds(self):
-        """The CPU time the helpers have used, helpers that ended included (for :class:`~npconv.engine.tuning.CoreMeter`:
-        their work is this process's, not another program's)."""
+        """The CPU time the helpers have used, helpers that ended included (for
+        :class:`~npconv.engine.tuning.CoreMeter`: their work is this process's, not another program's)."""
         return self.ended_seconds + sum(helper.cpu_seconds() for helper in self.helpers)
 
     def drop(self, model_id):
@@ -520,10 +520,9 @@ class Hosting:
             self._send(helpers, (max(count, self.shape[0]), max(chunks_each, self.shape[1])))
         return helpers
 
-    def copy_state(self, start=0, stop=None, state=None):
-        """Copy the model's parameters and buffers ``start:stop`` (``state_dict`` order; ``state``: the model's, if
-        already listed) into shared memory, where the helpers compute with them."""
-        state = _state(self.model) if state is None else state
+    def copy_state(self, state, start, stop=None):
+        """Copy ``state[start:stop]`` (the model's parameters and buffers, :func:`_state`) into shared memory, where
+        the helpers compute with them."""
         for mine, value in zip(self.state.arrays[start:stop], state[start:stop]):
             np.copyto(mine, value.data)
 
@@ -557,7 +556,7 @@ class Hosting:
         those the first stage reads are copied into shared memory before the start is sent, the others after it,
         while the helpers start -- they read them after the first meeting, which waits for this process's notes."""
         state, early = _state(self.model), _first_stage_state(self.model)
-        self.copy_state(0, early, state)
+        self.copy_state(state, 0, early)
         n = len(helpers) + 1
         mine = [chunks[h::n] for h in range(1, n)]
         need = max(sum(_aligned(c.nbytes) for c in cs) for cs in mine)
@@ -578,7 +577,7 @@ class Hosting:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
-        self.copy_state(early, None, state)
+        self.copy_state(state, early)
 
     def start_backward(self, helpers, counts, input_grad, dys):
         """Start a backward in ``helpers``: each gets the ``dy`` of its chunks (small: the network's outputs) and the
