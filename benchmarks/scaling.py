@@ -65,33 +65,33 @@ def ms_per_step(step, steps):
 
 
 def _in_process(model_name, steps, ready, out):
-    """A process of the 'two processes' case: once both are ready, time its own chunk steps."""
+    """A process of the 'processes' case: once all are ready, time its own chunk steps."""
     engine.memory.keep_freed_memory()
     with threadpool_limits(1, user_api="blas"):
         step = chunk_stepper(model_name)
         step()
-        ready.wait()  # both processes have imported npconv and taken a first step
+        ready.wait()  # every process has imported npconv and taken a first step
         out.put(ms_per_step(step, steps))
 
 
-def free_running(model_name, steps, kind):
-    """Milliseconds per chunk step of each of two threads or two processes (``kind``) running at once."""
+def free_running(model_name, steps, kind, count=2):
+    """Milliseconds per chunk step of each of ``count`` threads or processes (``kind``) running at once."""
     if kind == "threads":
-        steppers = [chunk_stepper(model_name) for _ in range(2)]
-        times = [None, None]
+        steppers = [chunk_stepper(model_name) for _ in range(count)]
+        times = [None] * count
 
         def run(i):
             times[i] = ms_per_step(steppers[i], steps)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return times
     context = multiprocessing.get_context("spawn")
-    ready, out = context.Barrier(2), context.Queue()
-    processes = [context.Process(target=_in_process, args=(model_name, steps, ready, out)) for _ in range(2)]
+    ready, out = context.Barrier(count), context.Queue()
+    processes = [context.Process(target=_in_process, args=(model_name, steps, ready, out)) for _ in range(count)]
     for p in processes:
         p.start()
     times = [out.get(timeout=300) for _ in processes]

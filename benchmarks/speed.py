@@ -416,48 +416,21 @@ def cpu_bound_process():
         hog.wait()
 
 
-#: What each process of :func:`two_core_ceiling` runs: the ``cnn-bn`` step's work on one chunk of 50 images (forward
-#: and backward with the engine's kernels, BLAS on one thread), timed per step after a warm-up; it prints the median.
-CHUNK_ALONE = """
-import statistics, sys, time
-import numpy as np
-from npconv import data, engine, models, nn
-mnist = data.load_dataset("mnist")
-x = data.to_float(mnist.train_images[:50], 0.1307, 0.3081)
-model = models.build_model("cnn-bn", rng=np.random.default_rng(0))
-net = engine.DataParallel(model, engine.plan_for(model, (1, 28, 28), 100), threads=1)
-def step():
-    y = net(x)
-    net.backward(np.ones_like(y), input_grad=False)
-for _ in range(10):
-    step()
-times = []
-for _ in range(int(sys.argv[1])):
-    started = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - started)
-print(statistics.median(times))
-"""
-
-
-def two_core_ceiling(rounds=3, steps=60):
-    """What two cores of this machine give right now, whatever the software: :data:`CHUNK_ALONE` in one process
-    alone, then in two at once (each on its own, never waiting for the other), ``rounds`` times in turn.
+def two_core_ceiling(rounds=3, steps=20):
+    """What two cores of this machine give right now, whatever the software: the ``cnn-bn`` chunk step of
+    ``scaling.py`` (forward and backward of the engine's kernels on 50 images, one BLAS thread) in one process alone,
+    then in two at once (each on its own, never waiting for the other), ``rounds`` times in turn.
 
     Returns ``(ceiling, alone, together)``: the median over the rounds of ``2 * alone / slower of the two`` -- a step
-    whose two halves meet must wait for the slower -- and the last round's seconds per step. On a machine whose
+    whose two halves meet must wait for the slower -- and the last round's milliseconds per step. On a machine whose
     cores do not slow each other down it is 2; on a virtual machine whose second core is shared with other work, less.
     """
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-
-    def run(count):
-        children = [subprocess.Popen([sys.executable, "-c", CHUNK_ALONE, str(steps)], env=env, stdout=subprocess.PIPE,
-                                     text=True) for _ in range(count)]
-        return [float(child.communicate()[0]) for child in children]
+    import scaling  # beside this file
 
     ceilings = []
     for _ in range(rounds):
-        (alone,), together = run(1), run(2)
+        (alone,) = scaling.free_running("cnn-bn", steps, "processes", count=1)
+        together = scaling.free_running("cnn-bn", steps, "processes")
         ceilings.append(2 * alone / max(together))
     return statistics.median(ceilings), alone, together
 
@@ -568,8 +541,8 @@ def timed_turn(step, n, steps, warm_up):
 def step_times(model_name, d, rounds, steps=15, warm_up=3):
     """Median seconds of one training step on one and on two cores, npconv (:func:`npconv_steps`, each of
     :data:`NPCONV_WAYS`) and PyTorch (:func:`torch_steps` on 1 and 2 threads, through :data:`REFERENCE`), all
-    taking turns ``rounds`` times: ``{(side, way): seconds}``. Each turn starts with ``warm_up`` untimed steps: in a run a step follows a
-    step of the same network, not of another library's."""
+    taking turns ``rounds`` times: ``{(side, way): seconds}``. Each turn starts with ``warm_up`` untimed steps: in
+    a run a step follows a step of the same network, not of another library's."""
     turns = {"npconv": npconv_steps(model_name, d),
              "torch": functools.partial(REFERENCE.call, "torch_step_turn", model_name)}
     ways = {"npconv": NPCONV_WAYS, "torch": (1, 2)}
@@ -749,8 +722,8 @@ def report(args, d):
         if ceiling is not None:
             best, alone, together = ceiling
             print(f"this machine's two-core ceiling: {best:.2f}x -- one chunk of 50 images (the cnn-bn step's work, "
-                  f"engine kernels, one BLAS thread) {1e3 * alone:.2f} ms a step in one process alone, "
-                  f"{' and '.join(f'{1e3 * t:.2f}' for t in together)} ms in two at once (last of 3 rounds); "
+                  f"engine kernels, one BLAS thread) {alone:.2f} ms a step in one process alone, "
+                  f"{' and '.join(f'{t:.2f}' for t in together)} ms in two at once (last of 3 rounds); "
                   f"2 x alone / the slower of the two, the median of the rounds")
     if loaded is not None:
         print(f"\nwith one CPU-bound process running ({args.loaded_steps} steps per epoch timed, "
