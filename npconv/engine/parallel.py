@@ -16,6 +16,11 @@ any load, with any number of threads -- and
 
 Under ``no_grad()`` (inference) nothing is kept for backward, and the chunks are
 pieces of :data:`PIECE` images, small enough to stay in the processor's caches.
+Where no batch norm meets either (none in training mode), the pieces are not dealt
+out in advance: each thread or process takes the next piece not yet taken
+(:func:`_run_shared`), so a core slowed down -- by another program, or a slower
+neighbour -- computes fewer of them; every piece is computed the same way, so
+this too changes no number.
 
 **Where** the chunks run -- one after another in the calling thread, spread
 over several threads, or over this process and helper processes
@@ -251,6 +256,36 @@ def _together(stages, values, shared, threads):
     return meeting(stages[-1], notes, now["shared"]), values
 
 
+def _run_shared(runners, pieces):
+    """An inference pass on threads, one per runner (a chain; the calling thread runs the first): each thread takes
+    the next piece not yet taken until none is left, so a thread slowed down computes fewer. Returns the outputs
+    in piece order. (Over processes: :func:`~npconv.engine.processes.run_shared`.)"""
+    outputs, taken, lock = [None] * len(pieces), itertools.count(), threading.Lock()
+
+    def work(chain):
+        while True:
+            with lock:  # count's next() is one step under the interpreter lock, not on a Python without it
+                i = next(taken)
+            if i >= len(pieces):
+                return
+            outputs[i] = chain.forward(pieces[i])
+
+    futures = [_pool().submit(contextvars.copy_context().run, work, chain) for chain in runners[1:]]
+    error = None
+    try:
+        work(runners[0])
+    except BaseException as e:
+        error = e
+    for future in futures:  # the others stop when the pieces run out
+        try:
+            future.result()
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error
+    return outputs
+
+
 def _can_cut(layers):
     """Whether a network of ``layers`` may be cut into chunks and is worth it: every layer is
     per-sample (:data:`PER_SAMPLE`) or a batch normalization (in training mode its statistics are
@@ -398,12 +433,15 @@ class DataParallel:
             return statistics
 
         with one_blas_thread(), self._helpers(threads, len(chunks), isinstance(way, InProcesses)) as helpers:
-            if helpers is not None:
-                self._hosting.start_forward(helpers, self.model.training, grad, chunks)
-            # After the helpers have their chunks: they get ready while this thread does.
-            workers = self._workers(len(chunks), grad, threads)
-            segments = cut_at_batch_norms(workers)
-            out = _join(_run_stages(forward_stages(segments, meet), chunks, threads, helpers))
+            if not chain_per_chunk(self.chain.kernels, grad):  # inference without meetings: the pieces are shared
+                out = _join(self._share(chunks, threads, helpers))
+            else:
+                if helpers is not None:
+                    self._hosting.start_forward(helpers, self.model.training, grad, chunks)
+                # After the helpers have their chunks: they get ready while this thread does.
+                workers = self._workers(len(chunks))
+                segments = cut_at_batch_norms(workers)
+                out = _join(_run_stages(forward_stages(segments, meet), chunks, threads, helpers))
         seconds = time.perf_counter() - started
         if grad:
             self._step = _Step(sizes, workers, segments, counts, threads, tuner, seconds,
@@ -509,27 +547,28 @@ class DataParallel:
             return None
         return B.xp.array_split(x, math.ceil(len(x) / size))
 
-    def _workers(self, count, grad, threads):
-        """The chains that run ``count`` chunks: chunk i runs on the i-th.
+    def _workers(self, count):
+        """The chains that run ``count`` chunks, chunk i on the i-th: a training step keeps every chunk's caches for
+        backward, and a batch normalization in training mode keeps a chunk's deviations between its steps."""
+        return [self.chain] + self._replicas(count - 1)
 
-        A training step keeps every chunk's caches for backward, and a batch
-        normalization in training mode keeps a chunk's deviations between its
-        steps: one chain per chunk. Otherwise (inference) one per thread, piece i
-        in thread ``i % threads``.
-        """
-        if chain_per_chunk(self.chain.kernels, grad):
-            return [self.chain] + self._replicas(count - 1)
-        runners = [self.chain] + self._replicas(threads - 1)
-        return [runners[i % threads] for i in range(count)]
+    def _share(self, pieces, threads, helpers):
+        """The outputs of an inference pass without meetings, its pieces taken one at a time by whichever of
+        ``threads`` threads -- or of this process and the ``helpers`` -- is free; each runs a chain of its own."""
+        if helpers is not None:
+            self._hosting.start_sharing(helpers, self.model.training, pieces)
+            return processes.run_shared(self.chain, pieces, helpers)
+        return _run_shared([self.chain] + self._replicas(threads - 1), pieces)
 
     def _tuner(self, grad, count):
         """The tuner of batches of ``count`` chunks, or None when they must run in one thread.
 
         One thread when only one is allowed, or when an active Dropout layer draws its
-        masks: they must be drawn chunk after chunk, in order.
+        masks (in a training step, or under ``no_grad()`` in training mode): they must be
+        drawn chunk after chunk, in order.
         """
-        if _max_threads == 1 or (grad and any(isinstance(kernel.layer, nn.Dropout) and kernel.layer.training
-                                              and kernel.layer.p > 0 for kernel in self.chain.kernels)):
+        if _max_threads == 1 or any(isinstance(kernel.layer, nn.Dropout) and kernel.layer.training
+                                    and kernel.layer.p > 0 for kernel in self.chain.kernels):
             return None
         key = (grad, count)
         if key not in self.tuners:

@@ -25,7 +25,11 @@ machine (:class:`~npconv.engine.tuning.InProcesses`):
   every process; at the end a helper sends its chunks' results. A pass's messages
   go through shared memory (:class:`Mailbox`), not the socket. Its chunks'
   parameter gradients are computed straight into shared memory, where
-  DataParallel adds them to the model's in chunk order.
+  DataParallel adds them to the model's in chunk order;
+* an inference pass (nothing kept, no meeting) is not cut up in advance: every
+  piece is put in shared memory and each process takes the next piece not yet
+  taken (:class:`PieceQueue`), so a core that runs slower -- another program on
+  it, a busier neighbour -- simply computes fewer pieces (:func:`run_shared`).
 
 A helper computes a chunk exactly as a thread would -- the same kernels, the same
 plan, BLAS on one thread -- so the numbers do not depend on where a chunk ran.
@@ -132,6 +136,54 @@ class SharedArrays(SharedMemory):
         super().__init__(max(size, 64), fd)
         self.arrays = [np.ndarray(shape, dtype, buffer=self.map, offset=offset)
                        for (shape, dtype), offset in zip(specs, offsets)]
+
+
+class PieceQueue:
+    """The pieces of an inference pass, handed out one at a time to whichever process asks first: a pipe holding
+    the pieces' numbers, which this process writes and every process of the pass reads (:meth:`take`).
+
+    The kernel reads a pipe for one reader at a time, so no two processes are handed the same piece, and a write
+    of at most ``PIPE_BUF`` bytes lands whole, so a number is never read in halves. After the numbers come as
+    many ends as there are readers: each reader stops at its first, and the pipe is empty when the pass is done.
+    ``PieceQueue()`` makes one (the write end stays here); ``PieceQueue(fd)`` is a helper's, reading ``fd``.
+    """
+
+    _NUMBER = struct.Struct("<i")
+    _END = -1
+
+    def __init__(self, fd=None):
+        if fd is None:
+            self.fd, self.write_fd = os.pipe()  # not inherited: a helper is passed the read end alone
+        else:
+            self.fd, self.write_fd = fd, None
+
+    def put(self, numbers):
+        """Hand out the pieces ``numbers`` (a reader gets them in this order)."""
+        per_write = select.PIPE_BUF // self._NUMBER.size
+        for start in range(0, len(numbers), per_write):
+            part = numbers[start : start + per_write]
+            os.write(self.write_fd, struct.pack(f"<{len(part)}i", *part))
+
+    def end(self, readers):
+        """The pieces are all handed out: an end for each of ``readers`` processes."""
+        self.put([self._END] * readers)
+
+    def take(self):
+        """The pieces this process is handed, one at a time, until its end (each waits for the next number)."""
+        while True:
+            data = os.read(self.fd, self._NUMBER.size)
+            if len(data) < self._NUMBER.size:  # the pipe's writer ended
+                raise EOFError("the process that hands out the pieces ended")
+            (number,) = self._NUMBER.unpack(data)
+            if number == self._END:
+                return
+            yield number
+
+    def close(self):
+        for fd in (self.fd, self.write_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.write_fd = None
 
 
 def _state(model):
@@ -331,9 +383,10 @@ class Mailbox:
 
 
 class Helper:
-    """One helper process and the socket to it, in the process that started it."""
+    """One helper process and the socket to it, in the process that started it; it reads the pool's
+    :class:`PieceQueue` ``queue``."""
 
-    def __init__(self):
+    def __init__(self, queue):
         here, there = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this npconv's folder
         start = f"import sys; sys.path.insert(0, {root!r}); from npconv.engine.processes import serve; serve()"
@@ -341,7 +394,7 @@ class Helper:
         self.errors = tempfile.TemporaryFile()  # the helper's stderr, for the message if it stops
         self.connection = Connection(os.dup(here.fileno()))
         self.mailbox = Mailbox(self.connection)
-        fds = [there.fileno(), *self.mailbox.fds()]
+        fds = [there.fileno(), queue.fd, *self.mailbox.fds()]
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", start, *map(str, fds)], pass_fds=fds, env=env,
@@ -436,6 +489,7 @@ class Pool:
 
     def __init__(self):
         self.helpers = []
+        self.queue = None  # PieceQueue: an inference pass's pieces, for this process and every helper
         self.lock = threading.Lock()
         self.broken = None  # the error that stopped the helpers, if one did: they are not started again
         self.pid = os.getpid()
@@ -446,12 +500,14 @@ class Pool:
     def start(self, count):
         """``count`` helpers, started if need be (the start of a Python that imports npconv, once per process)."""
         if self.pid != os.getpid():  # forked: the helpers are the parent's
-            self.helpers, self.pid = [], os.getpid()
+            self.helpers, self.queue, self.pid = [], None, os.getpid()
         if self.broken is not None:
             raise self.broken
         try:
+            if self.queue is None:
+                self.queue = PieceQueue()
             while len(self.helpers) < count:
-                self.helpers.append(Helper())
+                self.helpers.append(Helper(self.queue))
         except OSError as e:
             raise HelperError(f"cannot start a helper process ({e})") from None
         return self.helpers[:count]
@@ -484,10 +540,13 @@ class Pool:
 
     def close(self):
         helpers, self.helpers = self.helpers, []
+        queue, self.queue = self.queue, None
         if self.pid == os.getpid():
             for helper in helpers:
                 self.ended_seconds += helper.cpu_seconds()
                 helper.close()
+            if queue is not None:  # a pass left half-done may have left numbers in it
+                queue.close()
 
 
 POOL = Pool()
@@ -559,25 +618,45 @@ class Hosting:
         self.copy_state(state, 0, early)
         n = len(helpers) + 1
         mine = [chunks[h::n] for h in range(1, n)]
-        need = max(sum(_aligned(c.nbytes) for c in cs) for cs in mine)
-        # A new inbox is sent with its layout: (helpers, bytes each); None: the helpers have it.
-        new = None
-        if self.inbox is None or need > self.inbox.arrays[0].nbytes or len(self.inbox.arrays) < len(helpers):
-            new = (len(helpers), 2 * need)
-            self.inbox = SharedArrays([((new[1],), np.uint8)] * new[0])
+        new = self._room(len(helpers), max(sum(_aligned(c.nbytes) for c in cs) for cs in mine))
         try:
             for helper, cs, room in zip(helpers, mine, self.inbox.arrays):
-                layouts, offset = [], 0
-                for c in cs:
-                    np.copyto(np.ndarray(c.shape, c.dtype, buffer=room, offset=offset), c)
-                    layouts.append((c.shape, c.dtype, offset))
-                    offset += _aligned(c.nbytes)
-                helper.post(("forward", self.id, training, grad, layouts, new, n))
+                helper.post(("forward", self.id, training, grad, _put(room, cs), new, n))
                 if new is not None:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
         self.copy_state(state, early)
+
+    def start_sharing(self, helpers, training, pieces):
+        """Start an inference pass whose ``pieces`` this process and the ``helpers`` take one at a time from the
+        pool's :class:`PieceQueue` (:func:`run_shared`): the model's current parameters and buffers are copied into
+        shared memory, the helpers are told where each piece will be in the shared inbox (any process may take it),
+        and each piece is handed out as soon as it is copied there -- a helper starts on the first while the others
+        are copied."""
+        self.copy_state(_state(self.model), 0)
+        layouts = _places(pieces)
+        new = self._room(1, sum(_aligned(p.nbytes) for p in pieces))
+        try:
+            for helper in helpers:
+                helper.post(("share", self.id, training, layouts, new))
+                if new is not None:
+                    helper.send_fd(self.inbox.fd)
+        finally:
+            self.inbox.close_fd()
+        for i, (piece, (shape, dtype, offset)) in enumerate(zip(pieces, layouts)):
+            np.copyto(np.ndarray(shape, dtype, buffer=self.inbox.arrays[0], offset=offset), piece)
+            POOL.queue.put([i])  # after the copy: the pipe's write and read order the two in memory
+        POOL.queue.end(len(helpers) + 1)
+
+    def _room(self, areas, need):
+        """Make sure the shared inbox has ``areas`` areas of at least ``need`` bytes, making a larger one where it has
+        not. Returns a new inbox's layout ``(areas, bytes each)``, sent with the pass; None: the helpers have it."""
+        if self.inbox is not None and need <= self.inbox.arrays[0].nbytes and len(self.inbox.arrays) >= areas:
+            return None
+        new = (areas, 2 * need)
+        self.inbox = SharedArrays([((new[1],), np.uint8)] * new[0])
+        return new
 
     def start_backward(self, helpers, counts, input_grad, dys):
         """Start a backward in ``helpers``: each gets the ``dy`` of its chunks (small: the network's outputs) and the
@@ -591,6 +670,23 @@ class Hosting:
         n = len(self.model.parameters())
         start = (h * self.shape[1] + j) * n
         return self.gradients.arrays[start : start + n]
+
+
+def _places(arrays):
+    """Where ``arrays`` go, one after another, in an area of the shared inbox: ``(shape, dtype, offset)`` each."""
+    layouts, offset = [], 0
+    for a in arrays:
+        layouts.append((a.shape, a.dtype, offset))
+        offset += _aligned(a.nbytes)
+    return layouts
+
+
+def _put(room, arrays):
+    """Copy ``arrays`` into ``room`` (an area of the shared inbox) where :func:`_places` says; return the places."""
+    layouts = _places(arrays)
+    for a, (shape, dtype, offset) in zip(arrays, layouts):
+        np.copyto(np.ndarray(shape, dtype, buffer=room, offset=offset), a)
+    return layouts
 
 
 def _first_stage_state(model):
@@ -621,6 +717,20 @@ def run_apart(stages, values, helpers):
     for h, helper in enumerate(helpers, 1):
         values[h::n] = helper.collect()
     return values
+
+
+def run_shared(chain, pieces, helpers):
+    """An inference pass over processes (:meth:`Hosting.start_sharing`): this thread and every helper take the next
+    piece not yet taken until none is left, each computing it with a chain of its own -- so a process that runs
+    slower computes fewer -- then the helpers send the outputs of theirs. Every piece is computed the same way
+    wherever it ran. Returns the outputs in piece order."""
+    outputs = [None] * len(pieces)
+    for i in POOL.queue.take():
+        outputs[i] = chain.forward(pieces[i])
+    for helper in helpers:
+        for i, y in helper.collect():
+            outputs[i] = y
+    return outputs
 
 
 def _gather(notes, helpers):
@@ -667,11 +777,18 @@ class _Hosted:
         self.segments = None
         self.inputs = {}  # chunk j -> the array its input is read into
 
-    def received(self, j, shape, dtype, offset, keep):
-        """Chunk ``j``'s input: with ``keep`` (a training forward) copied from the inbox into an array kept for it
-        (the inbox is refilled by the next forward, while a backward may still need what the chunk kept); else
-        the inbox's own bytes (no backward follows, and the next forward waits for this one's results)."""
-        view = np.ndarray(shape, dtype, buffer=self.inbox.arrays[self.h], offset=offset)
+    def open_inbox(self, new_inbox, connection):
+        """Map the inbox the other process made, if the pass says it made one: ``(areas, bytes each)``, its
+        descriptor sent on ``connection``."""
+        if new_inbox is not None:
+            count, room = new_inbox
+            self.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(connection))
+
+    def received(self, area, j, shape, dtype, offset, keep):
+        """Chunk ``j``'s input, in ``area`` of the inbox: with ``keep`` (a training forward) copied into an array kept
+        for it (the inbox is refilled by the next forward, while a backward may still need what the chunk kept);
+        else the inbox's own bytes (no backward follows, and the next forward waits for this one's results)."""
+        view = np.ndarray(shape, dtype, buffer=self.inbox.arrays[area], offset=offset)
         if not keep:
             return view
         buffer = self.inputs.get(j)
@@ -691,16 +808,23 @@ class _Hosted:
 
 def _forward(hosted, mailbox, training, grad, layouts, new_inbox, n):
     hosted.n = n  # processes in this pass (and its backward): the chunks' places in a meeting's notes
-    if new_inbox is not None:  # (helpers, bytes each), as the other process made it
-        count, room = new_inbox
-        hosted.inbox = SharedArrays([((room,), np.uint8)] * count, _receive_fd(mailbox.connection))
-    chunks = [hosted.received(j, *layout, keep=grad) for j, layout in enumerate(layouts)]
+    hosted.open_inbox(new_inbox, mailbox.connection)
+    chunks = [hosted.received(hosted.h, j, *layout, keep=grad) for j, layout in enumerate(layouts)]
     hosted.model.train(training)
     hosted.chains = hosted.chains_for(len(chunks), chain_per_chunk(hosted.chain.kernels, grad))
     hosted.segments = cut_at_batch_norms(hosted.chains)
     with contextlib.nullcontext() if grad else nn.no_grad():
         return run_alone(forward_stages(hosted.segments,
                                         lambda segment, notes: pooled(_exchange(hosted, mailbox, notes))), chunks)
+
+
+def _share(hosted, mailbox, queue, training, layouts, new_inbox):
+    """A helper's part of :func:`run_shared`: the pieces it takes, each read where it is in the inbox, as
+    ``(piece, output)`` pairs."""
+    hosted.open_inbox(new_inbox, mailbox.connection)
+    hosted.model.train(training)
+    with nn.no_grad():
+        return [(i, hosted.chain.forward(hosted.received(0, i, *layouts[i], keep=False))) for i in queue.take()]
 
 
 def _backward(hosted, mailbox, counts, input_grad, dys):
@@ -730,13 +854,15 @@ def _exchange(hosted, mailbox, notes):
 
 def serve(fds=None):
     """A helper's life: answer the messages of the process that started it until it closes the socket.
-    ``fds``: the socket's descriptor and the :class:`Mailbox`'s (default: the command line's arguments)."""
+    ``fds``: the socket's descriptor, the :class:`PieceQueue`'s and the :class:`Mailbox`'s (default: the command
+    line's arguments)."""
     # Ctrl-C reaches the whole terminal, a service manager's SIGTERM the whole group: the trainer stops at a safe
     # point (npconv.train.interrupt), still needing us, and ends us by closing the socket.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.SIG_IGN)
-    socket_fd, *mailbox_fds = [int(fd) for fd in sys.argv[1:]] if fds is None else fds
+    socket_fd, queue_fd, *mailbox_fds = [int(fd) for fd in sys.argv[1:]] if fds is None else fds
     connection = Connection(socket_fd)
+    queue = PieceQueue(queue_fd)
     mailbox = Mailbox(connection, mailbox_fds)
     threadpool_limits(1, user_api="blas")  # as in DataParallel's chunks: BLAS on one thread, the same numbers
     keep_freed_memory()
@@ -761,7 +887,10 @@ def serve(fds=None):
             else:  # a pass
                 hosted = models[model_id]
                 with using(hosted.plan):
-                    mailbox.send((_forward if kind == "forward" else _backward)(hosted, mailbox, *rest))
+                    if kind == "share":
+                        mailbox.send(_share(hosted, mailbox, queue, *rest))
+                    else:
+                        mailbox.send((_forward if kind == "forward" else _backward)(hosted, mailbox, *rest))
         except EOFError:  # the trainer closed the socket during a pass
             return
         except Exception as e:  # to the trainer, which raises it (and stops the helpers)

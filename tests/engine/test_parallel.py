@@ -336,3 +336,45 @@ def test_an_error_in_any_chunk_is_raised_and_no_thread_waits_for_ever(threads, w
     with pytest.raises(ValueError, match=f"stage {where[0]}, chunk {where[1]}"):
         parallel._run_stages(_recording_stages([], fail=where), [0, 10, 20, 30, 40], 2)
     assert parallel._run_stages(_recording_stages([]), [0, 1], 2) == [10, 11], "the pool still works afterwards"
+
+
+class _Runner:
+    """A chain's stand-in for :func:`parallel._run_shared`: doubles a piece, ``delay`` seconds each, and notes it."""
+
+    def __init__(self, delay, log, fail_at=None):
+        self.delay, self.log, self.fail_at = delay, log, fail_at
+
+    def forward(self, piece):
+        import threading
+        import time
+
+        if self.fail_at in (piece, "any"):
+            raise ValueError(f"piece {piece}")
+        time.sleep(self.delay)
+        self.log.append((threading.get_ident(), piece))
+        return 2 * piece
+
+
+def test_inference_pieces_go_to_whichever_thread_is_free(threads):
+    """Each thread takes the next piece not yet taken: a thread four times slower computes few of twelve pieces
+    (dealt out in turn, it would compute six), every piece exactly once, the outputs in piece order."""
+    import threading
+
+    threads(2)
+    log = []
+    outputs = parallel._run_shared([_Runner(0.04, log), _Runner(0.01, log)], list(range(12)))
+    assert outputs == [2 * i for i in range(12)]
+    assert sorted(piece for _, piece in log) == list(range(12)), "a piece computed twice, or never"
+    caller = sum(1 for ident, _ in log if ident == threading.get_ident())
+    assert 1 <= caller <= 4, f"the slow calling thread computed {caller} of 12 pieces"
+
+
+@pytest.mark.parametrize("runner", [0, 1])
+def test_an_error_in_a_shared_piece_is_raised_and_the_pool_goes_on(threads, runner):
+    """A runner that fails, in the calling thread or the other, is raised as itself once the other thread has
+    run out of pieces; the pool still works afterwards."""
+    threads(2)
+    runners = [_Runner(0.005, [], fail_at="any" if k == runner else None) for k in range(2)]
+    with pytest.raises(ValueError, match="piece"):
+        parallel._run_shared(runners, list(range(40)))
+    assert parallel._run_shared([_Runner(0, []), _Runner(0, [])], [1, 2, 3]) == [2, 4, 6]

@@ -33,15 +33,21 @@ def two_cores():
 
 @pytest.fixture
 def apart(monkeypatch):
-    """The passes that ran in helper processes: a list with one entry per pass."""
+    """The passes that ran in helper processes: a list with one entry per pass, its number of helpers (training
+    passes, :func:`processes.run_apart`, and inference passes, :func:`processes.run_shared`)."""
     passes = []
-    run_apart = processes.run_apart
+    run_apart, run_shared = processes.run_apart, processes.run_shared
 
-    def spy(stages, values, helpers):
+    def spy_apart(stages, values, helpers):
         passes.append(len(helpers))
         return run_apart(stages, values, helpers)
 
-    monkeypatch.setattr(processes, "run_apart", spy)
+    def spy_shared(chain, pieces, helpers):
+        passes.append(len(helpers))
+        return run_shared(chain, pieces, helpers)
+
+    monkeypatch.setattr(processes, "run_apart", spy_apart)
+    monkeypatch.setattr(processes, "run_shared", spy_shared)
     return passes
 
 
@@ -343,3 +349,54 @@ def test_the_helpers_cpu_time_is_counted_as_this_processs_own(rng):
         net.backward(np.ones_like(y) / y.size, input_grad=False)
     assert processes.POOL.cpu_seconds() > before
     assert net._meter.helpers() > before  # what the meter reads
+
+
+def test_a_piece_queue_hands_each_piece_to_one_reader_and_ends_each_reader_once():
+    """Two readers of one queue (a thread here stands for a helper process: the pipe is the same) take 20,000
+    pieces -- more numbers than the pipe holds, so putting them waits for the readers -- each piece once, each
+    reader stopping at its own end, and nothing is left in the pipe."""
+    queue = processes.PieceQueue()
+    try:
+        taken = [[], []]
+        other = threading.Thread(target=lambda: taken[1].extend(queue.take()))
+        other.start()
+        putter = threading.Thread(target=lambda: (queue.put(list(range(20_000))), queue.end(2)))
+        putter.start()
+        taken[0].extend(queue.take())
+        other.join()
+        putter.join()
+        assert sorted(taken[0] + taken[1]) == list(range(20_000))
+        assert taken[0] and taken[1], "one reader took every piece"
+        os.set_blocking(queue.fd, False)
+        with pytest.raises(BlockingIOError):
+            os.read(queue.fd, 4)
+    finally:
+        queue.close()
+
+
+def test_a_helper_takes_the_pieces_this_process_is_too_slow_for(rng, apart, monkeypatch):
+    """An inference pass hands its pieces to whichever process is free: with this process's pieces slowed down
+    the helper computes most of eight (dealt out in turn it would compute four), and the outputs are the bits of
+    one thread."""
+    import time
+
+    model = _model("cnn")
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    x = _images(rng, 8 * parallel.PIECE)
+    collected = []
+    collect = processes.Helper.collect
+
+    def counting(helper):
+        message = collect(helper)
+        collected.append(len(message))
+        return message
+
+    with nn.no_grad():
+        expected = one(x)
+        two(x)  # the helper starts and gets the model
+        forward = two.chain.forward
+        monkeypatch.setattr(two.chain, "forward", lambda piece: (time.sleep(0.05), forward(piece))[1])
+        monkeypatch.setattr(processes.Helper, "collect", counting)
+        np.testing.assert_array_equal(two(x), expected)
+    assert apart == [1, 1] and two.threads == 2
+    assert collected[-1] >= 6, f"the helper computed {collected[-1]} of 8 pieces"
