@@ -20,7 +20,10 @@ what else runs on it. So a :class:`ThreadTuner`
   candidate less than :data:`CLEAR` times faster than the next, or a candidate's own
   steps more than :data:`CLEAR` times apart -- is tried again sooner: 1 check later,
   then 4, 16, ... (so a doubtful first choice costs a run a few dozen steps, and a
-  clear one a trial every few hundred);
+  clear one a trial every few hundred). Those sooner trials leave out the candidates
+  the last one found **clearly slower** (by :data:`CLEAR`, their own steps steady):
+  two close ways to use two cores are told apart without paying for one-thread steps
+  each time; every candidate is tried again at the full interval;
 * takes **more threads than there are free cores** only when they are clearly
   faster (:data:`CROWDING`): the free cores are this process's cores minus the
   cores other programs kept busy since the last check, measured from the
@@ -175,6 +178,7 @@ class ThreadTuner:
         self._checks = 0          # checks since the last trial
         self._retry_after = retry_every  # checks from the last trial to the next one when nothing changes
         self._soon = 1            # checks to the next trial after a trial that was not clear (1, 4, 16, ...)
+        self._close = self.candidates  # the candidates a sooner trial tries: all but those clearly slower
         self.clear = None         # whether the last trial was clear (see CLEAR)
         self.others = None        # cores other programs keep busy, smoothed over the checks
         self.free = None          # free cores (at least 1) at the last trial; None before the first check
@@ -194,13 +198,12 @@ class ThreadTuner:
         self.others = reading if self.others is None else 0.5 * self.others + 0.5 * reading
         return max(1, round(self.meter.cores_count - self.others))
 
-    def _start_trial(self):
-        """Queue a warm-up step of each candidate, then ``trial_steps`` rounds in which each takes one step,
+    def _start_trial(self, candidates):
+        """Queue a warm-up step of each of ``candidates``, then ``trial_steps`` rounds in which each takes one step,
         the order reversed every other round (1 2, 2 1, 1 2, ...): a slow moment falls on them alike."""
         self.trials = {}
         self._checks = 0
         self._times = []
-        candidates = self.candidates
         self._trial_times = {c: [] for c in candidates}
         self._queue = [(c, True) for c in candidates]
         for r in range(self.trial_steps):
@@ -211,12 +214,18 @@ class ThreadTuner:
         def cost(c):
             return self.trials[c] * (CROWDING if cores_of(c) > self.free else 1)
 
+        def steady(c):
+            times = self._trial_times[c]
+            return bool(times) and max(times) <= CLEAR * min(times)
+
         self.chosen = min(self.trials, key=cost)
         self._reference = self.trials[self.chosen]
         self._times = []
         costs = sorted(cost(c) for c in self.trials)
-        self.clear = (len(costs) < 2 or costs[1] > CLEAR * costs[0]) and all(
-            max(times) <= CLEAR * min(times) for times in self._trial_times.values() if times)
+        self.clear = (len(costs) < 2 or costs[1] > CLEAR * costs[0]) and all(steady(c) for c in self.trials)
+        best = cost(self.chosen)
+        self._close = [c for c in self.candidates  # one left out of this trial keeps what the last full one found
+                       if (c in self._close if c not in self.trials else not (cost(c) > CLEAR * best and steady(c)))]
         if self.clear:
             self._retry_after, self._soon = self.retry_every, 1
         else:  # a doubtful choice is tried again soon, then ever less soon
@@ -253,8 +262,9 @@ class ThreadTuner:
         # Try again at the first check, when the steps slowed down, when the free cores changed,
         # or when the checks since the last trial reach _retry_after (sooner after a trial that was not clear).
         if self.free is None or slower or free != self.free or self._checks >= self._retry_after:
+            full = self.free is None or slower or free != self.free or self._retry_after >= self.retry_every
             self.free = free
-            self._start_trial()
+            self._start_trial(self.candidates if full or len(self._close) < 2 else self._close)
         elif typical < self._reference:
             self._reference = typical  # compare later steps with the best recent ones
 

@@ -184,3 +184,36 @@ def test_core_meter_without_proc_stat_sees_every_core_free(tmp_path):
     meter = CoreMeter(str(tmp_path / "missing"))
     meter._last = (meter._last[0] - 1.0, *meter._last[1:])  # a second ago
     assert meter.others_busy() == 0.0
+
+
+def test_a_doubtful_trial_is_tried_again_without_the_candidates_clearly_slower():
+    """Two threads and two processes about as fast, one thread clearly slower (its steps steady): the trials that
+    soon follow leave one thread out -- no one-thread steps while the two close ways are told apart -- and the
+    trial at the full interval (``retry_every`` checks) tries every candidate again."""
+    from npconv.engine.tuning import InProcesses
+
+    two_processes = InProcesses(2)
+    times = {1: 0.010, 2: 0.0050, two_processes: 0.0052}
+    tuner = ThreadTuner(2, FakeMeter(), processes=True, trial_steps=3, check_every=5, first_check=5, retry_every=20)
+    used = run(tuner, times, 5 + 12)  # one thread until the first check, then a trial of all three
+    assert used[5:].count(1) == 4 and not tuner.clear and tuner.chosen == 2
+    trials = []  # the candidates of each later trial
+    for _ in range(400):
+        was_trying = tuner.trying
+        candidate = tuner.threads()
+        tuner.record(times[candidate])
+        if tuner.trying and not was_trying:
+            trials.append(set(c for c, _ in tuner._queue))
+    assert trials[:3] == [{2, two_processes}] * 3, "the trials 1, 4 and 16 checks later leave one thread out"
+    assert trials[3] == {1, 2, two_processes}, "the trial at the full interval tries every candidate"
+
+
+def test_a_slower_candidate_whose_steps_were_unsteady_is_tried_again_soon():
+    """One thread's steps far apart in the trial (noise, not its speed): it stays in the trial that soon follows."""
+    tuner = ThreadTuner(2, FakeMeter(), trial_steps=3, check_every=10, first_check=10)
+    run(tuner, {1: 0.010, 2: 0.006}, 10)
+    for seconds in (0.010, 0.006, 0.030, 0.006, 0.006, 0.010, 0.014, 0.006):  # warm-ups, then 1 2, 2 1, 1 2
+        tuner.record(seconds)
+    assert tuner.chosen == 2 and not tuner.clear and tuner.trials[1] > CROWDING * tuner.trials[2]
+    used = run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
+    assert 1 in used[10:], "the next trial tries one thread again"
