@@ -542,11 +542,11 @@ class Pool:
         helpers, self.helpers = self.helpers, []
         queue, self.queue = self.queue, None
         if self.pid == os.getpid():
+            if queue is not None:  # first: a helper waiting for a piece of a pass left half-done reads its end
+                queue.close()
             for helper in helpers:
                 self.ended_seconds += helper.cpu_seconds()
                 helper.close()
-            if queue is not None:  # a pass left half-done may have left numbers in it
-                queue.close()
 
 
 POOL = Pool()

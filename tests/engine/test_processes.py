@@ -400,3 +400,29 @@ def test_a_helper_takes_the_pieces_this_process_is_too_slow_for(rng, apart, monk
         np.testing.assert_array_equal(two(x), expected)
     assert apart == [1, 1] and two.threads == 2
     assert collected[-1] >= 6, f"the helper computed {collected[-1]} of 8 pieces"
+
+
+def test_a_pass_stopped_before_its_pieces_are_handed_out_leaves_no_helper_waiting(rng, monkeypatch):
+    """Ctrl-C after the helper was told of an inference pass but before any piece was handed out: the helper, waiting
+    for a piece, sees the pool's queue close and ends at once (not after the 5 s a helper is given to end); the
+    next pass starts a new helper and gives the one-thread bits."""
+    import time
+
+    model = _model("cnn")
+    one, two = DataParallel(model, threads=1), DataParallel(model, threads=2, processes=True)
+    x = _images(rng, 3 * parallel.PIECE)
+    with nn.no_grad():
+        two(x)
+        helper = processes.POOL.helpers[0]
+
+        def interrupted(numbers):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(processes.POOL.queue, "put", interrupted)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            two(x)
+        assert time.monotonic() - started < 3, "the helper was left waiting for a piece"
+        assert helper.process.poll() is not None and processes.POOL.helpers == []
+        np.testing.assert_array_equal(two(x), one(x))
+    assert two.threads == 2 and processes.POOL.helpers
