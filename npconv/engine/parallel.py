@@ -572,9 +572,13 @@ class DataParallel:
             return None
         key = (grad, count)
         if key not in self.tuners:
-            # An inference batch (1000 images) is checked after fewer of them.
-            self.tuners[key] = ThreadTuner(min(_max_threads, count), self._meter, check_every=25 if grad else 5,
-                                           processes=self._processes_possible())
+            cores, processes_possible = min(_max_threads, count), self._processes_possible()
+            # An inference batch (1000 images) is checked after fewer of them, and starts on every core: its pieces
+            # go to whichever is free, so a core another program keeps busy costs it little (docs/performance.md).
+            start = (1 if chain_per_chunk(self.chain.kernels, grad)
+                     else InProcesses(cores) if processes_possible else cores)
+            self.tuners[key] = ThreadTuner(cores, self._meter, check_every=25 if grad else 5,
+                                           processes=processes_possible, start=start)
         return self.tuners[key]
 
     def describe(self):

@@ -6,8 +6,9 @@ over this process and helper processes (:class:`InProcesses`), and every choice
 gives the same numbers bit for bit. Which is fastest depends on the CPU and on
 what else runs on it. So a :class:`ThreadTuner`
 
-* starts with one thread and, at its first check (after :attr:`~ThreadTuner.first_check`
-  steps), **tries** each thread count (and the processes) on a
+* starts with one thread (or the candidate it is given: an inference pass, whose pieces
+  go to whichever core is free, starts on every core) and, at its first check (after
+  :attr:`~ThreadTuner.first_check` steps), **tries** each thread count (and the processes) on a
   few of the run's real steps (they are ordinary training steps: trying costs only
   the slower candidates' extra time) and keeps the fastest; the candidates take
   turns, step by step, so that a moment of noise slows them alike;
@@ -154,7 +155,9 @@ class ThreadTuner:
     check_every : int
         Steps between two checks of the load and of the step time.
     first_check : int
-        Steps before the first check (and so the first trial): few, since until then one thread runs.
+        Steps before the first check (and so the first trial): few, since until then ``start`` runs.
+    start : int or InProcesses
+        The candidate to run until the first trial (default 1: one thread, whatever the load).
     slowdown : float
         Try again when the median step of a check is this many times the chosen candidate's time.
     retry_every : int
@@ -164,7 +167,7 @@ class ThreadTuner:
     """
 
     def __init__(self, max_threads, meter=None, *, processes=False, trial_steps=3, check_every=25, first_check=5,
-                 slowdown=1.3, retry_every=20):
+                 slowdown=1.3, retry_every=20, start=1):
         self.max_threads = max(1, max_threads)
         self.candidates = list(range(1, self.max_threads + 1))
         if processes and self.max_threads > 1:
@@ -183,7 +186,7 @@ class ThreadTuner:
         self.others = None        # cores other programs keep busy, smoothed over the checks
         self.free = None          # free cores (at least 1) at the last trial; None before the first check
         self.trials = {}          # candidate -> median seconds of its last trial
-        self.chosen = 1
+        self.chosen = start if start in self.candidates else 1
         self._queue = []          # (candidate, is_warm_up) still to run in the current trial
         self._trial_times = {}    # candidate -> durations of its timed steps in the current trial
         self._times = []          # durations of the steps since the last check

@@ -378,3 +378,20 @@ def test_an_error_in_a_shared_piece_is_raised_and_the_pool_goes_on(threads, runn
     with pytest.raises(ValueError, match="piece"):
         parallel._run_shared(runners, list(range(40)))
     assert parallel._run_shared([_Runner(0, []), _Runner(0, [])], [1, 2, 3]) == [2, 4, 6]
+
+
+def test_inference_starts_on_every_core_training_on_one_thread(rng):
+    """Before its first trial a training step runs on one thread; an inference batch in evaluation mode (its pieces
+    shared) on every core; in training mode under no_grad (its batch norms meet) on one thread."""
+    before = parallel.get_num_threads()
+    parallel.set_num_threads(2)
+    try:
+        net = DataParallel(models.build_model("cnn-bn", rng=np.random.default_rng(0)), processes=False)
+        assert net._tuner(True, 2).threads() == 1
+        net.eval()
+        assert net._tuner(False, 10).threads() == 2
+        net.train()
+        net.tuners.clear()
+        assert net._tuner(False, 10).threads() == 1
+    finally:
+        parallel.set_num_threads(before)

@@ -217,3 +217,15 @@ def test_a_slower_candidate_whose_steps_were_unsteady_is_tried_again_soon():
     assert tuner.chosen == 2 and not tuner.clear and tuner.trials[1] > CROWDING * tuner.trials[2]
     used = run(tuner, {1: 0.010, 2: 0.006}, 10 + 8)
     assert 1 in used[10:], "the next trial tries one thread again"
+
+
+def test_a_tuner_given_a_start_runs_it_until_its_first_trial():
+    """``start``: the candidate before the first check (an inference pass starts on every core); then the trial
+    tries every candidate as usual."""
+    from npconv.engine.tuning import InProcesses
+
+    tuner = ThreadTuner(2, FakeMeter(), processes=True, first_check=5, start=InProcesses(2))
+    used = run(tuner, {1: 0.010, 2: 0.006, InProcesses(2): 0.005}, 5 + 12)
+    assert used[:5] == [InProcesses(2)] * 5
+    assert set(used[5:]) == {1, 2, InProcesses(2)} and tuner.chosen == InProcesses(2)
+    assert ThreadTuner(1, start=2).threads() == 1, "a start that is not a candidate: one thread"
