@@ -239,6 +239,14 @@ def _together(stages, values, shared, threads):
             barrier.abort()  # the other threads stop waiting (BrokenBarrierError) instead of hanging
             raise
 
+    _on_threads(work, threads)
+    return meeting(stages[-1], notes, now["shared"]), values
+
+
+def _on_threads(work, threads):
+    """Run ``work(t)`` for t = 0 .. ``threads`` - 1 at once: 0 in the calling thread, the others in the pool, in a copy
+    of the caller's context (they see its ``no_grad()``). Returns when all are done; raises the first error -- a
+    thread's own, not the broken barrier it left the others."""
     futures = [_pool().submit(contextvars.copy_context().run, work, t) for t in range(1, threads)]
     error = None
     try:
@@ -248,12 +256,11 @@ def _together(stages, values, shared, threads):
     for future in futures:
         try:
             future.result()
-        except BaseException as e:  # the thread's own error, not the broken barrier it left the others
+        except BaseException as e:
             if error is None or isinstance(error, threading.BrokenBarrierError):
                 error = e
     if error is not None:
         raise error
-    return meeting(stages[-1], notes, now["shared"]), values
 
 
 def _run_shared(runners, pieces):
@@ -262,27 +269,15 @@ def _run_shared(runners, pieces):
     in piece order. (Over processes: :func:`~npconv.engine.processes.run_shared`.)"""
     outputs, taken, lock = [None] * len(pieces), itertools.count(), threading.Lock()
 
-    def work(chain):
+    def work(t):
         while True:
             with lock:  # count's next() is one step under the interpreter lock, not on a Python without it
                 i = next(taken)
             if i >= len(pieces):
                 return
-            outputs[i] = chain.forward(pieces[i])
+            outputs[i] = runners[t].forward(pieces[i])
 
-    futures = [_pool().submit(contextvars.copy_context().run, work, chain) for chain in runners[1:]]
-    error = None
-    try:
-        work(runners[0])
-    except BaseException as e:
-        error = e
-    for future in futures:  # the others stop when the pieces run out
-        try:
-            future.result()
-        except BaseException as e:
-            error = error or e
-    if error is not None:
-        raise error
+    _on_threads(work, len(runners))  # a thread that fails stops; the others stop when the pieces run out
     return outputs
 
 

@@ -644,8 +644,8 @@ class Hosting:
                     helper.send_fd(self.inbox.fd)
         finally:
             self.inbox.close_fd()
-        for i, (piece, (shape, dtype, offset)) in enumerate(zip(pieces, layouts)):
-            np.copyto(np.ndarray(shape, dtype, buffer=self.inbox.arrays[0], offset=offset), piece)
+        for i, (piece, place) in enumerate(zip(pieces, layouts)):
+            np.copyto(_view(self.inbox.arrays[0], *place), piece)
             POOL.queue.put([i])  # after the copy: the pipe's write and read order the two in memory
         POOL.queue.end(len(helpers) + 1)
 
@@ -681,11 +681,16 @@ def _places(arrays):
     return layouts
 
 
+def _view(room, shape, dtype, offset):
+    """The array at a place :func:`_places` gave, in ``room`` (an area of the shared inbox)."""
+    return np.ndarray(shape, dtype, buffer=room, offset=offset)
+
+
 def _put(room, arrays):
     """Copy ``arrays`` into ``room`` (an area of the shared inbox) where :func:`_places` says; return the places."""
     layouts = _places(arrays)
-    for a, (shape, dtype, offset) in zip(arrays, layouts):
-        np.copyto(np.ndarray(shape, dtype, buffer=room, offset=offset), a)
+    for a, place in zip(arrays, layouts):
+        np.copyto(_view(room, *place), a)
     return layouts
 
 
@@ -788,7 +793,7 @@ class _Hosted:
         """Chunk ``j``'s input, in ``area`` of the inbox: with ``keep`` (a training forward) copied into an array kept
         for it (the inbox is refilled by the next forward, while a backward may still need what the chunk kept);
         else the inbox's own bytes (no backward follows, and the next forward waits for this one's results)."""
-        view = np.ndarray(shape, dtype, buffer=self.inbox.arrays[area], offset=offset)
+        view = _view(self.inbox.arrays[area], shape, dtype, offset)
         if not keep:
             return view
         buffer = self.inputs.get(j)

@@ -226,9 +226,9 @@ class ThreadTuner:
         self._times = []
         costs = sorted(cost(c) for c in self.trials)
         self.clear = (len(costs) < 2 or costs[1] > CLEAR * costs[0]) and all(steady(c) for c in self.trials)
-        best = cost(self.chosen)
-        self._close = [c for c in self.candidates  # one left out of this trial keeps what the last full one found
-                       if (c in self._close if c not in self.trials else not (cost(c) > CLEAR * best and steady(c)))]
+        slower = {c for c in self.trials if cost(c) > CLEAR * cost(self.chosen) and steady(c)}
+        # A candidate left out of this trial stays left out until the next full one.
+        self._close = [c for c in self.candidates if c not in slower and (c in self.trials or c in self._close)]
         if self.clear:
             self._retry_after, self._soon = self.retry_every, 1
         else:  # a doubtful choice is tried again soon, then ever less soon
