@@ -97,6 +97,12 @@ class Conv2dKernel(Kernel):
             return None
         return batch_first(dpadded[:, ph : ph + h, pw : pw + w])  # (N, C, H, W), a view
 
+    def row_blocks(self, x_shape):
+        """The blocks of output rows ``(i0, i1)`` forward computes an input of ``x_shape`` (N, C, H, W) in, under
+        the running plan: what :mod:`npconv.engine.planner` compares its candidates by."""
+        n, oh, ow = self.layer._output_shape(x_shape)
+        return self._blocks(x_shape[1], oh, ow, n)
+
     def _blocks(self, c, oh, ow, n):
         """The blocks of output rows ``(i0, i1)`` the layer computes in: one, ``(0, OH)``, unless the
         whole ``cols`` would have more than :data:`WHOLE_BYTES` (or the running plan's ``whole_bytes``,

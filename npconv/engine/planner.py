@@ -25,6 +25,8 @@ from .. import backend as B
 from .. import nn
 from ..io import read_json, write_json
 from .chain import Chain, kernel_for, layers_of
+from .conv import Conv2dKernel
+from .memory import keep_freed_memory
 from .parallel import one_blas_thread
 from .plan import BUILT_IN, Plan, PlanError, using
 from .tuning import CoreMeter, usable_cores
@@ -35,6 +37,9 @@ BLOCK_MACS_CANDIDATES = (1 << 17, 1 << 18, 1 << 19)
 
 #: Bytes per block of output rows tried (1 MB is the built-in one).
 BLOCK_BYTES_CANDIDATES = (512 << 10, 1 << 20, 2 << 20)
+
+#: The way of choosing, part of the cache key: a plan chosen another way is measured again.
+METHOD = 2
 
 
 def candidates(base=BUILT_IN):
@@ -50,14 +55,24 @@ def candidates(base=BUILT_IN):
     return unique
 
 
+def _twin(model, training):
+    """A copy of ``model`` in training or evaluation mode, as a :class:`Chain` (its running statistics and
+    gradients move; the run's model's do not), and its dtype."""
+    twin = copy.deepcopy(model)
+    twin.train(training)
+    chain = Chain(kernel_for(layer) for layer in layers_of(twin))
+    return chain, next((p.data.dtype for p in twin.parameters()), np.dtype(np.float32))
+
+
+def _inputs(images, input_shape, dtype):
+    return B.xp.asarray(np.random.default_rng(0).standard_normal((images, *input_shape)).astype(dtype))
+
+
 def chunk_step(model, input_shape, images):
     """A function that runs one training step (forward and backward, no optimizer) of a copy of ``model``
     on ``images`` random inputs of ``input_shape`` under the plan it is given, on this thread."""
-    twin = copy.deepcopy(model)  # its running statistics and gradients move; the run's model's do not
-    twin.train()
-    chain = Chain(kernel_for(layer) for layer in layers_of(twin))
-    dtype = next((p.data.dtype for p in twin.parameters()), np.dtype(np.float32))
-    x = B.xp.asarray(np.random.default_rng(0).standard_normal((images, *input_shape)).astype(dtype))
+    chain, dtype = _twin(model, training=True)
+    x = _inputs(images, input_shape, dtype)
     dy = [None]
 
     def step(plan):
@@ -69,34 +84,91 @@ def chunk_step(model, input_shape, images):
     return step
 
 
-def measure(model, input_shape, batch_size, *, rounds=5, time_step=None, base=BUILT_IN):
-    """The fastest of :func:`candidates` for ``model`` on batches of ``batch_size`` inputs of ``input_shape``.
+def piece_pass(model, input_shape, images):
+    """A function that runs one inference pass (evaluation mode, ``no_grad()``) of a copy of ``model`` on
+    ``images`` random inputs of ``input_shape`` under the plan it is given, on this thread."""
+    chain, dtype = _twin(model, training=False)
+    x = _inputs(images, input_shape, dtype)
 
-    Every candidate runs one chunk's training step once to warm up, then ``rounds`` times, the candidates
-    taking turns; the median counts. A step is timed in the CPU time of its thread, which other programs on
-    a busy machine leave nearly unchanged (its wall time they do not). ``time_step(plan)`` (default: timing
-    :func:`chunk_step`) returns one step's seconds -- tests give fake timings. A candidate must beat the
-    built-in plan by 2 % to be chosen: a tie keeps npconv's usual numbers.
+    def step(plan):
+        with using(plan), one_blas_thread(), nn.no_grad():
+            chain.forward(x)
+    return step
+
+
+def convolutions(model, input_shape):
+    """Each convolution of ``model`` as the engine runs it, with the shape of one image it gets (C, H, W)."""
+    chain, dtype = _twin(model, training=False)
+    x, found = _inputs(1, input_shape, dtype), []
+    with nn.no_grad():
+        for i in chain.order:
+            kernel = chain.kernels[i]
+            if isinstance(kernel, Conv2dKernel):
+                found.append((kernel, x.shape[1:]))
+            x = kernel.forward(x)
+    return found
+
+
+def computes(plan, convs, images):
+    """What ``plan`` makes the engine compute on a step of ``images`` images: its products' blocks and each
+    convolution's row blocks (``convs`` from :func:`convolutions`). Plans that give the same compute the same."""
+    with using(plan):
+        rows = tuple(tuple(kernel.row_blocks((images, *shape))) for kernel, shape in convs)
+    return plan.blocked_products, plan.block_macs if plan.blocked_products else None, rows
+
+
+#: The two steps a candidate is timed on: a chunk's training step and a piece's inference pass.
+STEPS = ("training", "inference")
+
+
+def measure(model, input_shape, batch_size, *, rounds=15, time_step=None, base=BUILT_IN):
+    """The fastest of :func:`candidates` for ``model`` on batches of ``batch_size`` inputs of ``input_shape``,
+    and each candidate's timings.
+
+    Each step of :data:`STEPS` -- a chunk's training step (:func:`chunk_step`), a piece's inference pass
+    (:func:`piece_pass`) -- is timed for every distinct computation the candidates give it
+    (:func:`computes`): once to warm up, then ``rounds`` times, taking turns, each round begun by another;
+    the median counts. A step is
+    timed in the CPU time of its thread, which other programs on a busy machine leave nearly unchanged
+    (its wall time they do not). A candidate costs its training step's seconds per image plus its
+    inference pass's seconds per image. ``time_step(plan, step)`` (default: timing the real step)
+    returns one step's seconds -- tests give fake timings. A candidate must beat the built-in plan by
+    2 % to be chosen: a tie keeps npconv's usual numbers.
     """
     if time_step is None and not any(isinstance(layer, nn.Conv2d) for layer in layers_of(model)):
         return base, []  # the candidates differ only in how convolutions compute: nothing to choose
     plans = candidates(base)
+    images = {"training": min(base.chunk, batch_size), "inference": base.piece}
+    convs = convolutions(model, input_shape)
     if time_step is None:
-        step = chunk_step(model, input_shape, min(base.chunk, batch_size))
+        keep_freed_memory()  # as the run will compute: its temporaries' pages are not faulted in every step
+        runs = {"training": chunk_step(model, input_shape, images["training"]),
+                "inference": piece_pass(model, input_shape, images["inference"])}
 
-        def time_step(plan):
+        def time_step(plan, step):
             started = time.thread_time()
-            step(plan)
+            runs[step](plan)
             return time.thread_time() - started
-        for plan in plans:
-            step(plan)
-    times = {i: [] for i in range(len(plans))}
-    for _ in range(rounds):
+    # On each step, the candidates that compute the same share one timing: that of the first of them.
+    first = {step: {} for step in STEPS}
+    for step in STEPS:
         for i, plan in enumerate(plans):
-            times[i].append(time_step(plan))
-    medians = {i: statistics.median(t) for i, t in times.items()}
-    best = min(medians, key=lambda i: medians[i] * (1 if i == 0 else 1.02))
-    return replace(plans[best], origin="measured"), [(plans[i], medians[i]) for i in range(len(plans))]
+            first[step].setdefault(computes(plan, convs, images[step]), i)
+    medians = {}
+    for step in STEPS:  # one step at a time: each timing follows a step of the same kind, in warm caches
+        timed = sorted(first[step].values())
+        times = {i: [] for i in timed}
+        for r in range(-1, rounds):  # round -1 warms up
+            for i in timed[r % len(timed):] + timed[: r % len(timed)]:  # each round starts with another
+                seconds = time_step(plans[i], step)
+                if r >= 0:
+                    times[i].append(seconds)
+        medians.update({(step, i): statistics.median(t) for i, t in times.items()})
+    seconds = [{step: medians[step, first[step][computes(plan, convs, images[step])]] for step in STEPS}
+               for plan in plans]
+    cost = [sum(s[step] / images[step] for step in STEPS) for s in seconds]
+    best = min(range(len(plans)), key=lambda i: cost[i] * (1 if plans[i].same_numbers(base) else 1.02))
+    return replace(plans[best], origin="measured"), list(zip(plans, seconds))
 
 
 # --- remembering -----------------------------------------------------------------
@@ -127,10 +199,12 @@ def machine_key():
 
 
 def plan_key(model, input_shape, batch_size):
-    """The cache key of a plan: the machine, the model's layers, the input, the batch size, npconv's version."""
+    """The cache key of a plan: the machine, the model's layers, the input, the batch size, npconv's version
+    and the planner's :data:`METHOD`."""
     dtype = next((str(p.data.dtype) for p in model.parameters()), "float32")
     return {"machine": machine_key(), "layers": [repr(layer) for layer in layers_of(model)],
-            "input_shape": list(input_shape), "batch_size": batch_size, "dtype": dtype, "npconv": __version__}
+            "input_shape": list(input_shape), "batch_size": batch_size, "dtype": dtype, "npconv": __version__,
+            "method": METHOD}
 
 
 def _cached(path, key):
@@ -200,4 +274,4 @@ def plan_for(model, input_shape, batch_size, *, folder=None, measure_fn=measure,
     return plan
 
 
-__all__ = ["candidates", "chunk_step", "measure", "plan_for"]
+__all__ = ["STEPS", "candidates", "chunk_step", "computes", "convolutions", "measure", "piece_pass", "plan_for"]

@@ -25,36 +25,79 @@ ODD = plan_module.Plan(blocked_products=True, block_macs=1 << 12, whole_bytes=1,
                        piece=60, origin="file")
 
 
-def fake_timer(fastest, others=0.010):
-    """``time_step`` for :func:`planner.measure`: ``fastest(plan)`` steps take 5 ms, the others ``others``."""
-    return lambda plan: 0.005 if fastest(plan) else others
+def fake_timer(fastest, others=0.010, calls=None):
+    """``time_step`` for :func:`planner.measure`: ``fastest(plan, step)`` steps take 5 ms, the others ``others``;
+    each call is appended to ``calls`` if given."""
+    def time_step(plan, step):
+        if calls is not None:
+            calls.append((plan, step))
+        return 0.005 if fastest(plan, step) else others
+    return time_step
 
 
 def test_measure_keeps_the_fastest_candidate():
+    """2 MB row blocks compute the cnn's training chunk as the built-in 1 MB does, its inference piece in larger
+    blocks: faster there, they are chosen."""
     model = models.build_model("cnn", rng=np.random.default_rng(0))
     chosen, timings = planner.measure(model, (1, 28, 28), 100, rounds=3,
-                                          time_step=fake_timer(lambda p: p.block_bytes == 2 << 20))
+                                      time_step=fake_timer(lambda p, step: p.block_bytes == 2 << 20))
     assert chosen.block_bytes == 2 << 20 and chosen.origin == "measured", chosen
     assert len(timings) == len(planner.candidates()) >= 5, timings
+    assert all(set(seconds) == set(planner.STEPS) for _, seconds in timings)
 
 
 def test_measure_keeps_the_built_in_plan_on_a_tie():
     model = models.build_model("cnn", rng=np.random.default_rng(0))
     chosen, _ = planner.measure(model, (1, 28, 28), 100, rounds=3,
-                                    time_step=lambda plan: 0.0100 if plan.same_numbers(plan_module.BUILT_IN)
-                                    else 0.0099)  # 1 % faster: not enough to change the numbers
+                                time_step=lambda plan, step: 0.0100 if plan.same_numbers(plan_module.BUILT_IN)
+                                else 0.0099)  # 1 % faster: not enough to change the numbers
     assert chosen.same_numbers(plan_module.BUILT_IN), chosen
 
 
+def test_candidates_that_compute_the_same_on_a_step_share_its_timing():
+    """No cnn convolution is large enough for row blocks in a training chunk of 50, so the row-block sizes
+    compute the same there: the planner times that step once for all of them (noise cannot choose between
+    them), and chooses on the inference piece, where they differ."""
+    model = models.build_model("cnn", rng=np.random.default_rng(0))
+    sizes = [p for p in planner.candidates() if p.block_bytes != plan_module.BUILT_IN.block_bytes]
+    calls = []
+    # Were each candidate timed on its own, 512 KB would win on the training step (by "noise").
+    chosen, timings = planner.measure(model, (1, 28, 28), 100, rounds=2,
+                                      time_step=fake_timer(lambda p, step: step == "training"
+                                                           and p.block_bytes == 512 << 10, calls=calls))
+    assert chosen.same_numbers(plan_module.BUILT_IN), chosen
+    assert not [p for p, step in calls if step == "training" and p in sizes], "row-block sizes timed on training"
+    assert [p for p, step in calls if step == "inference" and p in sizes], "the inference pieces tell them apart"
+    same = [seconds["training"] for p, seconds in timings if p.blocked_products == plan_module.BUILT_IN.blocked_products
+            and p.block_macs == plan_module.BUILT_IN.block_macs]
+    assert len(same) == 1 + len(sizes) and len(set(same)) == 1, same
+
+
+def test_computes_tells_the_row_blocks_of_each_convolution():
+    """The cnn's second convolution has 2.85 MB of cols in a chunk of 50 (one block under any candidate) and
+    5.7 MB in a piece of 100: cut in blocks of about 1 MB, or 2 MB, or left whole where a block of 512 KB
+    would copy too little per kernel offset."""
+    model = models.build_model("cnn", rng=np.random.default_rng(0))
+    convs = planner.convolutions(model, (1, 28, 28))
+    assert [shape for _, shape in convs] == [(1, 28, 28), (8, 14, 14)], convs
+    plans = {b: replace(plan_module.BUILT_IN, block_bytes=b) for b in planner.BLOCK_BYTES_CANDIDATES}
+    assert len({planner.computes(p, convs, 50) for p in plans.values()}) == 1
+    at_100 = {b: planner.computes(p, convs, 100)[2][1] for b, p in plans.items()}
+    assert at_100[512 << 10] == ((0, 14),) and len(at_100[1 << 20]) > len(at_100[2 << 20]) > 1, at_100
+
+
 def test_measure_times_real_steps_quickly():
-    """Without fake timings every candidate runs a real chunk step of a copy of the model (the model's own
-    weights and statistics are left alone)."""
+    """Without fake timings every candidate runs a real chunk step and inference piece of a copy of the model
+    (the model's own weights and statistics are left alone)."""
     model = models.build_model("cnn-bn", rng=np.random.default_rng(0))
     before = [p.data.copy() for p in model.parameters()]
+    stats = [b.data.copy() for b in (model.layers[1].running_mean, model.layers[1].running_var)]
     chosen, timings = planner.measure(model, (1, 28, 28), 20, rounds=1)
-    assert all(seconds > 0 for _, seconds in timings)
+    assert all(s > 0 for _, seconds in timings for s in seconds.values())
     assert any(chosen.same_numbers(p) for p, _ in timings)
     assert all(np.array_equal(a, p.data) and not p.grad.any() for a, p in zip(before, model.parameters()))
+    assert all(np.array_equal(a, b.data) for a, b in zip(stats, (model.layers[1].running_mean,
+                                                                  model.layers[1].running_var)))
 
 
 def test_plan_for_measures_once_per_machine_model_and_batch_size(tmp_path):
