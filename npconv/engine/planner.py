@@ -38,16 +38,22 @@ BLOCK_MACS_CANDIDATES = (1 << 17, 1 << 18, 1 << 19)
 #: Bytes per block of output rows tried (1 MB is the built-in one).
 BLOCK_BYTES_CANDIDATES = (512 << 10, 1 << 20, 2 << 20)
 
+#: Bytes of ``cols`` up to which a convolution is one product, tried (4 MB is the built-in one): a core's
+#: level-2 cache differs from CPU to CPU.
+WHOLE_BYTES_CANDIDATES = (2 << 20, 4 << 20, 8 << 20)
+
 #: The way of choosing, part of the cache key: a plan chosen another way is measured again.
 METHOD = 2
 
 
 def candidates(base=BUILT_IN):
     """The plans :func:`measure` times, built-in first: products whole or in blocks of each size, then row
-    blocks of each size (the chunk sizes stay: they decide how a batch norm pools its statistics)."""
+    blocks of each size, then each size up to which a convolution stays one product (the chunk sizes stay:
+    they decide how a batch norm pools its statistics)."""
     plans = [replace(base, blocked_products=False)]
     plans += [replace(base, blocked_products=True, block_macs=m) for m in BLOCK_MACS_CANDIDATES]
     plans += [replace(base, block_bytes=b) for b in BLOCK_BYTES_CANDIDATES]
+    plans += [replace(base, whole_bytes=b) for b in WHOLE_BYTES_CANDIDATES]
     unique = [base]
     for plan in plans:
         if not any(plan.same_numbers(p) for p in unique):
@@ -127,10 +133,11 @@ def measure(model, input_shape, batch_size, *, rounds=15, time_step=None, base=B
 
     Each step of :data:`STEPS` -- a chunk's training step (:func:`chunk_step`), a piece's inference pass
     (:func:`piece_pass`) -- is timed for every distinct computation the candidates give it
-    (:func:`computes`): once to warm up, then ``rounds`` times, taking turns, each round begun by another;
-    the median counts. A step is
-    timed in the CPU time of its thread, which other programs on a busy machine leave nearly unchanged
-    (its wall time they do not). A candidate costs its training step's seconds per image plus its
+    (:func:`computes`): once to warm up, then ``rounds`` times, taking turns, each round begun by another.
+    A candidate's time is the built-in plan's median times the median of its ratios to the built-in plan
+    in the same round: a slow spell of the machine slows both. A step is timed in the CPU time of its
+    thread, which other programs on a busy machine leave nearly unchanged (its wall time they do not).
+    A candidate costs its training step's seconds per image plus its
     inference pass's seconds per image. ``time_step(plan, step)`` (default: timing the real step)
     returns one step's seconds -- tests give fake timings. A candidate must beat the built-in plan by
     2 % to be chosen: a tie keeps npconv's usual numbers.
@@ -154,17 +161,20 @@ def measure(model, input_shape, batch_size, *, rounds=15, time_step=None, base=B
     for step in STEPS:
         for i, plan in enumerate(plans):
             first[step].setdefault(computes(plan, convs, images[step]), i)
-    medians = {}
+    estimate = {}
     for step in STEPS:  # one step at a time: each timing follows a step of the same kind, in warm caches
-        timed = sorted(first[step].values())
+        timed = sorted(first[step].values())  # the built-in plan (0) first
         times = {i: [] for i in timed}
         for r in range(-1, rounds):  # round -1 warms up
             for i in timed[r % len(timed):] + timed[: r % len(timed)]:  # each round starts with another
                 seconds = time_step(plans[i], step)
                 if r >= 0:
                     times[i].append(seconds)
-        medians.update({(step, i): statistics.median(t) for i, t in times.items()})
-    seconds = [{step: medians[step, first[step][computes(plan, convs, images[step])]] for step in STEPS}
+        # Against the built-in plan's time in the same round, so that a slow spell of the machine cancels out.
+        base_seconds = statistics.median(times[0])
+        estimate.update({(step, i): base_seconds * statistics.median(a / b for a, b in zip(t, times[0]))
+                         for i, t in times.items()})
+    seconds = [{step: estimate[step, first[step][computes(plan, convs, images[step])]] for step in STEPS}
                for plan in plans]
     cost = [sum(s[step] / images[step] for step in STEPS) for s in seconds]
     best = min(range(len(plans)), key=lambda i: cost[i] * (1 if plans[i].same_numbers(base) else 1.02))
