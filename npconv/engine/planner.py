@@ -137,10 +137,10 @@ def measure(model, input_shape, batch_size, *, rounds=15, time_step=None, base=B
     A candidate's time is the built-in plan's median times the median of its ratios to the built-in plan
     in the same round: a slow spell of the machine slows both. A step is timed in the CPU time of its
     thread, which other programs on a busy machine leave nearly unchanged (its wall time they do not).
-    A candidate costs its training step's seconds per image plus its
-    inference pass's seconds per image. ``time_step(plan, step)`` (default: timing the real step)
-    returns one step's seconds -- tests give fake timings. A candidate must beat the built-in plan by
-    2 % to be chosen: a tie keeps npconv's usual numbers.
+    A candidate costs its training step's seconds per image plus its inference pass's seconds per image,
+    and must beat the built-in plan by 2 % to be chosen: a tie keeps npconv's usual numbers.
+    ``time_step(plan, step)`` (default: timing the real step) returns one step's seconds -- tests give
+    fake timings.
     """
     if time_step is None and not any(isinstance(layer, nn.Conv2d) for layer in layers_of(model)):
         return base, []  # the candidates differ only in how convolutions compute: nothing to choose
