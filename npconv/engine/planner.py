@@ -116,8 +116,9 @@ def convolutions(model, input_shape):
 
 
 def computes(plan, convs, images):
-    """What ``plan`` makes the engine compute on a step of ``images`` images: its products' blocks and each
-    convolution's row blocks (``convs`` from :func:`convolutions`). Plans that give the same compute the same."""
+    """What ``plan`` makes the engine compute on a step of ``images`` images: how it cuts products (whole, or
+    in blocks of how many multiply-adds) and each convolution's row blocks (``convs`` from
+    :func:`convolutions`). Plans that give the same compute the same."""
     with using(plan):
         rows = tuple(tuple(kernel.row_blocks((images, *shape))) for kernel, shape in convs)
     return plan.blocked_products, plan.block_macs if plan.blocked_products else None, rows
