@@ -158,10 +158,11 @@ def measure(model, input_shape, batch_size, *, rounds=15, time_step=None, base=B
             runs[step](plan)
             return time.thread_time() - started
     # On each step, the candidates that compute the same share one timing: that of the first of them.
+    work = {step: [computes(plan, convs, images[step]) for plan in plans] for step in STEPS}
     first = {step: {} for step in STEPS}
     for step in STEPS:
-        for i, plan in enumerate(plans):
-            first[step].setdefault(computes(plan, convs, images[step]), i)
+        for i, key in enumerate(work[step]):
+            first[step].setdefault(key, i)
     estimate = {}
     for step in STEPS:  # one step at a time: each timing follows a step of the same kind, in warm caches
         timed = sorted(first[step].values())  # the built-in plan (0) first
@@ -175,8 +176,7 @@ def measure(model, input_shape, batch_size, *, rounds=15, time_step=None, base=B
         base_seconds = statistics.median(times[0])
         estimate.update({(step, i): base_seconds * statistics.median(a / b for a, b in zip(t, times[0]))
                          for i, t in times.items()})
-    seconds = [{step: estimate[step, first[step][computes(plan, convs, images[step])]] for step in STEPS}
-               for plan in plans]
+    seconds = [{step: estimate[step, first[step][work[step][i]]] for step in STEPS} for i in range(len(plans))]
     cost = [sum(s[step] / images[step] for step in STEPS) for s in seconds]
     best = min(range(len(plans)), key=lambda i: cost[i] * (1 if plans[i].same_numbers(base) else 1.02))
     return replace(plans[best], origin="measured"), list(zip(plans, seconds))

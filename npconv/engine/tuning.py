@@ -264,8 +264,9 @@ class ThreadTuner:
         self._checks += 1
         # Try again at the first check, when the steps slowed down, when the free cores changed,
         # or when the checks since the last trial reach _retry_after (sooner after a trial that was not clear).
-        if self.free is None or slower or free != self.free or self._checks >= self._retry_after:
-            full = self.free is None or slower or free != self.free or self._retry_after >= self.retry_every
+        changed = self.free is None or slower or free != self.free
+        if changed or self._checks >= self._retry_after:
+            full = changed or self._retry_after >= self.retry_every  # else a sooner trial (see _close)
             self.free = free
             self._start_trial(self.candidates if full or len(self._close) < 2 else self._close)
         elif typical < self._reference:
