@@ -568,10 +568,11 @@ class DataParallel:
         key = (grad, count)
         if key not in self.tuners:
             cores, processes_possible = min(_max_threads, count), self._processes_possible()
-            # An inference batch (1000 images) is checked after fewer of them, and starts on every core: its pieces
-            # go to whichever is free, so a core another program keeps busy costs it little (docs/performance.md).
-            start = (1 if chain_per_chunk(self.chain.kernels, grad)
-                     else InProcesses(cores) if processes_possible else cores)
+            if chain_per_chunk(self.chain.kernels, grad):  # chunks that meet, or keep caches: one thread first
+                start = 1
+            else:  # an inference batch's pieces go to whichever core is free: a busy core costs it little
+                start = InProcesses(cores) if processes_possible else cores
+            # An inference batch (1000 images) is checked after fewer of them (docs/performance.md).
             self.tuners[key] = ThreadTuner(cores, self._meter, check_every=25 if grad else 5,
                                            processes=processes_possible, start=start)
         return self.tuners[key]
